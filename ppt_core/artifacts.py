@@ -1,0 +1,190 @@
+"""The runs/<profile>/ layout, atomic writes, and results.json.
+
+Every file a stage writes goes through a temporary name in the same folder and is renamed into
+place, so an interrupted run never leaves a half-written artifact where a later stage would read it.
+
+results.json holds the study's numbers, one key per stage, and is the same for the same seed.
+timings.json holds wall-clock measurements (speed, seconds per step, memory), which vary run to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Folders of one run: runs/<profile>/{data, similarity, models, notebooks, figures}."""
+
+    root: Path
+
+    @classmethod
+    def for_profile(cls, profile: str, runs_dir: str | Path | None = None) -> RunPaths:
+        return cls(Path(runs_dir or REPO_ROOT / "runs") / profile)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def similarity(self) -> Path:
+        return self.root / "similarity"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"
+
+    def model(self, arm: str) -> Path:
+        """Folder of one arm's model: base, pruned-noft, full-nodp, pruned-dp8, ..."""
+        return self.models / arm
+
+
+def run_paths(params: dict) -> RunPaths:
+    """The run folder of a profile's parameters: runs/<run_name or profile>/."""
+    return RunPaths.for_profile(params.get("run_name") or params["profile"])
+
+
+def figures_dir(params: dict) -> Path:
+    """figures/ for the default profile's own run; runs/<run_name>/figures/ for everything else,
+    so a smoke or custom run never overwrites the committed figures."""
+    from ppt_core.profiles import DEFAULT_PROFILE
+
+    if params.get("figures_dir"):
+        return Path(params["figures_dir"])
+    run_name = params.get("run_name") or params["profile"]
+    if run_name == DEFAULT_PROFILE:
+        return REPO_ROOT / "figures"
+    return run_paths(params).root / "figures"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Sorted keys and a trailing newline, so equal content gives equal bytes."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text())
+
+
+def write_jsonl(path: str | Path, records) -> None:
+    write_text(path, "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n" for r in records))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_csv(path: str | Path, frame) -> None:
+    """Write a pandas DataFrame."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_npz(path: str | Path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz" to the name
+            np.savez(f, **arrays)
+
+
+def save_model(model, tokenizer, folder: str | Path, *, extra_json: dict | None = None) -> Path:
+    """save_pretrained into a temporary folder, then rename it into place (replacing any old one)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def update_results(paths: RunPaths, stage: str, values: dict) -> dict:
+    """Set results.json[stage] = values (other stages untouched); return the whole file."""
+    return _update(paths.results, stage, values)
+
+
+def update_timings(paths: RunPaths, stage: str, values: dict) -> dict:
+    """Like update_results, for wall-clock measurements kept out of results.json."""
+    return _update(paths.timings, stage, values)
+
+
+def read_results(paths: RunPaths) -> dict:
+    return read_json(paths.results) if paths.results.exists() else {}
+
+
+def read_timings(paths: RunPaths) -> dict:
+    return read_json(paths.timings) if paths.timings.exists() else {}
+
+
+def _update(path: Path, key: str, values: dict) -> dict:
+    everything = read_json(path) if path.exists() else {}
+    everything[key] = values
+    write_json(path, everything)
+    return everything
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,0 +1,54 @@
+"""One figure style for the whole study; every figure is saved as PNG and PDF.
+
+Saved files carry no creation date, so regenerating an unchanged figure gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+from ppt_core import artifacts
+
+ARM_PALETTE = {
+    "base": "#4d4d4d",
+    "pruned-noft": "#999999",
+    "full-nodp": "#1f77b4",
+    "pruned-nodp": "#ff7f0e",
+}
+
+
+def use_style() -> None:
+    """The study's figure style: seaborn whitegrid, readable sizes, fixed DPI."""
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.95)
+    plt.rcParams.update({
+        "figure.dpi": 110,
+        "savefig.dpi": 150,
+        "savefig.bbox": "tight",
+        "axes.titleweight": "bold",
+        "svg.hashsalt": "ppt",
+    })
+
+
+def arm_color(arm: str) -> str:
+    """A stable colour per arm: blues for the full model, oranges for the pruned one, darker = more private."""
+    if arm in ARM_PALETTE:
+        return ARM_PALETTE[arm]
+    family = "Blues" if arm.startswith("full") else "Oranges"
+    epsilon = float(arm.split("dp")[-1]) if "-dp" in arm else 8.0
+    shade = min(0.95, 0.45 + 0.5 / max(epsilon, 0.5) ** 0.5)
+    return matplotlib.colors.to_hex(plt.get_cmap(family)(shade))
+
+
+def save(fig, name: str, figures_dir: str | Path) -> list[Path]:
+    """Save `fig` as figures_dir/name.png and .pdf (atomically, without timestamps); return the paths."""
+    paths = []
+    for suffix, metadata in ((".png", {"Software": None}), (".pdf", {"CreationDate": None, "Producer": None})):
+        path = Path(figures_dir) / f"{name}{suffix}"
+        with artifacts.atomic_path(path) as tmp:
+            fig.savefig(tmp, format=suffix[1:], metadata=metadata)
+        paths.append(path)
+    return paths

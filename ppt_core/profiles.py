@@ -1,0 +1,168 @@
+"""Named study profiles: the one source of every study parameter.
+
+A profile is a flat dict of plain values, so papermill can pass it into a notebook's
+`parameters` cell unchanged. `quick` is the default: SmolLM2-135M on a 2-core CPU.
+`smoke` runs the whole pipeline in seconds on a tiny random model (tests, CI).
+`full` is the paper-scale run (more data and steps, an epsilon sweep, several seeds; a GPU helps).
+"""
+
+from __future__ import annotations
+
+import copy
+
+DEFAULT_PROFILE = "quick"
+
+_QUICK = dict(
+    profile="quick",
+    run_name=None,  # folder under runs/ (None: the profile's name)
+    figures_dir=None,  # None: figures/ for the default profile's run, else runs/<run_name>/figures
+    model="smollm2-135m",
+    device="auto",  # "auto" picks CUDA when available, else CPU
+    seed=0,
+    # --- data (00) -------------------------------------------------------------------------
+    data_path=None,  # None: the synthetic clinical-notes corpus; else a .jsonl/.csv/.txt file
+    text_field="text",  # JSONL key or CSV column holding the text of a user record
+    n_train=400,
+    n_heldout=200,
+    n_public=200,
+    canary_repetitions=[1, 2, 4, 8, 16],  # copies of each inserted canary in train
+    canaries_per_repetition=2,
+    n_reference_canaries=10,  # same form, never inserted: the attacks' controls
+    secret_digits=6,  # canary secrets are drawn uniformly from 10**secret_digits codes
+    max_length=192,  # tokens per record, everywhere (training, scoring, similarity)
+    # --- layer similarity and pruning (01, 02) -----------------------------------------------
+    n_calibration=64,  # public records used to measure layer similarity
+    similarity_pooling="mean",  # "mean" over real tokens, or "last" token
+    prune_strategy="pairwise",
+    n_remove=8,
+    prune_strategies=["pairwise", "block", "iterative", "last", "random"],
+    prune_sweep=[0, 4, 8, 12, 15],  # blocks removed in the perplexity/speed sweep
+    n_eval=64,  # held-out records for perplexity
+    eval_batch_size=16,
+    # --- DP-LoRA fine-tuning (03) ------------------------------------------------------------
+    train_arms=["full", "pruned"],
+    epsilons=[8],  # one DP arm per target epsilon; non-private arms are always trained too
+    delta=1e-5,  # must be < 1/N_train
+    max_grad_norm=1.0,
+    accountant="prv",
+    grad_sample_mode="hooks",
+    expected_batch_size=32,
+    physical_batch_size=8,
+    epochs=3,
+    learning_rate=2e-3,
+    lora_rank=8,
+    lora_alpha=16,
+    lora_dropout=0.0,
+    lora_targets="attention",  # "attention" or "attention+mlp"
+    bf16=True,  # bf16 autocast for the forward/backward; per-sample clipping and noise stay fp32
+    # --- synthetic data (05) -----------------------------------------------------------------
+    n_synthetic=32,
+    synthetic_max_new_tokens=96,
+    temperature=0.8,
+    top_p=0.95,
+    # --- attacks (06) ------------------------------------------------------------------------
+    n_attack=32,  # members and as many held-out records for prefix extraction
+    attack_prefix_tokens=32,
+    attack_suffix_tokens=32,
+    n_membership=100,  # members and as many non-members for membership inference
+    min_k_percent=20,
+    n_secret_samples=500,  # secrets sampled to estimate a canary's rank (exposure)
+    # --- uncertainty (07) --------------------------------------------------------------------
+    n_bootstrap=1000,
+    seeds=[0],
+)
+
+_SMOKE = dict(
+    _QUICK,
+    profile="smoke",
+    model="tiny-random-llama",
+    n_train=48,
+    n_heldout=24,
+    n_public=24,
+    canary_repetitions=[1, 4],
+    canaries_per_repetition=1,
+    n_reference_canaries=2,
+    max_length=64,
+    n_calibration=8,
+    n_remove=2,
+    prune_sweep=[0, 1, 2, 3],
+    n_eval=12,
+    eval_batch_size=8,
+    expected_batch_size=8,
+    physical_batch_size=4,
+    epochs=1,
+    delta=1e-3,
+    n_synthetic=4,
+    synthetic_max_new_tokens=16,
+    n_attack=4,
+    attack_prefix_tokens=8,
+    attack_suffix_tokens=8,
+    n_membership=12,
+    n_secret_samples=16,
+    n_bootstrap=50,
+    bf16=False,
+)
+
+_FULL = dict(
+    _QUICK,
+    profile="full",
+    n_train=4000,
+    n_heldout=1000,
+    n_public=1000,
+    canary_repetitions=[1, 2, 4, 8, 16, 32],
+    canaries_per_repetition=4,
+    n_reference_canaries=20,
+    n_calibration=256,
+    prune_sweep=[0, 2, 4, 6, 8, 10, 12, 15],
+    n_eval=500,
+    epsilons=[1, 3, 8],
+    delta=1e-6,
+    expected_batch_size=128,
+    physical_batch_size=16,
+    epochs=5,
+    n_synthetic=200,
+    n_attack=200,
+    n_membership=500,
+    n_secret_samples=5000,
+    seeds=[0, 1, 2],
+)
+
+PROFILES = {"smoke": _SMOKE, "quick": _QUICK, "full": _FULL}
+
+
+def from_notebook(namespace: dict) -> dict:
+    """A notebook's parameters as one dict: its `profile`, overridden by every profile key it defines.
+
+    A notebook's `parameters` cell declares the values it uses; papermill replaces them per run.
+    """
+    profile = namespace.get("profile", DEFAULT_PROFILE)
+    known = PROFILES[profile] if profile in PROFILES else PROFILES[DEFAULT_PROFILE]
+    return get_profile(profile, **{k: namespace[k] for k in known if k in namespace and k != "profile"})
+
+
+def get_profile(name: str = DEFAULT_PROFILE, **overrides) -> dict:
+    """Return a copy of the named profile with `overrides` applied (unknown keys are refused)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    params = copy.deepcopy(PROFILES[name])
+    unknown = sorted(set(overrides) - set(params))
+    if unknown:
+        raise ValueError(f"unknown profile parameter(s) {unknown}: known are {sorted(params)}")
+    params.update(overrides)
+    return params
+
+
+def check_params(params: dict) -> None:
+    """Stop with one clear message on any impossible setting, before any expensive work.
+
+    Each stage's module checks its own parameters (`check_params`); this runs them all.
+    """
+    import importlib
+
+    for stage in ("models", "data", "similarity", "pruning", "training", "generation", "attacks"):
+        try:
+            module = importlib.import_module(f"ppt_core.{stage}")
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, "check_params"):
+            module.check_params(params)

@@ -1,0 +1,46 @@
+"""Turning records into padded causal-LM batches where padding never counts.
+
+Every stage (similarity, training, scoring, attacks) batches text the same way: each record is
+truncated to `max_length` tokens, ends with the EOS token (so a model learns where a note ends),
+and padding is masked out of the attention and out of the labels (-100).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int, *, add_eos: bool = True, padding_side: str = "right"):
+    """Return a dict of input_ids, attention_mask and labels (padding = -100), all (B, T) tensors."""
+    if not texts:
+        raise ValueError("encode() got no texts")
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if add_eos:
+        ids = [seq[: max_length - 1] + [tokenizer.eos_token_id] for seq in ids]
+    else:
+        ids = [seq[:max_length] for seq in ids]
+    width = max(len(seq) for seq in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        span = slice(0, len(seq)) if padding_side == "right" else slice(width - len(seq), width)
+        input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, span] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:
+    """Consecutive slices of at most `batch_size` items."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+def to_device(batch: dict, device) -> dict:
+    return {name: tensor.to(device) for name, tensor in batch.items()}

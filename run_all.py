@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Run the study: execute notebooks/NN_*.ipynb in order with papermill for a named profile.
+
+Examples:
+  python run_all.py                          # the default profile (quick): SmolLM2-135M on CPU
+  python run_all.py --profile smoke          # the whole pipeline in a minute, tiny random model
+  python run_all.py --only 00,01 --force     # re-run two notebooks even if nothing changed
+  python run_all.py --from 03                # from notebook 03 to the end
+  python run_all.py --model Qwen/Qwen2.5-0.5B --data notes.jsonl --text-field body
+
+Each notebook gets the profile's values for the parameters its `parameters` cell declares, and is
+written, executed, to runs/<run>/notebooks/. A notebook whose inputs (its source, its parameters,
+the ppt_core code, and every notebook before it) are unchanged since its last successful run is
+skipped, so an interrupted run resumes at the first unfinished notebook; --force re-runs anyway.
+The default profile's run writes figures to figures/; every other run to runs/<run>/figures/.
+The run stops at the first failing notebook and names it, the cell and the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+NOTEBOOKS = REPO / "notebooks"
+KERNEL = "prunepriveytune"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the study never fetches from a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--profile", default=None, help="smoke, quick (default) or full; see ppt_core/profiles.py")
+    parser.add_argument("--only", help="comma-separated notebook numbers to run, e.g. 00,01")
+    parser.add_argument("--from", dest="start", help="run from this notebook number to the end, e.g. 03")
+    parser.add_argument("--model", help="model spec: smollm2-135m, tiny-random-llama, a local folder or a HF id")
+    parser.add_argument("--data", help="your own data instead of the synthetic corpus: .jsonl, .csv or .txt")
+    parser.add_argument("--text-field", help="JSONL key or CSV column with the text (default: text)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
+    parser.add_argument("--run-name", help="folder under runs/ (default: the profile, or <profile>-custom "
+                        "when --model or --data is given)")
+    parser.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
+    parser.add_argument("--list", action="store_true", help="list the notebooks and the profile's values, run nothing")
+    return parser.parse_args(argv)
+
+
+def study_params(args) -> dict:
+    """The profile's values with the command line's overrides, checked before anything runs."""
+    from ppt_core import profiles
+
+    overrides = {}
+    if args.model:
+        overrides["model"] = args.model
+    if args.data:
+        overrides["data_path"] = str(Path(args.data).resolve())
+    if args.text_field:
+        overrides["text_field"] = args.text_field
+    if args.device:
+        overrides["device"] = args.device
+    profile = args.profile or profiles.DEFAULT_PROFILE
+    custom = bool(args.model or args.data)
+    overrides["run_name"] = args.run_name or (f"{profile}-custom" if custom else profile)
+    params = profiles.get_profile(profile, **overrides)
+    profiles.check_params(params)
+    return params
+
+
+def select_notebooks(args) -> list[Path]:
+    notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    numbers = [nb.name[:2] for nb in notebooks]
+    for flag, value in (("--from", args.start), ("--only", args.only)):
+        for number in (value.split(",") if value else []):
+            if number.strip() not in numbers:
+                raise ValueError(f"{flag} {number!r} names no notebook: choose from {', '.join(numbers)}")
+    if args.start:
+        notebooks = [nb for nb in notebooks if nb.name[:2] >= args.start]
+    if args.only:
+        wanted = {n.strip() for n in args.only.split(",")}
+        notebooks = [nb for nb in notebooks if nb.name[:2] in wanted]
+    return notebooks
+
+
+def code_fingerprint() -> str:
+    """A hash of the library code: a change to ppt_core re-runs the notebooks."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "ppt_core").glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def notebook_parameters(notebook: Path, params: dict) -> dict:
+    """The profile's values for the parameters this notebook's `parameters` cell declares."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    return {name: params[name] for name in declared if name in params}
+
+
+def run(args) -> int:
+    try:
+        params = study_params(args)
+        notebooks = select_notebooks(args)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    import papermill
+    from jupyter_client.kernelspec import KernelSpecManager
+    from tqdm.auto import tqdm
+
+    from ppt_core import artifacts
+
+    paths = artifacts.run_paths(params)
+    if args.list:
+        print(json.dumps(params, indent=2))
+        print("\n".join(nb.name for nb in notebooks))
+        return 0
+
+    kernel = KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+    stamps_file = paths.notebooks / ".stamps.json"
+    stamps = artifacts.read_json(stamps_file) if stamps_file.exists() else {}
+    chain = code_fingerprint()
+    all_notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    print(f"run {paths.root.relative_to(REPO)}: profile {params['profile']}, model {params['model']}, "
+          f"figures -> {artifacts.figures_dir(params)}")
+    bar = tqdm(notebooks, desc="notebooks", unit="nb")
+    for notebook in all_notebooks:
+        notebook_params = notebook_parameters(notebook, params)
+        chain = hashlib.sha256(
+            (chain + notebook.read_text() + json.dumps(notebook_params, sort_keys=True)).encode()
+        ).hexdigest()
+        if notebook not in notebooks:
+            continue
+        output = paths.notebooks / notebook.name
+        bar.set_postfix_str(notebook.stem)
+        if not args.force and stamps.get(notebook.name, {}).get("inputs") == chain and output.exists():
+            tqdm.write(f"  {notebook.name}: inputs unchanged, skipped (--force re-runs it)")
+            bar.update()
+            continue
+        stamps.pop(notebook.name, None)
+        artifacts.write_json(stamps_file, stamps)
+        started = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(output), parameters=notebook_params, kernel_name=kernel,
+                cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+            )
+        except papermill.PapermillExecutionError as err:
+            bar.close()
+            print(f"error: {notebook.name} failed in cell {err.exec_count or err.cell_index}: "
+                  f"{err.ename}: {err.evalue}\n  executed copy with the traceback: {output}", file=sys.stderr)
+            return 1
+        seconds = round(time.perf_counter() - started, 1)
+        stamps[notebook.name] = {"inputs": chain, "seconds": seconds}
+        artifacts.write_json(stamps_file, stamps)
+        timings = artifacts.read_timings(paths).get("notebooks", {})
+        artifacts.update_timings(paths, "notebooks", dict(timings, **{notebook.stem: seconds}))
+        tqdm.write(f"  {notebook.name}: {seconds:.0f} s")
+        bar.update()
+    bar.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(parse_args()))
