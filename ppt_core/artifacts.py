@@ -188,3 +188,45 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+# --- arms ------------------------------------------------------------------------------------------
+# base          the profile's model as loaded            -> load_model(params["model"])
+# pruned-noft   pruned by notebook 02, not fine-tuned    -> runs/<run>/models/pruned-noft/
+# <family>-nodp LoRA fine-tuned without DP (03)          -> runs/<run>/models/<arm>/merged/ (+ adapter/)
+# <family>-dp<ε> LoRA fine-tuned under DP-SGD at ε (03)  -> runs/<run>/models/<arm>/merged/ (+ adapter/)
+# family: "full" (fine-tunes base) or "pruned" (fine-tunes pruned-noft).
+
+
+def trained_arm_names(params: dict) -> list[str]:
+    """The fine-tuned arms of a profile: for each family, non-private and one per target epsilon."""
+    return [
+        f"{family}-{suffix}"
+        for family in params["train_arms"]
+        for suffix in ["nodp"] + [f"dp{epsilon:g}" for epsilon in params["epsilons"]]
+    ]
+
+
+def arm_names(params: dict) -> list[str]:
+    """Every arm of the study: base, pruned-noft, then the fine-tuned arms."""
+    return ["base", "pruned-noft"] + trained_arm_names(params)
+
+
+def arm_family(arm: str) -> str:
+    """"full" or "pruned": which model an arm starts from."""
+    return "pruned" if arm.startswith("pruned") else "full"
+
+
+def arm_epsilon(arm: str) -> float | None:
+    """The target epsilon of a DP arm, None for the others."""
+    return float(arm.split("-dp")[1]) if "-dp" in arm else None
+
+
+def arm_checkpoint(params: dict, arm: str) -> str:
+    """The model spec (hub name, or a local folder) that loads an arm."""
+    paths = run_paths(params)
+    if arm == "base":
+        return params["model"]
+    if arm == "pruned-noft":
+        return str(paths.model(arm))
+    return str(paths.model(arm) / "merged")

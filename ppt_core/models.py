@@ -157,3 +157,11 @@ def check_params(params: dict) -> None:
     """The profile's model and device settings are usable here."""
     check_model_spec(params["model"])
     resolve_device(None if params["device"] == "auto" else params["device"])
+
+
+def load_arm(params: dict, arm: str, *, device=None, dtype=None):
+    """(model, tokenizer) of one arm of the study (see ppt_core.artifacts for the arms)."""
+    spec = artifacts.arm_checkpoint(params, arm)
+    if arm != "base" and not Path(spec).exists():
+        raise FileNotFoundError(f"arm {arm!r} has no model at {spec}: run the notebook that trains or prunes it first")
+    return load_model(spec, device=device if device is not None else params.get("device"), dtype=dtype)

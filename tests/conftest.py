@@ -1,0 +1,29 @@
+"""Shared fixtures: the tiny random Llama (seconds) and the embedded SmolLM2 (loaded once)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from ppt_core import profiles  # noqa: E402
+from ppt_core.models import load_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer) of the tiny random Llama; tests must not modify it in place."""
+    return load_model("tiny-random-llama", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct."""
+    return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture
+def smoke_params(tmp_path):
+    """The smoke profile, writing under a temporary run folder."""
+    return profiles.get_profile("smoke", run_name=f"pytest-{tmp_path.name}", figures_dir=str(tmp_path / "figures"))
