@@ -134,6 +134,7 @@ def save_model(model, tokenizer, folder: str | Path, *, extra_json: dict | None 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make a shared checkpoint unreadable to others
     try:
         model.save_pretrained(tmp)
         if tokenizer is not None:

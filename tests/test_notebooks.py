@@ -1,0 +1,38 @@
+"""Committed notebooks: no outputs, one tagged parameters cell holding the default profile's values."""
+
+import ast
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ppt_core import profiles
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_notebooks_are_numbered_in_order():
+    numbers = [int(nb.name[:2]) for nb in NOTEBOOKS]
+    assert numbers == list(range(len(numbers))) and numbers
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_holds_the_default_profile(path):
+    notebook = nbformat.read(path, as_version=4)
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    default = profiles.get_profile(profiles.DEFAULT_PROFILE)
+    assignments = [node for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign)]
+    assert assignments
+    for node in assignments:
+        name = node.targets[0].id
+        assert name in default, f"{path.name}: parameter {name!r} is not a profile key"
+        assert ast.literal_eval(node.value) == default[name], f"{path.name}: {name} differs from the default profile"
