@@ -1,0 +1,64 @@
+"""Perplexity, FLOP counting and inference timing."""
+
+import numpy as np
+import pytest
+import torch
+
+from ppt_core import evaluation, pruning, tokens
+
+TEXTS = ["A short note.", "Discharged home on metformin 500 mg twice daily after an uneventful stay.", "Stable."]
+
+
+def test_perplexity_is_token_weighted_and_ignores_padding(tiny):
+    model, tokenizer = tiny
+    nll, count = 0.0, 0
+    for text in TEXTS:  # one text at a time: no padding at all
+        batch = tokens.encode(tokenizer, [text], 64)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"]).logits[0, :-1]
+        nll += torch.nn.functional.cross_entropy(logits, batch["input_ids"][0, 1:], reduction="sum").item()
+        count += batch["input_ids"].shape[1] - 1
+    expected = np.exp(nll / count)
+    for batch_size in (1, 3):
+        got = evaluation.perplexity(model, tokenizer, TEXTS, max_length=64, batch_size=batch_size, progress=False)
+        assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_forward_flops_match_a_closed_form_for_llama(tiny):
+    model, _ = tiny
+    c = model.config
+    head_dim = c.hidden_size // c.num_attention_heads
+    q_width, kv_width = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
+    per_block = 2 * (c.hidden_size * q_width + 2 * c.hidden_size * kv_width + q_width * c.hidden_size
+                     + 3 * c.hidden_size * c.intermediate_size)
+    head = 2 * c.hidden_size * c.vocab_size
+    T = 10
+    attention = 4 * q_width * T * (T + 1) / 2
+    expected = c.num_hidden_layers * (per_block * T + attention) + head * T
+    assert evaluation.forward_flops(model, T) == pytest.approx(expected)
+    assert evaluation.forward_flops(model, T, logits_positions=1) == pytest.approx(expected - head * (T - 1))
+    pruned = pruning.prune_layers(model, [1, 2])
+    assert evaluation.forward_flops(pruned, T) == pytest.approx(expected - 2 * (per_block * T + attention))
+    # The ideal speedup is below L / L' because the LM head is not pruned.
+    speedup = evaluation.ideal_speedup(model, pruned, T)
+    assert 1 < speedup < c.num_hidden_layers / (c.num_hidden_layers - 2)
+
+
+def test_time_inference_reports_positive_medians(tiny):
+    model, tokenizer = tiny
+    report = evaluation.time_inference(model, tokenizer, prompt_tokens=8, new_tokens=3, batch_sizes=(1, 2),
+                                       repeats=1, warmup=0)
+    for key in ("batch1", "batch2"):
+        assert report[key]["prefill_tokens_per_s"] > 0
+        assert report[key]["generation_ms_per_token"] >= 0
+    with pytest.raises(ValueError, match="new_tokens must be >= 2"):
+        evaluation.time_inference(model, tokenizer, new_tokens=1)
+
+
+def test_prefill_timings_interleave_every_model(tiny):
+    model, tokenizer = tiny
+    models = {"full": model, "pruned": pruning.prune_layers(model, [0, 5])}
+    seconds = evaluation.prefill_timings(models, tokenizer, prompt_tokens=8, batch_size=2, repeats=2, warmup=1)
+    assert set(seconds) == {"full", "pruned"} and all(len(runs) == 2 and min(runs) > 0 for runs in seconds.values())
+    throughput = evaluation.prefill_throughput(models, tokenizer, prompt_tokens=8, batch_size=2, repeats=1)
+    assert all(value > 0 for value in throughput.values())

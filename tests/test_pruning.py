@@ -1,0 +1,198 @@
+"""Layer selection on hand-built S; layer removal on tiny random models of each supported architecture."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, OPTConfig,
+                          OPTForCausalLM, Phi3Config, Qwen2Config)
+
+from ppt_core import pruning, similarity
+
+# --- selection on a hand-built S ------------------------------------------------------------------
+# 6 blocks. S[l, l+1] (block redundancy):   0.50 0.90 0.60 0.95 0.70 0.10
+# S[l, l+2] (two-block runs):               0.40 0.55 0.80 0.65 0.30
+PAIRS = [0.50, 0.90, 0.60, 0.95, 0.70, 0.10]
+RUNS = [0.40, 0.55, 0.80, 0.65, 0.30]
+
+
+def hand_built_similarity(pairs=PAIRS, runs=RUNS):
+    n = len(pairs) + 1
+    S = np.eye(n)
+    for l, s in enumerate(pairs):
+        S[l, l + 1] = S[l + 1, l] = s
+    for l, s in enumerate(runs):
+        S[l, l + 2] = S[l + 2, l] = s
+    return S
+
+
+def test_pairwise_picks_the_most_redundant_blocks():
+    S = hand_built_similarity()
+    assert pruning.select_layers(S, 1, "pairwise") == [3]
+    assert pruning.select_layers(S, 2, "pairwise") == [1, 3]
+    assert pruning.select_layers(S, 3, "pairwise") == [1, 3, 4]
+
+
+def test_block_picks_the_best_consecutive_run():
+    S = hand_built_similarity()
+    assert pruning.select_layers(S, 2, "block") == [2, 3]  # S[2, 4] = 0.80, though pairwise picks [1, 3]
+    assert pruning.select_layers(S, 1, "block") == [3]
+
+
+def test_last_and_random_baselines():
+    S = hand_built_similarity()
+    assert pruning.select_layers(S, 2, "last") == [4, 5]
+    draws = [pruning.select_layers(S, 3, "random", seed=seed) for seed in range(8)]
+    for draw in draws:
+        assert draw == sorted(set(draw)) and len(draw) == 3 and all(0 <= b < 6 for b in draw)
+    assert draws[0] == pruning.select_layers(S, 3, "random", seed=0)
+    assert len({tuple(d) for d in draws}) > 1
+
+
+def test_iterative_recomputes_s_and_maps_back_to_original_indices(tiny, monkeypatch):
+    model, tokenizer = tiny  # 6 blocks; the first step uses the S passed in
+    S = hand_built_similarity()  # removes block 3 first
+    # After block 3 is gone, the 5-block model's S says its position 3 (original block 4) is most redundant.
+    second = hand_built_similarity(pairs=[0.2, 0.3, 0.4, 0.99, 0.1], runs=[0.1, 0.1, 0.1, 0.1])
+    depths = []
+
+    def fake_similarity(pruned_model, *args, **kw):
+        depths.append(pruning.n_blocks(pruned_model))
+        return second
+
+    monkeypatch.setattr(similarity, "layer_similarity", fake_similarity)
+    chosen = pruning.select_layers(S, 2, "iterative", model=model, tokenizer=tokenizer, texts=["x"])
+    assert chosen == [3, 4]
+    assert depths == [5]  # S was measured again on the pruned model, once
+    assert pruning.select_layers(S, 2, "pairwise") != chosen
+    # Removal order is kept by iterative_order; select_layers returns the blocks sorted.
+    second[:] = hand_built_similarity(pairs=[0.2, 0.99, 0.4, 0.3, 0.1], runs=[0.1, 0.1, 0.1, 0.1])
+    assert pruning.iterative_order(model, tokenizer, ["x"], 2, first_similarity=S, progress=False) == [3, 1]
+    assert pruning.select_layers(S, 2, "iterative", model=model, tokenizer=tokenizer, texts=["x"]) == [1, 3]
+
+
+def test_iterative_without_a_model_stops_clearly():
+    with pytest.raises(pruning.PruningError, match="pass model, tokenizer and texts"):
+        pruning.select_layers(hand_built_similarity(), 2, "iterative")
+
+
+@pytest.mark.parametrize("n_remove", [0, 6, 7, -1])
+def test_impossible_counts_stop_clearly(n_remove):
+    with pytest.raises(pruning.PruningError, match="n_remove must be between 1 and 5"):
+        pruning.select_layers(hand_built_similarity(), n_remove, "pairwise")
+
+
+def test_unknown_strategy_stops_clearly():
+    with pytest.raises(pruning.PruningError, match="unknown pruning strategy 'greedy'"):
+        pruning.select_layers(hand_built_similarity(), 2, "greedy")
+
+
+def test_check_params_and_depth():
+    from ppt_core import profiles
+
+    params = profiles.get_profile("quick")
+    pruning.check_params(params)
+    for key, value, message in (("prune_strategy", "magic", "unknown strategy 'magic'"),
+                                ("n_remove", 0, "n_remove must be an integer >= 1"),
+                                ("prune_sweep", [0, 8, 4], "prune_sweep must be increasing"),
+                                ("prune_strategies", ["pairwise", "deepest"], "unknown strategy 'deepest'")):
+        with pytest.raises(pruning.PruningError, match=message):
+            pruning.check_params(dict(params, **{key: value}))
+    pruning.check_depth(params, 30)
+    with pytest.raises(pruning.PruningError, match="model has only 6"):
+        pruning.check_depth(dict(params, n_remove=6, prune_sweep=[0]), 6)
+
+
+# --- removal on each architecture -----------------------------------------------------------------
+COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**COMMON),
+    "mistral": lambda: MistralConfig(**COMMON, sliding_window=6),
+    "qwen2": lambda: Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=6, max_window_layers=3),
+    "phi3": lambda: Phi3Config(**COMMON),
+    "gpt2": lambda: GPT2Config(vocab_size=97, n_embd=32, n_layer=6, n_head=4, n_positions=128,
+                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
+}
+REMOVE = [1, 4]
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def arch_model(request):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(CONFIGS[request.param]()).eval()
+    return request.param, model
+
+
+def prompt():
+    return torch.tensor([[5, 17, 33, 8, 61, 12, 40, 3, 77, 21]])
+
+
+def test_pruned_model_has_the_right_depth_and_config(arch_model):
+    name, model = arch_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = pruning.prune_layers(model, REMOVE)
+    assert pruning.n_blocks(pruned) == 4 and pruned.config.num_hidden_layers == 4
+    assert pruning.n_blocks(model) == 6 and model.config.num_hidden_layers == 6  # the input is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    indices = [m.layer_idx for b in similarity.decoder_blocks(pruned) for m in b.modules()
+               if isinstance(getattr(m, "layer_idx", None), int)]
+    assert sorted(set(indices)) == [0, 1, 2, 3]
+    if name == "gpt2":
+        assert pruned.config.n_layer == 4
+    if name == "qwen2":
+        full_types = model.config.layer_types
+        assert pruned.config.layer_types == [full_types[i] for i in (0, 2, 3, 5)]
+        assert pruned.config.max_window_layers == 2  # blocks 0 and 2 of the first three remain
+    # The kept blocks are the original ones, in order.
+    kept = similarity.decoder_blocks(pruned)
+    original = similarity.decoder_blocks(model)
+    for new, old in zip(kept, [original[i] for i in (0, 2, 3, 5)]):
+        assert all(torch.equal(a, b) for a, b in zip(new.parameters(), old.parameters()))
+
+
+def test_generate_with_cache_equals_greedy_decoding_without_cache(arch_model):
+    _, model = arch_model
+    pruned = pruning.prune_layers(model, REMOVE)
+    ids = prompt()
+    with torch.no_grad():
+        cached = pruned.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=True,
+                                 pad_token_id=0)
+        out = pruned(input_ids=ids, use_cache=True)
+        assert len(out.past_key_values.layers) == 4  # one cache entry per remaining block
+        sequence = ids
+        for _ in range(8):  # plain greedy decoding, recomputing the whole prefix each step
+            logits = pruned(input_ids=sequence, use_cache=False).logits[:, -1]
+            logits[:, pruned.generation_config.eos_token_id] = -float("inf")  # as min_new_tokens does
+            sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, sequence)
+
+
+def test_save_and_plain_load_keep_the_logits(arch_model, tmp_path):
+    _, model = arch_model
+    pruned = pruning.prune_layers(model, REMOVE)
+    pruned.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(pruned) and loaded.config.num_hidden_layers == 4
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=prompt()).logits, pruned(input_ids=prompt()).logits,
+                                   rtol=0, atol=1e-6)
+
+
+def test_bad_layer_requests_stop_clearly(arch_model):
+    _, model = arch_model
+    with pytest.raises(pruning.PruningError, match=r"block indices \[6\] are out of range"):
+        pruning.prune_layers(model, [2, 6])
+    with pytest.raises(pruning.PruningError, match="n_remove must be between 1 and 5"):
+        pruning.prune_layers(model, list(range(6)))
+    with pytest.raises(pruning.PruningError, match="n_remove must be between 1 and 5"):
+        pruning.prune_layers(model, [])
+    with pytest.raises(pruning.PruningError, match="duplicates"):
+        pruning.prune_layers(model, [2, 2])
+
+
+def test_unsupported_architecture_stops_clearly():
+    model = OPTForCausalLM(OPTConfig(vocab_size=97, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                     num_attention_heads=4, word_embed_proj_dim=32))
+    with pytest.raises(pruning.PruningError, match="model_type 'opt'.* not supported"):
+        pruning.prune_layers(model, [0])
