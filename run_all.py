@@ -166,6 +166,12 @@ def run(args) -> int:
         tqdm.write(f"  {notebook.name}: {seconds:.0f} s")
         bar.update()
     bar.close()
+    results_md = artifacts.figures_dir(params) / "results.md"
+    if artifacts.figures_dir(params) == REPO / "figures" and results_md.exists():
+        from ppt_core import summary
+
+        if summary.update_readme(results_md.read_text()):
+            print("README.md: results section updated from figures/results.md")
     return 0
 
 

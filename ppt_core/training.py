@@ -63,6 +63,17 @@ ATTENTION_TARGETS = {
     "phi3": ["qkv_proj", "o_proj"],
     "gpt2": ["attn.c_attn", "attn.c_proj"],
 }
+# The smallest useful set (Hu et al. 2021 adapt W_q and W_v): fewer trainable parameters, so under
+# DP-SGD the same noise per coordinate meets a larger share of the clipped signal.
+QUERY_VALUE_TARGETS = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "gpt2": ["attn.c_attn"],
+}
 MLP_TARGETS = {
     "llama": ["gate_proj", "up_proj", "down_proj"],
     "mistral": ["gate_proj", "up_proj", "down_proj"],
@@ -308,14 +319,18 @@ def lora_target_modules(model, targets: str | list[str] = "attention") -> list[s
     """Module names LoRA attaches to: the architecture's attention (and MLP) projections, checked to exist."""
     model_type = getattr(model.config, "model_type", "")
     if isinstance(targets, str):
-        if targets not in ("attention", "attention+mlp"):
-            raise TrainingConfigError(f"lora_targets must be 'attention', 'attention+mlp' or a list (got {targets!r})")
+        if targets not in ("query+value", "attention", "attention+mlp"):
+            raise TrainingConfigError(
+                f"lora_targets must be 'query+value', 'attention', 'attention+mlp' or a list (got {targets!r})")
         if model_type not in ATTENTION_TARGETS:
             raise TrainingConfigError(
                 f"no default LoRA targets for model type {model_type!r}: pass lora_targets as a list of module names "
                 f"(its linear layers are {', '.join(_linear_names(model))})"
             )
-        names = ATTENTION_TARGETS[model_type] + (MLP_TARGETS[model_type] if targets == "attention+mlp" else [])
+        if targets == "query+value":
+            names = QUERY_VALUE_TARGETS[model_type]
+        else:
+            names = ATTENTION_TARGETS[model_type] + (MLP_TARGETS[model_type] if targets == "attention+mlp" else [])
     else:
         names = list(targets)
     module_names = [name for name, _ in model.named_modules()]
