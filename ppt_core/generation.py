@@ -1,0 +1,206 @@
+"""Synthetic data: sample a corpus from a model, then measure its quality and what it leaks.
+
+Generation is batched, left-padded (so every row's next token sits in the last column) and uses
+the KV cache (transformers' `generate`). Prompts are written the way the data was: the opening
+words of each note template ("DISCHARGE SUMMARY\\nPatient:", "Discharge note for", ...), which hold
+no patient data. With user data (`data_path`), whose templates we do not know, the prompts are the
+first `synthetic_prompt_tokens` tokens of `public` records instead. Never training records: a
+prompt taken from `train` would hand the model the private text we then look for.
+
+Quality: distinct-1/2 (share of unique n-grams), mean length, and BERTScore F1 of each synthetic
+record to its nearest held-out record. Leakage: the share of synthetic records that contain a
+training-only PII value verbatim (an MRN, or a name together with its date of birth), and for each
+synthetic record its best BERTScore against `train` and against `heldout` (equal-sized samples):
+a model that memorised writes text closer to train than to held-out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ppt_core import bertscore, data, stats, tokens
+
+
+def check_params(params: dict) -> None:
+    """The generation settings of a profile are usable."""
+    for key in ("n_synthetic", "synthetic_max_new_tokens", "synthetic_prompt_tokens", "generation_batch_size",
+                "n_synthetic_references"):
+        if int(params[key]) < 1:
+            raise ValueError(f"{key} must be >= 1 (got {params[key]})")
+    if not float(params["temperature"]) > 0:
+        raise ValueError(f"temperature must be > 0 (got {params['temperature']}); greedy decoding is not sampling")
+    if not 0 < float(params["top_p"]) <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (got {params['top_p']})")
+
+
+def rounded(value, digits: int = 6):
+    """`value` with every float rounded to `digits` significant digits (dicts and lists walked), so
+    float noise far below what a result means cannot change the bytes of results.json."""
+    if isinstance(value, dict):
+        return {key: rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item, digits) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(f"{float(value):.{digits}g}") if np.isfinite(value) else None  # JSON has no NaN
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# --- sampling -----------------------------------------------------------------------------------
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T), with each sequence right-aligned."""
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            input_ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
+            attention_mask[row, width - len(seq):] = 1
+    return input_ids, attention_mask
+
+
+@torch.inference_mode()
+def generate_ids(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
+                 temperature: float | None = None, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
+                 progress: bool = True) -> list[list[int]]:
+    """The new token ids after each prompt, cut before the first EOS. temperature None: greedy.
+
+    Sampling runs under `seed` in a forked RNG (the caller's RNG is untouched), so the same prompts,
+    seed and batch size give the same tokens.
+    """
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt needs at least one token")
+    device = next(model.parameters()).device
+    sampling = temperature is not None
+    options = dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0) if sampling \
+        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    out: list[list[int]] = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for chunk in tqdm(list(tokens.batched(list(prompt_ids), batch_size)), desc="generating",
+                          disable=not progress, leave=False):
+            input_ids, attention_mask = left_pad(chunk, tokenizer.pad_token_id)
+            generated = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, **options,
+            )
+            for row in generated[:, input_ids.shape[1]:].tolist():
+                out.append(row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row)
+    return out
+
+
+def generate(model, tokenizer, prompts: Sequence[str], **kw) -> list[str]:
+    """Each prompt followed by the model's continuation, as text (see generate_ids for the options)."""
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    new_ids = generate_ids(model, tokenizer, prompt_ids, **kw)
+    return [prompt + tokenizer.decode(ids, skip_special_tokens=True) for prompt, ids in zip(prompts, new_ids)]
+
+
+# --- the synthetic corpus -----------------------------------------------------------------------
+def synthesis_prompts(params: dict, splits: data.DatasetSplits, tokenizer) -> list[str]:
+    """n_synthetic prompts, cycling through the note templates' headers (user data: public openings)."""
+    if params.get("data_path"):
+        openings = tokenizer(splits.texts("public"), add_special_tokens=False)["input_ids"]
+        headers = [tokenizer.decode(ids[: params["synthetic_prompt_tokens"]]) for ids in openings]
+    else:
+        # The fixed words before a template's first field. Trailing spaces are dropped: in the notes
+        # the space belongs to the next word's token (" John"), so a prompt ending in " " would
+        # start the model off a token boundary it never saw in training.
+        headers = [template.split("{")[0].rstrip() for template in data.TEMPLATES]
+    return [headers[i % len(headers)] for i in range(params["n_synthetic"])]
+
+
+def synthetic_corpus(model, tokenizer, params: dict, splits: data.DatasetSplits, *, progress: bool = True) -> list[str]:
+    """The arm's synthetic records: n_synthetic samples at the profile's temperature and top-p."""
+    return generate(
+        model, tokenizer, synthesis_prompts(params, splits, tokenizer),
+        max_new_tokens=params["synthetic_max_new_tokens"], temperature=params["temperature"],
+        top_p=params["top_p"], seed=params["seed"], batch_size=params["generation_batch_size"], progress=progress,
+    )
+
+
+# --- quality ------------------------------------------------------------------------------------
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique word n-grams over all word n-grams of the corpus (1.0: no n-gram repeats)."""
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+# --- leakage ------------------------------------------------------------------------------------
+def training_only_pii(splits: data.DatasetSplits) -> dict:
+    """PII of train notes that no held-out or public record carries: {"mrn": set, "name_dob": set of pairs}."""
+    def values(records):
+        notes = [r["pii"] for r in records if r["kind"] == "note" and r.get("pii")]
+        return {p["mrn"] for p in notes if "mrn" in p}, {(p["name"], p["dob"]) for p in notes if "dob" in p}
+
+    train_mrn, train_name_dob = values(splits.train)
+    other_mrn, other_name_dob = values(splits.heldout + splits.public)
+    return {"mrn": train_mrn - other_mrn, "name_dob": train_name_dob - other_name_dob}
+
+
+def leaked_pii(text: str, private: dict) -> list[str]:
+    """The training-only PII values that `text` contains verbatim (MRNs, and "name / DOB" pairs)."""
+    found = [mrn for mrn in private["mrn"] if mrn in text]
+    found += [f"{name} / {dob}" for name, dob in private["name_dob"] if name in text and dob in text]
+    return sorted(found)
+
+
+def reference_samples(splits: data.DatasetSplits, n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Equal-sized random samples of train notes and held-out notes: a fair "which is closer" test."""
+    train = splits.texts("train", kind="note")
+    heldout = splits.texts("heldout", kind="note")
+    n = min(n, len(train), len(heldout))
+    rng = np.random.default_rng(seed)
+    return ([train[i] for i in sorted(rng.choice(len(train), n, replace=False))],
+            [heldout[i] for i in sorted(rng.choice(len(heldout), n, replace=False))])
+
+
+def synthetic_report(texts: Sequence[str], splits: data.DatasetSplits, params: dict, tokenizer) -> tuple[dict, list[dict]]:
+    """(summary, per-record rows) of a synthetic corpus: quality and leakage, as the module docstring says.
+
+    `memorisation_share`: the share of synthetic records whose nearest train note is closer (BERTScore)
+    than their nearest held-out note; about 0.5 for a model that did not memorise.
+    """
+    texts = list(texts)
+    private = training_only_pii(splits)
+    train_refs, heldout_refs = reference_samples(splits, params["n_synthetic_references"], params["seed"])
+    best_train = bertscore.pairwise_f1(texts, train_refs).max(axis=1)
+    best_heldout = bertscore.pairwise_f1(texts, heldout_refs).max(axis=1)
+    leaks = [leaked_pii(t, private) for t in texts]
+    lengths = data.token_lengths(tokenizer, texts)
+    closer_to_train = (best_train > best_heldout).astype(float)
+    gap = best_train - best_heldout
+    boot = dict(n_boot=params["n_bootstrap"], seed=params["seed"])
+    summary = {
+        "records": len(texts),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "mean_tokens": float(lengths.mean()),
+        "bertscore_nearest_heldout": stats.estimate(np.mean, [best_heldout], **boot),
+        "bertscore_nearest_train": stats.estimate(np.mean, [best_train], **boot),
+        "bertscore_train_minus_heldout": stats.estimate(np.mean, [gap], **boot),
+        "memorisation_share": stats.estimate(np.mean, [closer_to_train], **boot),
+        "pii_leak_share": stats.estimate(np.mean, [np.array([bool(x) for x in leaks], dtype=float)], **boot),
+        "pii_values_leaked": sorted({value for x in leaks for value in x}),
+        "references_per_split": len(train_refs),
+    }
+    summary = rounded(summary)
+    rows = [{"text": t, "tokens": int(n), "best_bertscore_train": float(bt), "best_bertscore_heldout": float(bh),
+             "leaked_pii": leak} for t, n, bt, bh, leak in zip(texts, lengths, best_train, best_heldout, leaks)]
+    return summary, rows
+
+
+def leakage_sentence(summaries: dict) -> str:
+    """One sentence per arm, from the numbers: PII leak share and memorisation share with its interval."""
+    parts = []
+    for arm, s in summaries.items():
+        share, mem = s["pii_leak_share"]["value"], s["memorisation_share"]
+        parts.append(f"{arm}: {share:.0%} of records hold a training-only PII value, and {mem['value']:.0%} "
+                     f"[{mem['low']:.0%}, {mem['high']:.0%}] are closer to train than to held-out notes")
+    return "; ".join(parts) + ". About 50% closer to train, and no PII, is what a model that did not memorise gives."

@@ -1,0 +1,95 @@
+"""What each arm of the study costs and what it is good for: held-out perplexity (with a bootstrap
+interval over records), parameter count, size on disk, and inference speed.
+
+Perplexity and sizes are deterministic (results.json); speed is wall-clock (timings.json) and is
+measured by `evaluation.time_inference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ppt_core import artifacts, evaluation, models, stats
+from ppt_core.generation import rounded
+
+TIMING_BATCH_SIZES = (1, 8)  # one user, and a small server batch
+
+
+def _token_weighted_perplexity(rows: np.ndarray) -> float:
+    """rows: [summed log-prob, tokens] per record -> exp(-total log-prob / total tokens)."""
+    return float(np.exp(-rows[:, 0].sum() / rows[:, 1].sum()))
+
+
+def perplexity_estimate(model, tokenizer, texts: Sequence[str], *, max_length: int, batch_size: int = 16,
+                        n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """Token-weighted perplexity of `texts` and its 95% bootstrap interval over records:
+    {"value", "low", "high", "records", "tokens"}."""
+    logprobs = evaluation.token_logprobs(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
+                                         progress=progress)
+    rows = np.array([[lp.sum(), len(lp)] for lp in logprobs], dtype=np.float64)
+    estimate = stats.estimate(_token_weighted_perplexity, [rows], n_boot=n_boot, seed=seed)
+    return dict(estimate, records=len(texts), tokens=int(rows[:, 1].sum()))
+
+
+def _weights_mb(folder: Path | None) -> float | None:
+    if folder is None or not folder.is_dir():
+        return None
+    files = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")]
+    return sum(f.stat().st_size for f in files) / 2**20 if files else None
+
+
+def model_size(model, params: dict, arm: str) -> dict:
+    """Parameters (unique tensors, tied ones once), their float32 size in MB, and the MB the arm's weight
+    files take on disk (None for a model with no checkpoint folder, e.g. the tiny random one); for a
+    fine-tuned arm also its LoRA adapter's MB."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    spec = artifacts.arm_checkpoint(params, arm)
+    folder = Path(spec) if Path(spec).is_dir() else models.cache_dir() / spec
+    size = {
+        "parameters": int(sum(p.numel() for p in unique)),
+        "float32_mb": sum(p.numel() for p in unique) * 4 / 2**20,
+        "disk_mb": _weights_mb(folder),
+    }
+    if arm in artifacts.trained_arm_names(params):
+        size["adapter_mb"] = _weights_mb(artifacts.run_paths(params).model(arm) / "adapter")
+    return size
+
+
+def arm_utility(model, tokenizer, params: dict, arm: str, heldout: Sequence[str], *,
+                progress: bool = True) -> tuple[dict, dict]:
+    """(results, timings) of one arm: held-out perplexity and size; prefill tokens/s and generation ms per
+    token at batch 1 and 8 (see evaluation.time_inference)."""
+    results = {
+        "heldout_perplexity": perplexity_estimate(
+            model, tokenizer, heldout, max_length=params["max_length"], batch_size=params["eval_batch_size"],
+            n_boot=params["n_bootstrap"], seed=params["seed"], progress=progress),
+        **model_size(model, params, arm),
+    }
+    timings = evaluation.time_inference(
+        model, tokenizer, prompt_tokens=params["timing_prompt_tokens"], new_tokens=params["timing_new_tokens"],
+        batch_sizes=TIMING_BATCH_SIZES, repeats=params["timing_repeats"], seed=params["seed"])
+    return rounded(results), timings
+
+
+def utility_table(results: dict, timings: dict) -> pd.DataFrame:
+    """One row per arm: perplexity with its interval, size, and speed."""
+    rows = {}
+    for arm, r in results.items():
+        ppl, speed = r["heldout_perplexity"], timings.get(arm, {})
+        row = {
+            "held-out perplexity": ppl["value"],
+            "95% interval": f"[{ppl['low']:.3g}, {ppl['high']:.3g}]",
+            "parameters (M)": r["parameters"] / 1e6,
+            "disk (MB)": r["disk_mb"],
+        }
+        for batch in TIMING_BATCH_SIZES:
+            key = f"batch{batch}"
+            if key in speed:
+                row[f"prefill tok/s (b{batch})"] = speed[key]["prefill_tokens_per_s"]
+                row[f"ms/token (b{batch})"] = speed[key]["generation_ms_per_token"]
+        rows[arm] = row
+    return pd.DataFrame(rows).T

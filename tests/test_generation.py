@@ -1,0 +1,74 @@
+"""Synthetic-data generation: seeded determinism, left padding, prompts free of training text, and the
+quality and leakage measures on texts whose answers we know."""
+
+import pytest
+import torch
+
+from ppt_core import data, generation, profiles
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model's matrices are small: on a shared 2-core machine one thread is several times
+    faster than two threads spinning against other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sampling_is_deterministic_under_a_seed(tiny):
+    model, tokenizer = tiny
+    prompts = ["DISCHARGE SUMMARY\nPatient:", "Discharge note for", "Name:"]
+    kw = dict(max_new_tokens=12, temperature=0.8, top_p=0.95, batch_size=2, progress=False)
+    first = generation.generate(model, tokenizer, prompts, seed=3, **kw)
+    assert first == generation.generate(model, tokenizer, prompts, seed=3, **kw)
+    assert first != generation.generate(model, tokenizer, prompts, seed=4, **kw)
+    assert all(text.startswith(prompt) for text, prompt in zip(first, prompts))
+
+
+def test_left_padding_leaves_each_continuation_as_if_alone(tiny):
+    model, tokenizer = tiny
+    short = tokenizer("Name:", add_special_tokens=False)["input_ids"]
+    long = tokenizer("HOSPITAL DISCHARGE - Jane Doe, MRN 12345678", add_special_tokens=False)["input_ids"]
+    alone = generation.generate_ids(model, tokenizer, [short], max_new_tokens=8, progress=False)
+    batched = generation.generate_ids(model, tokenizer, [long, short], max_new_tokens=8, progress=False)
+    assert batched[1] == alone[0]
+
+
+def test_prompts_are_template_headers_or_public_text_never_training(tiny, tmp_path):
+    _, tokenizer = tiny
+    params = profiles.get_profile("smoke", n_synthetic=7)
+    splits = data.build_dataset(params, tmp_path, tokenizer=tokenizer)
+    prompts = generation.synthesis_prompts(params, splits, tokenizer)
+    assert len(prompts) == 7 and set(prompts) <= {t.split("{")[0].rstrip() for t in data.TEMPLATES}
+    user = generation.synthesis_prompts(dict(params, data_path="notes.jsonl"), splits, tokenizer)
+    public_openings = [t[:200] for t in splits.texts("public")]
+    assert all(any(opening.startswith(p) for opening in public_openings) for p in user)
+    train_pii = {value for r in splits.train for value in r["pii"].values()}
+    assert not any(value in p for p in prompts + user for value in train_pii)
+
+
+def test_distinct_n():
+    assert generation.distinct_n(["a b c d"], 1) == 1.0
+    assert generation.distinct_n(["a a a a"], 1) == 0.25
+    assert generation.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+
+
+def test_leakage_counts_only_training_only_pii(tiny, tmp_path):
+    _, tokenizer = tiny
+    params = profiles.get_profile("smoke")
+    splits = data.build_dataset(params, tmp_path, tokenizer=tokenizer)
+    private = generation.training_only_pii(splits)
+    member = next(r for r in splits.train if r["kind"] == "note")["pii"]
+    outsider = splits.heldout[0]["pii"]
+    assert member["mrn"] in private["mrn"] and outsider["mrn"] not in private["mrn"]
+    assert generation.leaked_pii(f"MRN {member['mrn']}.", private) == [member["mrn"]]
+    # A name alone is not enough; with its date of birth it is.
+    assert generation.leaked_pii(f"{member['name']} came in.", private) == []
+    assert generation.leaked_pii(f"{member['name']}, born {member['dob']}", private) == [f"{member['name']} / {member['dob']}"]
+    assert generation.leaked_pii(f"MRN {outsider['mrn']}, {outsider['name']} {outsider['dob']}", private) == []
+
+
+def test_rounded_keeps_six_significant_digits_and_drops_nan():
+    assert generation.rounded({"a": [1.23456789, float("nan")], "b": 7}) == {"a": [1.23457, None], "b": 7}
