@@ -74,6 +74,7 @@ QUERY_VALUE_TARGETS = {
     "phi3": ["qkv_proj"],
     "gpt2": ["attn.c_attn"],
 }
+LORA_TARGET_SETS = ("query+value", "attention", "attention+mlp")
 MLP_TARGETS = {
     "llama": ["gate_proj", "up_proj", "down_proj"],
     "mistral": ["gate_proj", "up_proj", "down_proj"],
@@ -113,7 +114,7 @@ class DPConfig:
 class TrainConfig:
     """LoRA fine-tuning settings shared by the private and the non-private arms.
 
-    lora_targets: "attention", "attention+mlp", or a list of module names (e.g. ["q_proj", "v_proj"]).
+    lora_targets: "query+value", "attention", "attention+mlp", or a list of module names (e.g. ["q_proj"]).
     optimizer: "adamw" or "sgd" (plain SGD makes an update exactly lr * gradient: the tests use it).
     epochs: passes over the data in expectation (a float: steps = int(epochs / q)).
     expected_batch_size: records per logical step in expectation (Poisson sampling, q = 1/ceil(N/B)).
@@ -266,9 +267,9 @@ def check_params(params: dict) -> None:
     for arm in params["train_arms"]:
         if arm not in ("full", "pruned"):
             raise TrainingConfigError(f"train_arms may hold 'full' and 'pruned' (got {arm!r})")
-    if params["lora_targets"] not in ("attention", "attention+mlp") and not isinstance(params["lora_targets"], list):
+    if params["lora_targets"] not in LORA_TARGET_SETS and not isinstance(params["lora_targets"], list):
         raise TrainingConfigError(
-            f"lora_targets must be 'attention', 'attention+mlp' or a list of module names (got {params['lora_targets']!r})"
+            f"lora_targets must be one of {LORA_TARGET_SETS} or a list of module names (got {params['lora_targets']!r})"
         )
     n_records = data.train_size(params)
     for epsilon in [None] + list(params["epsilons"]):
@@ -319,9 +320,8 @@ def lora_target_modules(model, targets: str | list[str] = "attention") -> list[s
     """Module names LoRA attaches to: the architecture's attention (and MLP) projections, checked to exist."""
     model_type = getattr(model.config, "model_type", "")
     if isinstance(targets, str):
-        if targets not in ("query+value", "attention", "attention+mlp"):
-            raise TrainingConfigError(
-                f"lora_targets must be 'query+value', 'attention', 'attention+mlp' or a list (got {targets!r})")
+        if targets not in LORA_TARGET_SETS:
+            raise TrainingConfigError(f"lora_targets must be one of {LORA_TARGET_SETS} or a list (got {targets!r})")
         if model_type not in ATTENTION_TARGETS:
             raise TrainingConfigError(
                 f"no default LoRA targets for model type {model_type!r}: pass lora_targets as a list of module names "
