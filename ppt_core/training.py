@@ -47,6 +47,11 @@ from tqdm.auto import tqdm
 from ppt_core import artifacts, tokens
 
 ACCOUNTANTS = ("prv", "rdp")
+# Opacus registers full backward hooks on the LoRA layers; the frozen layers feeding them carry no
+# input gradient, so torch warns on every backward pass. Harmless here: per-sample gradients come from
+# the hooks' grad_output, which is always there.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
