@@ -175,14 +175,10 @@ def get_profile(name: str = DEFAULT_PROFILE, **overrides) -> dict:
 def check_params(params: dict) -> None:
     """Stop with one clear message on any impossible setting, before any expensive work.
 
-    Each stage's module checks its own parameters (`check_params`); this runs them all.
+    Each stage's module checks its own parameters (`check_params`); this runs them all, in the
+    order the stages run.
     """
-    import importlib
+    from ppt_core import attacks, data, generation, models, pruning, similarity, training
 
-    for stage in ("models", "data", "similarity", "pruning", "training", "generation", "attacks"):
-        try:
-            module = importlib.import_module(f"ppt_core.{stage}")
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, "check_params"):
-            module.check_params(params)
+    for stage in (models, data, similarity, pruning, training, generation, attacks):
+        stage.check_params(params)

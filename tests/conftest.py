@@ -6,6 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from ppt_core import profiles  # noqa: E402
 from ppt_core.models import load_model  # noqa: E402
@@ -27,3 +28,13 @@ def smollm():
 def smoke_params(tmp_path):
     """The smoke profile, writing under a temporary run folder."""
     return profiles.get_profile("smoke", run_name=f"pytest-{tmp_path.name}", figures_dir=str(tmp_path / "figures"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model's matrices are small: on a shared 2-core machine one thread is several times
+    faster than two threads spinning against other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

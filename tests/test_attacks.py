@@ -12,14 +12,7 @@ from ppt_core.models import load_model
 MEMORISED_TOKENS = 32  # records are truncated to this many tokens, for training and scoring alike
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's matrices are small: on a shared 2-core machine one thread is several times
-    faster than two threads spinning against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- exposure on a hand-built scorer --------------------------------------------------------------

@@ -2,19 +2,11 @@
 quality and leakage measures on texts whose answers we know."""
 
 import pytest
-import torch
 
 from ppt_core import data, generation, profiles
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's matrices are small: on a shared 2-core machine one thread is several times
-    faster than two threads spinning against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sampling_is_deterministic_under_a_seed(tiny):
