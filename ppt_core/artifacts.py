@@ -155,8 +155,8 @@ def save_model(model, tokenizer, folder: str | Path, *, extra_json: dict | None 
 
 
 def update_results(paths: RunPaths, stage: str, values: dict) -> dict:
-    """Set results.json[stage] = values (other stages untouched); return the whole file."""
-    return _update(paths.results, stage, values)
+    """Set results.json[stage] = values, floats rounded (other stages untouched); return the whole file."""
+    return _update(paths.results, stage, rounded(values))
 
 
 def update_timings(paths: RunPaths, stage: str, values: dict) -> dict:
@@ -177,6 +177,20 @@ def _update(path: Path, key: str, values: dict) -> dict:
     everything[key] = values
     write_json(path, everything)
     return everything
+
+
+def rounded(value, digits: int = 6):
+    """`value` with every float rounded to `digits` significant digits (dicts and lists walked), so
+    float noise far below what a result means cannot change the bytes of results.json."""
+    if isinstance(value, dict):
+        return {key: rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item, digits) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(f"{float(value):.{digits}g}") if np.isfinite(value) else None  # JSON has no NaN
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _jsonable(value):

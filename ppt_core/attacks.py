@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ppt_core import bertscore, data, evaluation, stats, tokens
-from ppt_core.generation import generate_ids, rounded
+from ppt_core.artifacts import rounded
+from ppt_core.generation import generate_ids
 
 
 def check_params(params: dict) -> None:

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppt_core import bertscore, data, stats, tokens
+from ppt_core.artifacts import rounded
 
 
 def check_params(params: dict) -> None:
@@ -35,20 +36,6 @@ def check_params(params: dict) -> None:
         raise ValueError(f"temperature must be > 0 (got {params['temperature']}); greedy decoding is not sampling")
     if not 0 < float(params["top_p"]) <= 1:
         raise ValueError(f"top_p must be in (0, 1] (got {params['top_p']})")
-
-
-def rounded(value, digits: int = 6):
-    """`value` with every float rounded to `digits` significant digits (dicts and lists walked), so
-    float noise far below what a result means cannot change the bytes of results.json."""
-    if isinstance(value, dict):
-        return {key: rounded(item, digits) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [rounded(item, digits) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(f"{float(value):.{digits}g}") if np.isfinite(value) else None  # JSON has no NaN
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 # --- sampling -----------------------------------------------------------------------------------

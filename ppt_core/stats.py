@@ -1,4 +1,4 @@
-"""Uncertainty: bootstrap intervals over records, and ROC summaries shared by the attacks."""
+"""Uncertainty: percentile bootstrap intervals over records for every headline number."""
 
 from __future__ import annotations
 

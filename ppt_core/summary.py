@@ -212,10 +212,8 @@ TIMING_COLUMNS = ["prefill_tokens_per_s", "speedup"]  # wall-clock: kept out of 
 
 
 def deterministic_rows(table: pd.DataFrame) -> list[dict]:
-    """The table without its wall-clock columns, as records for results.json (rounded)."""
-    frame = table.drop(columns=TIMING_COLUMNS).reset_index()
-    return [{k: (None if isinstance(v, float) and np.isnan(v) else (round(v, 6) if isinstance(v, float) else v))
-             for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    """The table without its wall-clock columns, as records for results.json (floats rounded, NaN/inf -> null)."""
+    return artifacts.rounded(table.drop(columns=TIMING_COLUMNS).reset_index().to_dict(orient="records"))
 
 
 def privacy_utility_speed_figure(table: pd.DataFrame):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ppt_core import artifacts, evaluation, models, stats
-from ppt_core.generation import rounded
+from ppt_core.artifacts import rounded
 
 TIMING_BATCH_SIZES = (1, 8)  # one user, and a small server batch
 
