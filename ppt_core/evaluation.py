@@ -38,11 +38,19 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], *, max_length: int = 
     return out
 
 
+def record_logprob_rows(logprobs: Sequence[np.ndarray]) -> np.ndarray:
+    """One row per record: [summed log-probability (nats), number of scored tokens]."""
+    return np.array([[lp.sum(), len(lp)] for lp in logprobs], dtype=np.float64).reshape(-1, 2)
+
+
+def perplexity_of_rows(rows: np.ndarray) -> float:
+    """Token-weighted perplexity of record_logprob_rows: exp(-total log-probability / total tokens)."""
+    return float(np.exp(-rows[:, 0].sum() / rows[:, 1].sum()))
+
+
 def perplexity(model, tokenizer, texts: Sequence[str], **kw) -> float:
     """Token-weighted perplexity over the real tokens of `texts` (padding excluded)."""
-    logps = token_logprobs(model, tokenizer, texts, **kw)
-    every = np.concatenate(logps)
-    return float(np.exp(-every.mean()))
+    return perplexity_of_rows(record_logprob_rows(token_logprobs(model, tokenizer, texts, **kw)))
 
 
 # --- FLOPs: the ideal cost of what remains ----------------------------------------------------------

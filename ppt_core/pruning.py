@@ -153,6 +153,16 @@ def _prune_config(config, keep: list[int], depth: int) -> None:
     config.num_hidden_layers = len(keep)  # GPT-2's n_layer is an alias of this
 
 
+def target_blocks(sweep_records: Sequence[dict], similarity: np.ndarray, n_remove: int, strategy: str,
+                  **select_kw) -> list[int]:
+    """The blocks `strategy` removes at `n_remove`: taken from a sweep that already chose them (iterative
+    selection measures S again at every step, so it is not repeated), else chosen now by select_layers."""
+    for record in sweep_records:
+        if record["strategy"] == strategy and record["n_removed"] == n_remove:
+            return list(record["removed_blocks"])
+    return select_layers(similarity, n_remove, strategy, **select_kw)
+
+
 def sweep(model, tokenizer, similarity: np.ndarray, *, strategies: Sequence[str], levels: Sequence[int],
           eval_texts: Sequence[str], calibration_texts: Sequence[str], seed: int = 0, max_length: int = 128,
           batch_size: int = 16, pooling: str = "mean", progress: bool = True) -> list[dict]:

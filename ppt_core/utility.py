@@ -19,19 +19,14 @@ from ppt_core.artifacts import rounded
 TIMING_BATCH_SIZES = (1, 8)  # one user, and a small server batch
 
 
-def _token_weighted_perplexity(rows: np.ndarray) -> float:
-    """rows: [summed log-prob, tokens] per record -> exp(-total log-prob / total tokens)."""
-    return float(np.exp(-rows[:, 0].sum() / rows[:, 1].sum()))
-
-
 def perplexity_estimate(model, tokenizer, texts: Sequence[str], *, max_length: int, batch_size: int = 16,
                         n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Token-weighted perplexity of `texts` and its 95% bootstrap interval over records:
     {"value", "low", "high", "records", "tokens"}."""
     logprobs = evaluation.token_logprobs(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
                                          progress=progress)
-    rows = np.array([[lp.sum(), len(lp)] for lp in logprobs], dtype=np.float64)
-    estimate = stats.estimate(_token_weighted_perplexity, [rows], n_boot=n_boot, seed=seed)
+    rows = evaluation.record_logprob_rows(logprobs)
+    estimate = stats.estimate(evaluation.perplexity_of_rows, [rows], n_boot=n_boot, seed=seed)
     return dict(estimate, records=len(texts), tokens=int(rows[:, 1].sum()))
 
 

@@ -196,3 +196,12 @@ def test_unsupported_architecture_stops_clearly():
                                      num_attention_heads=4, word_embed_proj_dim=32))
     with pytest.raises(pruning.PruningError, match="model_type 'opt'.* not supported"):
         pruning.prune_layers(model, [0])
+
+
+def test_target_blocks_reuses_the_sweep_and_falls_back_to_selection():
+    similarity = np.eye(5)
+    for l in range(4):
+        similarity[l, l + 1] = similarity[l + 1, l] = [0.5, 0.9, 0.6, 0.8][l]
+    swept = [{"strategy": "pairwise", "n_removed": 2, "removed_blocks": [0, 3]}]
+    assert pruning.target_blocks(swept, similarity, 2, "pairwise") == [0, 3]  # taken as swept
+    assert pruning.target_blocks([], similarity, 2, "pairwise") == [1, 3]  # chosen now
