@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 from tqdm.auto import tqdm
 
 from ppt_core import artifacts, tokens
@@ -386,6 +386,32 @@ def _collate(records: list[tuple]) -> tuple:
     return input_ids[:, :width], attention_mask[:, :width], labels[:, :width]
 
 
+class _ShortRecordsTogether(Sampler):
+    """Poisson-sampled logical batches, each with its records ordered by token count.
+
+    BatchMemoryManager cuts a logical batch into physical batches in order, so short records (the
+    canaries) share physical batches instead of being padded to a note's length: ~1.2-1.3x less
+    compute on the quick data. DP-SGD computes the same thing in any order: every record's clipped
+    gradient is summed over the logical batch and the noise is added once per logical batch.
+    """
+
+    def __init__(self, logical_batches: Sampler, lengths: torch.Tensor):
+        self.logical_batches, self.lengths = logical_batches, lengths.tolist()
+
+    def __iter__(self):
+        for batch in self.logical_batches:
+            yield sorted(batch, key=self.lengths.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.logical_batches)
+
+
+def _short_records_together(loader: DataLoader) -> DataLoader:
+    lengths = loader.dataset.tensors[1].sum(1)  # real tokens per record (attention mask)
+    return DataLoader(loader.dataset, batch_sampler=_ShortRecordsTogether(loader.batch_sampler, lengths),
+                      collate_fn=loader.collate_fn, generator=loader.generator)
+
+
 def record_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B,) mean next-token cross-entropy (nats) over each record's own real tokens."""
     targets = labels[:, 1:]
@@ -513,7 +539,7 @@ def prepare(peft_model, dataset: TensorDataset, config: TrainConfig) -> Training
     criterion, dp = RecordLoss("mean"), config.dp
     if dp is None:
         loader = DPDataLoader.from_data_loader(loader)  # the same Poisson sampler, no privacy machinery
-        return Training(peft_model, peft_model, _VirtualSteps(optimizer), criterion, loader, scheduler,
+        return Training(peft_model, peft_model, _VirtualSteps(optimizer), criterion, _short_records_together(loader), scheduler,
                         lora_params, config, steps, sample_rate)
     engine = PrivacyEngine(accountant=dp.accountant)
     with warnings.catch_warnings():
@@ -527,8 +553,8 @@ def prepare(peft_model, dataset: TensorDataset, config: TrainConfig) -> Training
         module, optimizer, criterion, loader = private
     else:
         module, optimizer, loader = private
-    return Training(peft_model, module, optimizer, criterion, loader, scheduler, lora_params, config, steps,
-                    sample_rate, engine)
+    return Training(peft_model, module, optimizer, criterion, _short_records_together(loader), scheduler,
+                    lora_params, config, steps, sample_rate, engine)
 
 
 def physical_step(training: Training, batch) -> float:

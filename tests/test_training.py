@@ -115,6 +115,23 @@ def test_loader_is_poisson(tiny):
     assert seen == set(range(len(TEXTS)))
 
 
+@pytest.mark.parametrize("dp", [dp_config(), None], ids=["dp", "nonprivate"])
+def test_logical_batches_are_poisson_then_ordered_by_length(tiny, dp):
+    """Opacus's Poisson sampler draws each logical batch; only then are its records ordered by length,
+    so the physical batches BatchMemoryManager cuts from it hold records of similar length."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    texts = [t if i % 3 else "Short note." for i, t in enumerate(TEXTS)]
+    trained = prepared(tiny, small_config(dp=dp), texts)
+    sampler = trained.loader.batch_sampler
+    assert isinstance(sampler.logical_batches, UniformWithReplacementSampler)
+    assert sampler.logical_batches.sample_rate == trained.sample_rate
+    lengths = trained.loader.dataset.tensors[1].sum(1).tolist()
+    batches = [batch for _ in range(10) for batch in sampler]
+    assert all([lengths[i] for i in batch] == sorted(lengths[i] for i in batch) for batch in batches)
+    assert any(lengths[batch[0]] < lengths[batch[-1]] for batch in batches if batch)
+
+
 def test_empty_poisson_batches_train(tiny):
     """With q = 1/N many logical batches are empty; they still count as (noise-only) DP steps."""
     config = small_config(expected_batch_size=1, epochs=0.5, dp=dp_config(target_epsilon=50.0))
