@@ -166,7 +166,9 @@ def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=artifacts.REPO_ROOT,
                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=artifacts.REPO_ROOT,
+        # figures/ and the README's results are this run's own outputs, not changes to the code that made them.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures",
+                                ":!README.md"], cwd=artifacts.REPO_ROOT,
                                capture_output=True, text=True).stdout.strip()
         return out + ("+changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
