@@ -232,6 +232,12 @@ def arm_family(arm: str) -> str:
     return "pruned" if arm.startswith("pruned") else "full"
 
 
+def arm_start(arm: str) -> str:
+    """The untrained arm an arm starts from: "pruned-noft" for the pruned family, else "base".
+    A fine-tuned arm is its start with LoRA merged in: the same architecture and cost."""
+    return "pruned-noft" if arm_family(arm) == "pruned" else "base"
+
+
 def arm_epsilon(arm: str) -> float | None:
     """The target epsilon of a DP arm, None for the others."""
     return float(arm.split("-dp")[1]) if "-dp" in arm else None

@@ -159,29 +159,37 @@ def generate_seconds(model, input_ids: torch.Tensor, new_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def time_inference(model, tokenizer, *, prompt_tokens: int = 128, new_tokens: int = 16,
+def time_inference(models: dict, tokenizer, *, prompt_tokens: int = 128, new_tokens: int = 16,
                    batch_sizes: Sequence[int] = (1, 8), repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict:
-    """Prefill throughput (tokens/s) and per-token generation latency (ms) at each batch size.
+    """Prefill throughput (tokens/s) and per-token generation latency (ms) of each named model at each batch size.
 
-    Returns {"batch<B>": {"prefill_tokens_per_s", "generation_ms_per_token"}, "prompt_tokens",
-    "new_tokens", "repeats"}: medians of `repeats` runs after `warmup` unmeasured ones. Latency is
-    (time to generate new_tokens - time to generate 1) / (new_tokens - 1): the decode steps alone.
+    Returns {name: {"batch<B>": {"prefill_tokens_per_s", "generation_ms_per_token"}, "prompt_tokens",
+    "new_tokens", "repeats"}}: medians of `repeats` runs after `warmup` unmeasured ones. The models run
+    interleaved, as in prefill_timings, so machine load falls on all alike. Latency is (time to generate
+    new_tokens - time to generate 1) / (new_tokens - 1): the decode steps alone.
     """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to separate decoding from prefill (got {new_tokens})")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0 (got repeats={repeats}, warmup={warmup})")
-    report: dict = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats}
+    names = list(models)
+    reports: dict = {name: {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats} for name in names}
     for batch_size in batch_sizes:
-        prompt = timing_prompt(tokenizer, model, batch_size=batch_size, prompt_tokens=prompt_tokens, seed=seed)
-        for _ in range(warmup):
-            prefill_seconds(model, prompt)
-            generate_seconds(model, prompt, 2)
-        prefill = statistics.median(prefill_seconds(model, prompt) for _ in range(repeats))
-        decode = [generate_seconds(model, prompt, new_tokens) - generate_seconds(model, prompt, 1)
-                  for _ in range(repeats)]
-        report[f"batch{batch_size}"] = {
-            "prefill_tokens_per_s": batch_size * prompt_tokens / prefill,
-            "generation_ms_per_token": 1000 * max(statistics.median(decode), 0.0) / (new_tokens - 1),
-        }
-    return report
+        prompt = timing_prompt(tokenizer, models[names[0]], batch_size=batch_size, prompt_tokens=prompt_tokens, seed=seed)
+        prefill: dict = {name: [] for name in names}
+        decode: dict = {name: [] for name in names}
+        for round_index in range(warmup + repeats):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                model = models[name]
+                seconds = prefill_seconds(model, prompt)
+                decoding = generate_seconds(model, prompt, new_tokens) - generate_seconds(model, prompt, 1)
+                if round_index >= warmup:
+                    prefill[name].append(seconds)
+                    decode[name].append(decoding)
+        for name in names:
+            reports[name][f"batch{batch_size}"] = {
+                "prefill_tokens_per_s": batch_size * prompt_tokens / statistics.median(prefill[name]),
+                "generation_ms_per_token": 1000 * max(statistics.median(decode[name]), 0.0) / (new_tokens - 1),
+            }
+    return reports

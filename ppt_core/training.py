@@ -759,8 +759,7 @@ def train_arm(params: dict, arm: str, texts, *, progress: bool = True) -> TrainR
     """Fine-tune one arm (full-nodp, pruned-dp8, ...) from its starting model, save it (save_arm), return its result."""
     from ppt_core import models
 
-    start = "pruned-noft" if artifacts.arm_family(arm) == "pruned" else "base"
-    model, tokenizer = models.load_arm(params, start)
+    model, tokenizer = models.load_arm(params, artifacts.arm_start(arm))
     config = config_from_params(params, artifacts.arm_epsilon(arm), progress=progress)
     peft_model, result = finetune(model, tokenizer, texts, config)
     save_arm(params, arm, peft_model, tokenizer, result, config)

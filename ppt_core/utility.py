@@ -1,8 +1,8 @@
 """What each arm of the study costs and what it is good for: held-out perplexity (with a bootstrap
 interval over records), parameter count, size on disk, and inference speed.
 
-Perplexity and sizes are deterministic (results.json); speed is wall-clock (timings.json) and is
-measured by `evaluation.time_inference`.
+Perplexity and sizes are deterministic (results.json); speed is wall-clock (timings.json), measured
+side by side for the distinct architectures by `evaluation.time_inference` (see `arm_speeds`).
 """
 
 from __future__ import annotations
@@ -53,20 +53,36 @@ def model_size(model, params: dict, arm: str) -> dict:
     return size
 
 
-def arm_utility(model, tokenizer, params: dict, arm: str, heldout: Sequence[str], *,
-                progress: bool = True) -> tuple[dict, dict]:
-    """(results, timings) of one arm: held-out perplexity and size; prefill tokens/s and generation ms per
-    token at batch 1 and 8 (see evaluation.time_inference)."""
-    results = {
+def arm_utility(model, tokenizer, params: dict, arm: str, heldout: Sequence[str], *, progress: bool = True) -> dict:
+    """Held-out perplexity (with its interval) and size of one arm, for results.json."""
+    return rounded({
         "heldout_perplexity": perplexity_estimate(
             model, tokenizer, heldout, max_length=params["max_length"], batch_size=params["eval_batch_size"],
             n_boot=params["n_bootstrap"], seed=params["seed"], progress=progress),
         **model_size(model, params, arm),
-    }
-    timings = evaluation.time_inference(
-        model, tokenizer, prompt_tokens=params["timing_prompt_tokens"], new_tokens=params["timing_new_tokens"],
-        batch_sizes=TIMING_BATCH_SIZES, repeats=params["timing_repeats"], seed=params["seed"])
-    return rounded(results), timings
+    })
+
+
+def arm_speeds(params: dict, arms: Sequence[str], sizes: dict) -> dict:
+    """Prefill tokens/s and generation ms per token at batch 1 and 8 of every arm, for timings.json.
+
+    A fine-tuned arm is its starting model with LoRA merged in: the same blocks, shapes and operations,
+    so the same cost. The starting models (base, pruned-noft) are timed once, side by side
+    (evaluation.time_inference), and each arm gets its start's numbers; `sizes` (arm_utility's results)
+    must show every arm with its start's parameter count.
+    """
+    starts = {arm: artifacts.arm_start(arm) for arm in arms}
+    for arm, start in starts.items():
+        if sizes[arm]["parameters"] != sizes[start]["parameters"]:
+            raise ValueError(f"arm {arm!r} has {sizes[arm]['parameters']} parameters but its start {start!r} has "
+                             f"{sizes[start]['parameters']}: time it on its own")
+    timed = {start: models.load_arm(params, start) for start in dict.fromkeys(starts.values())}
+    tokenizer = next(iter(timed.values()))[1]
+    speeds = evaluation.time_inference(
+        {start: model for start, (model, _) in timed.items()}, tokenizer, prompt_tokens=params["timing_prompt_tokens"],
+        new_tokens=params["timing_new_tokens"], batch_sizes=TIMING_BATCH_SIZES, repeats=params["timing_repeats"],
+        seed=params["seed"])
+    return {arm: speeds[start] for arm, start in starts.items()}
 
 
 def utility_table(results: dict, timings: dict) -> pd.DataFrame:

@@ -44,15 +44,19 @@ def test_forward_flops_match_a_closed_form_for_llama(tiny):
     assert 1 < speedup < c.num_hidden_layers / (c.num_hidden_layers - 2)
 
 
-def test_time_inference_reports_positive_medians(tiny):
+def test_time_inference_times_every_model_side_by_side(tiny):
     model, tokenizer = tiny
-    report = evaluation.time_inference(model, tokenizer, prompt_tokens=8, new_tokens=3, batch_sizes=(1, 2),
-                                       repeats=1, warmup=0)
-    for key in ("batch1", "batch2"):
-        assert report[key]["prefill_tokens_per_s"] > 0
-        assert report[key]["generation_ms_per_token"] >= 0
+    models = {"full": model, "pruned": pruning.prune_layers(model, [0, 5])}
+    reports = evaluation.time_inference(models, tokenizer, prompt_tokens=8, new_tokens=3, batch_sizes=(1, 2),
+                                        repeats=2, warmup=0)
+    assert set(reports) == {"full", "pruned"}
+    for report in reports.values():
+        assert report["repeats"] == 2
+        for key in ("batch1", "batch2"):
+            assert report[key]["prefill_tokens_per_s"] > 0
+            assert report[key]["generation_ms_per_token"] >= 0
     with pytest.raises(ValueError, match="new_tokens must be >= 2"):
-        evaluation.time_inference(model, tokenizer, new_tokens=1)
+        evaluation.time_inference(models, tokenizer, new_tokens=1)
 
 
 def test_prefill_timings_interleave_every_model(tiny):
@@ -62,3 +66,12 @@ def test_prefill_timings_interleave_every_model(tiny):
     assert set(seconds) == {"full", "pruned"} and all(len(runs) == 2 and min(runs) > 0 for runs in seconds.values())
     throughput = evaluation.prefill_throughput(models, tokenizer, prompt_tokens=8, batch_size=2, repeats=1)
     assert all(value > 0 for value in throughput.values())
+
+
+def test_arm_speeds_refuses_an_arm_whose_architecture_differs_from_its_start():
+    """Arms report their starting model's timing only when they have its parameter count."""
+    from ppt_core import profiles, utility
+
+    sizes = {"base": {"parameters": 10}, "full-nodp": {"parameters": 12}}
+    with pytest.raises(ValueError, match="'full-nodp' has 12 parameters but its start 'base' has 10"):
+        utility.arm_speeds(profiles.get_profile("smoke"), ["base", "full-nodp"], sizes)
