@@ -129,14 +129,20 @@ def prefill_timings(models: dict, tokenizer, *, prompt_tokens: int = 128, batch_
     first = next(iter(models.values()))
     prompt = timing_prompt(tokenizer, first, batch_size=batch_size, prompt_tokens=prompt_tokens, seed=seed)
     seconds: dict = {name: [] for name in models}
-    names = list(models)
-    for round_index in range(warmup + repeats):
+    for round_index, name in _interleaved(list(models), warmup + repeats):
+        elapsed = prefill_seconds(models[name], prompt)
+        if round_index >= warmup:
+            seconds[name].append(elapsed)
+    return seconds
+
+
+def _interleaved(names: list, rounds: int):
+    """(round, name) for every model in every round, the order rotated each round so that machine
+    load falls on all models alike."""
+    for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            elapsed = prefill_seconds(models[name], prompt)
-            if round_index >= warmup:
-                seconds[name].append(elapsed)
-    return seconds
+            yield round_index, name
 
 
 def prefill_throughput(models: dict, tokenizer, *, prompt_tokens: int = 128, batch_size: int = 8, **kw) -> dict:
@@ -178,15 +184,13 @@ def time_inference(models: dict, tokenizer, *, prompt_tokens: int = 128, new_tok
         prompt = timing_prompt(tokenizer, models[names[0]], batch_size=batch_size, prompt_tokens=prompt_tokens, seed=seed)
         prefill: dict = {name: [] for name in names}
         decode: dict = {name: [] for name in names}
-        for round_index in range(warmup + repeats):
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                model = models[name]
-                seconds = prefill_seconds(model, prompt)
-                decoding = generate_seconds(model, prompt, new_tokens) - generate_seconds(model, prompt, 1)
-                if round_index >= warmup:
-                    prefill[name].append(seconds)
-                    decode[name].append(decoding)
+        for round_index, name in _interleaved(names, warmup + repeats):
+            model = models[name]
+            seconds = prefill_seconds(model, prompt)
+            decoding = generate_seconds(model, prompt, new_tokens) - generate_seconds(model, prompt, 1)
+            if round_index >= warmup:
+                prefill[name].append(seconds)
+                decode[name].append(decoding)
         for name in names:
             reports[name][f"batch{batch_size}"] = {
                 "prefill_tokens_per_s": batch_size * prompt_tokens / statistics.median(prefill[name]),

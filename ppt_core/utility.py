@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ppt_core import artifacts, evaluation, models, stats
 from ppt_core.artifacts import rounded
@@ -63,26 +64,35 @@ def arm_utility(model, tokenizer, params: dict, arm: str, heldout: Sequence[str]
     })
 
 
-def arm_speeds(params: dict, arms: Sequence[str], sizes: dict) -> dict:
-    """Prefill tokens/s and generation ms per token at batch 1 and 8 of every arm, for timings.json.
+def arm_speeds(starts: dict, tokenizer, params: dict, sizes: dict) -> dict:
+    """Prefill tokens/s and generation ms per token at batch 1 and 8 of every arm in `sizes`, for timings.json.
 
     A fine-tuned arm is its starting model with LoRA merged in: the same blocks, shapes and operations,
-    so the same cost. The starting models (base, pruned-noft) are timed once, side by side
+    so the same cost. The starting models (`starts`: base, pruned-noft) are timed once, side by side
     (evaluation.time_inference), and each arm gets its start's numbers; `sizes` (arm_utility's results)
     must show every arm with its start's parameter count.
     """
-    starts = {arm: artifacts.arm_start(arm) for arm in arms}
-    for arm, start in starts.items():
+    arm_start = {arm: artifacts.arm_start(arm) for arm in sizes}
+    for arm, start in arm_start.items():
         if sizes[arm]["parameters"] != sizes[start]["parameters"]:
             raise ValueError(f"arm {arm!r} has {sizes[arm]['parameters']} parameters but its start {start!r} has "
                              f"{sizes[start]['parameters']}: time it on its own")
-    timed = {start: models.load_arm(params, start) for start in dict.fromkeys(starts.values())}
-    tokenizer = next(iter(timed.values()))[1]
     speeds = evaluation.time_inference(
-        {start: model for start, (model, _) in timed.items()}, tokenizer, prompt_tokens=params["timing_prompt_tokens"],
-        new_tokens=params["timing_new_tokens"], batch_sizes=TIMING_BATCH_SIZES, repeats=params["timing_repeats"],
-        seed=params["seed"])
-    return {arm: speeds[start] for arm, start in starts.items()}
+        starts, tokenizer, prompt_tokens=params["timing_prompt_tokens"], new_tokens=params["timing_new_tokens"],
+        batch_sizes=TIMING_BATCH_SIZES, repeats=params["timing_repeats"], seed=params["seed"])
+    return {arm: speeds[start] for arm, start in arm_start.items()}
+
+
+def measure_arms(params: dict, arms: Sequence[str], heldout: Sequence[str], *, progress: bool = True) -> tuple[dict, dict]:
+    """(results, timings) of every arm: arm_utility of each, loaded once, then arm_speeds of the starting
+    models kept from that pass."""
+    results, starts, tokenizer = {}, {}, None
+    for arm in tqdm(arms, desc="arms", disable=not progress):
+        model, tokenizer = models.load_arm(params, arm)
+        results[arm] = arm_utility(model, tokenizer, params, arm, heldout, progress=False)
+        if artifacts.arm_start(arm) == arm:
+            starts[arm] = model
+    return results, arm_speeds(starts, tokenizer, params, results)
 
 
 def utility_table(results: dict, timings: dict) -> pd.DataFrame:

@@ -74,4 +74,4 @@ def test_arm_speeds_refuses_an_arm_whose_architecture_differs_from_its_start():
 
     sizes = {"base": {"parameters": 10}, "full-nodp": {"parameters": 12}}
     with pytest.raises(ValueError, match="'full-nodp' has 12 parameters but its start 'base' has 10"):
-        utility.arm_speeds(profiles.get_profile("smoke"), ["base", "full-nodp"], sizes)
+        utility.arm_speeds({}, None, profiles.get_profile("smoke"), sizes)
