@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from ppt_core import artifacts
+from ppt_core import arms, artifacts
 
 EMBEDDED_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny-random-llama"
@@ -161,7 +161,7 @@ def check_params(params: dict) -> None:
 
 def load_arm(params: dict, arm: str, *, device=None, dtype=None):
     """(model, tokenizer) of one arm of the study (see ppt_core.artifacts for the arms)."""
-    spec = artifacts.arm_checkpoint(params, arm)
+    spec = arms.checkpoint(params, arm)
     if arm != "base" and not Path(spec).exists():
         raise FileNotFoundError(f"arm {arm!r} has no model at {spec}: run the notebook that trains or prunes it first")
     return load_model(spec, device=device if device is not None else params.get("device"), dtype=dtype)

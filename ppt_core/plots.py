@@ -11,7 +11,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from ppt_core import artifacts
+from ppt_core import arms, artifacts
 
 ARM_PALETTE = {
     "base": "#4d4d4d",
@@ -37,8 +37,9 @@ def arm_color(arm: str) -> str:
     """A stable colour per arm: blues for the full model, oranges for the pruned one, darker = more private."""
     if arm in ARM_PALETTE:
         return ARM_PALETTE[arm]
-    family = "Blues" if arm.startswith("full") else "Oranges"
-    epsilon = float(arm.split("dp")[-1]) if "-dp" in arm else 8.0
+    parsed = arms.parse(arm)
+    family = "Oranges" if parsed.pruned else "Blues"
+    epsilon = parsed.epsilon if parsed.private else 8.0
     shade = min(0.95, 0.45 + 0.5 / max(epsilon, 0.5) ** 0.5)
     return matplotlib.colors.to_hex(plt.get_cmap(family)(shade))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppt_core import artifacts
+from ppt_core import arms, artifacts
 
 SPEED_BATCH = "batch8"  # prefill throughput of the summary: a small server batch
 
@@ -42,13 +42,13 @@ def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
     and the share of synthetic records leaking training-only PII; intervals in *_low / *_high."""
     base_speed = _get(timings, "utility", "base", SPEED_BATCH, "prefill_tokens_per_s")
     rows = []
-    for arm in artifacts.arm_names(params):
+    for arm in arms.arm_names(params):
         utility, attacks = _get(results, "utility", arm, default={}), _get(results, "attacks", arm, default={})
         epsilon = _get(results, "training", arm, "epsilon")
         speed = _get(timings, "utility", arm, SPEED_BATCH, "prefill_tokens_per_s", default=np.nan)
         row = {
             "arm": arm,
-            "blocks": _get(results, "pruning", "pruned_depth" if artifacts.arm_family(arm) == "pruned" and arm != "base"
+            "blocks": _get(results, "pruning", "pruned_depth" if arms.parse(arm).pruned
                            else "original_depth", default=np.nan),
             "parameters_M": _get(utility, "parameters", default=np.nan) / 1e6,
             "epsilon": epsilon if epsilon is not None else np.inf,

@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from tqdm.auto import tqdm
 
-from ppt_core import artifacts, tokens
+from ppt_core import arms, artifacts, tokens
 
 ACCOUNTANTS = ("prv", "rdp")
 # Opacus registers full backward hooks on the LoRA layers; the frozen layers feeding them carry no
@@ -737,8 +737,8 @@ def save_arm(params: dict, arm: str, peft_model, tokenizer, result: TrainResult,
     paths = artifacts.run_paths(params)
     folder = paths.model(arm)
     removed, base_model = None, params["model"]
-    if artifacts.arm_family(arm) == "pruned":
-        checkpoint = Path(artifacts.arm_checkpoint(params, "pruned-noft"))
+    if arms.parse(arm).pruned:
+        checkpoint = Path(arms.checkpoint(params, "pruned-noft"))
         pruning_json = checkpoint / "pruning.json"
         # Relative to the repository, so training.json reads the same on every machine.
         base_model = str(checkpoint.relative_to(artifacts.REPO_ROOT)) if checkpoint.is_relative_to(artifacts.REPO_ROOT) else str(checkpoint)
@@ -759,8 +759,8 @@ def train_arm(params: dict, arm: str, texts, *, progress: bool = True) -> TrainR
     """Fine-tune one arm (full-nodp, pruned-dp8, ...) from its starting model, save it (save_arm), return its result."""
     from ppt_core import models
 
-    model, tokenizer = models.load_arm(params, artifacts.arm_start(arm))
-    config = config_from_params(params, artifacts.arm_epsilon(arm), progress=progress)
+    model, tokenizer = models.load_arm(params, arms.parse(arm).start)
+    config = config_from_params(params, arms.parse(arm).epsilon, progress=progress)
     peft_model, result = finetune(model, tokenizer, texts, config)
     save_arm(params, arm, peft_model, tokenizer, result, config)
     return result

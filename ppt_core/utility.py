@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ppt_core import artifacts, evaluation, models, stats
+from ppt_core import arms, artifacts, evaluation, models, stats
 from ppt_core.artifacts import rounded
 
 TIMING_BATCH_SIZES = (1, 8)  # one user, and a small server batch
@@ -42,14 +42,14 @@ def model_size(model, params: dict, arm: str) -> dict:
     files take on disk (None for a model with no checkpoint folder, e.g. the tiny random one); for a
     fine-tuned arm also its LoRA adapter's MB."""
     unique = {id(p): p for p in model.parameters()}.values()
-    spec = artifacts.arm_checkpoint(params, arm)
+    spec = arms.checkpoint(params, arm)
     folder = Path(spec) if Path(spec).is_dir() else models.cache_dir() / spec
     size = {
         "parameters": int(sum(p.numel() for p in unique)),
         "float32_mb": sum(p.numel() for p in unique) * 4 / 2**20,
         "disk_mb": _weights_mb(folder),
     }
-    if arm in artifacts.trained_arm_names(params):
+    if arms.parse(arm).trained:
         size["adapter_mb"] = _weights_mb(artifacts.run_paths(params).model(arm) / "adapter")
     return size
 
@@ -72,7 +72,7 @@ def arm_speeds(starts: dict, tokenizer, params: dict, sizes: dict) -> dict:
     (evaluation.time_inference), and each arm gets its start's numbers; `sizes` (arm_utility's results)
     must show every arm with its start's parameter count.
     """
-    arm_start = {arm: artifacts.arm_start(arm) for arm in sizes}
+    arm_start = {arm: arms.parse(arm).start for arm in sizes}
     for arm, start in arm_start.items():
         if sizes[arm]["parameters"] != sizes[start]["parameters"]:
             raise ValueError(f"arm {arm!r} has {sizes[arm]['parameters']} parameters but its start {start!r} has "
@@ -83,14 +83,14 @@ def arm_speeds(starts: dict, tokenizer, params: dict, sizes: dict) -> dict:
     return {arm: speeds[start] for arm, start in arm_start.items()}
 
 
-def measure_arms(params: dict, arms: Sequence[str], heldout: Sequence[str], *, progress: bool = True) -> tuple[dict, dict]:
+def measure_arms(params: dict, arm_names: Sequence[str], heldout: Sequence[str], *, progress: bool = True) -> tuple[dict, dict]:
     """(results, timings) of every arm: arm_utility of each, loaded once, then arm_speeds of the starting
     models kept from that pass."""
     results, starts, tokenizer = {}, {}, None
-    for arm in tqdm(arms, desc="arms", disable=not progress):
+    for arm in tqdm(arm_names, desc="arms", disable=not progress):
         model, tokenizer = models.load_arm(params, arm)
         results[arm] = arm_utility(model, tokenizer, params, arm, heldout, progress=False)
-        if artifacts.arm_start(arm) == arm:
+        if arms.parse(arm).start == arm:
             starts[arm] = model
     return results, arm_speeds(starts, tokenizer, params, results)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from ppt_core import artifacts, evaluation, training
+from ppt_core import arms, artifacts, evaluation, training
 
 MAX_LENGTH = 24
 TEXTS = [
@@ -265,6 +265,6 @@ def test_save_arm_loads_with_plain_transformers_and_peft(tiny, smoke_params):
             assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
             adapter = PeftModel.from_pretrained(copy.deepcopy(model), folder / "adapter")  # it edits its base
             assert torch.allclose(adapter(input_ids=ids).logits, expected, atol=1e-4)
-        assert artifacts.arm_checkpoint(smoke_params, "full-dp8") == str(folder / "merged")
+        assert arms.checkpoint(smoke_params, "full-dp8") == str(folder / "merged")
     finally:
         shutil.rmtree(artifacts.run_paths(smoke_params).root, ignore_errors=True)
