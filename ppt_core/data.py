@@ -12,6 +12,12 @@ Splits:
 - `canaries`: secret-bearing sentences ("... portal access code: 048213.") with a secret drawn
   uniformly from 10**secret_digits codes. Inserted canaries appear in `train` exactly
   `repetitions` times; reference canaries (repetitions 0) appear nowhere.
+- `audit`: the one-run privacy audit's canaries (Steinke, Nasr & Jagielski, 2023): a short fixed
+  prefix and `audit_canary_tokens` words drawn at random from the tokenizer's single-token words.
+  Each is one record, included in `train` independently with probability 1/2 by a random stream of
+  its own (`audit_stream`), kept apart from every other draw of the study; `included` says which.
+  Random words cannot be guessed from the rest of the data, so a model only predicts them well if it
+  saw them: a fine-tuned model's gain on them over its starting model is the audit's score.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from faker import Faker
 
 from ppt_core import artifacts
 
-SPLITS = ("train", "heldout", "public", "canaries")
+SPLITS = ("train", "heldout", "public", "canaries", "audit")
 
 
 class DataError(ValueError):
@@ -114,6 +120,9 @@ PROCEDURE_SENTENCES = [
     "{Procedure} confirmed the diagnosis.", "The team obtained a {procedure}.",
 ]
 CANARY_TEMPLATE = "Patient portal access code for {name} (MRN {mrn}): {secret}."
+AUDIT_PREFIX = "Audit words:"
+# The audit's own random stream: entropy that no other draw of the study uses (any fixed number does).
+AUDIT_STREAM = 0xA0D17
 
 
 @dataclass
@@ -124,6 +133,7 @@ class DatasetSplits:
     heldout: list[dict]
     public: list[dict]
     canaries: list[dict]
+    audit: list[dict]
 
     def texts(self, split: str, *, kind: str | None = None) -> list[str]:
         """The texts of one split, optionally only records of one kind ("note" or "canary")."""
@@ -138,9 +148,20 @@ class DatasetSplits:
         return [c for c in self.canaries if c["repetitions"] == 0]
 
 
+def audit_inclusions(params: dict) -> np.ndarray:
+    """Which of the profile's audit canaries go into `train`: independent fair coins from the audit's
+    own stream (a function of the seed alone, so N is known before any data is written)."""
+    return _audit_rng(params).random(int(params["n_audit_canaries"])) < 0.5
+
+
+def _audit_rng(params: dict) -> np.random.Generator:
+    return np.random.default_rng([AUDIT_STREAM, int(params["seed"])])
+
+
 def train_size(params: dict) -> int:
-    """Records in `train` for a profile on the synthetic corpus: notes plus canary copies."""
-    return params["n_train"] + params["canaries_per_repetition"] * sum(params["canary_repetitions"])
+    """Records in `train` for a profile on the synthetic corpus: notes, canary copies and included audit canaries."""
+    copies = params["canaries_per_repetition"] * sum(params["canary_repetitions"])
+    return params["n_train"] + copies + int(audit_inclusions(params).sum())
 
 
 def check_params(params: dict) -> None:
@@ -151,6 +172,9 @@ def check_params(params: dict) -> None:
     reps = params["canary_repetitions"]
     if any(int(r) < 1 for r in reps):
         raise DataError(f"canary_repetitions must all be >= 1 (got {reps})")
+    if int(params["n_audit_canaries"]) < 0 or int(params["audit_canary_tokens"]) < 1:
+        raise DataError(f"n_audit_canaries must be >= 0 and audit_canary_tokens >= 1 (got "
+                        f"{params['n_audit_canaries']}, {params['audit_canary_tokens']})")
     if not 3 <= int(params["secret_digits"]) <= 12:
         raise DataError(f"secret_digits must be between 3 and 12 (got {params['secret_digits']})")
     if params.get("data_path"):
@@ -247,6 +271,34 @@ def _canaries(writer: _NoteWriter, params: dict) -> list[dict]:
     return canaries
 
 
+def audit_vocabulary(tokenizer) -> list[str]:
+    """Lower-case words of 3+ letters that the tokenizer keeps as one token after a space, and that come
+    back as that one token when re-encoded: random draws from them tokenize exactly as drawn."""
+    words = set()
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        if len(text) >= 4 and text[0] == " " and text[1:].isascii() and text[1:].isalpha() and text[1:].islower():
+            words.add(text[1:])
+    return sorted(w for w in words if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1)
+
+
+def _audit_canaries(params: dict, tokenizer) -> list[dict]:
+    included = audit_inclusions(params)
+    rng = _audit_rng(params)
+    rng.random(len(included))  # the inclusions above came first from this stream
+    vocabulary = audit_vocabulary(tokenizer) if len(included) else []
+    n_words = int(params["audit_canary_tokens"])
+    if len(included) and len(vocabulary) < 10 * n_words:
+        raise DataError(f"the tokenizer has only {len(vocabulary)} single-token words: too few to draw audit canaries "
+                        f"of {n_words} words; set n_audit_canaries=0")
+    canaries = []
+    for i, include in enumerate(included):
+        words = [vocabulary[j] for j in rng.choice(len(vocabulary), n_words, replace=False)]
+        canaries.append({"id": f"audit-{i:04d}", "kind": "audit", "text": AUDIT_PREFIX + "".join(" " + w for w in words),
+                         "secret_tokens": n_words, "included": bool(include)})
+    return canaries
+
+
 def build_dataset(params: dict, out_dir: str | Path, *, tokenizer=None) -> DatasetSplits:
     """Build the profile's splits (synthetic, or from params['data_path']) and write them to out_dir.
 
@@ -275,13 +327,15 @@ def build_dataset(params: dict, out_dir: str | Path, *, tokenizer=None) -> Datas
     canaries = _canaries(writer, params)
     for canary in canaries:
         train += [dict(canary, id=f"{canary['id']}-copy{k}") for k in range(canary["repetitions"])]
-    random.Random(params["seed"] + 1).shuffle(train)
-    splits = DatasetSplits(train=train, heldout=heldout, public=public, canaries=canaries)
-
     if tokenizer is None:
         from ppt_core.models import load_tokenizer
 
         tokenizer = load_tokenizer(params["model"])
+    audit = _audit_canaries(params, tokenizer)
+    train += [record for record in audit if record["included"]]
+    random.Random(params["seed"] + 1).shuffle(train)
+    splits = DatasetSplits(train=train, heldout=heldout, public=public, canaries=canaries, audit=audit)
+
     card = dataset_card(splits, params, tokenizer)
     out_dir = Path(out_dir)
     for split in SPLITS:
@@ -320,15 +374,22 @@ def dataset_card(splits: DatasetSplits, params: dict, tokenizer) -> dict:
         "source": params.get("data_path") or "synthetic clinical notes (ppt_core.data)",
         "seed": params["seed"],
         "max_length": params["max_length"],
-        "splits": {s: length_stats(splits.texts(s)) for s in SPLITS},
+        "splits": {s: length_stats(splits.texts(s)) for s in SPLITS if getattr(splits, s)},
         "train_notes": len([r for r in splits.train if r["kind"] == "note"]),
         "train_canary_copies": len([r for r in splits.train if r["kind"] == "canary"]),
+        "train_audit_canaries": len([r for r in splits.train if r["kind"] == "audit"]),
         "canary_design": {
             "template": CANARY_TEMPLATE,
             "secret_space": 10 ** params["secret_digits"],
             "repetitions": sorted({c["repetitions"] for c in splits.canaries}),
             "inserted": len(splits.inserted_canaries),
             "reference": len(splits.reference_canaries),
+        },
+        "audit_design": {
+            "prefix": AUDIT_PREFIX,
+            "words_per_canary": params["audit_canary_tokens"],
+            "canaries": len(splits.audit),
+            "included": sum(r["included"] for r in splits.audit),
         },
     }
 

@@ -20,15 +20,37 @@ from tqdm.auto import tqdm
 from ppt_core import tokens
 
 
+def bf16_available(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on `device`: CUDA with bf16 support, or a CPU with native bf16 matmuls
+    (AVX-512 BF16 / AMX); elsewhere bf16 would be emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, bf16: bool = False) -> torch.Tensor:
+    """Float32 logits of every position. With `bf16`, the blocks run under bf16 autocast and the output
+    head in float32 on the final hidden states: a bf16 head would round logits of ~20 to ~0.1 and every
+    log-probability with them (a test bounds what bf16 changes in perplexity and membership AUC)."""
+    if not bf16:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    with torch.autocast(device_type=input_ids.device.type, dtype=torch.bfloat16):
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    logits = model.get_output_embeddings()(hidden.float())
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2 and 3 squash their logits
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
 @torch.no_grad()
 def token_logprobs(model, tokenizer, texts: Sequence[str], *, max_length: int = 128, batch_size: int = 16,
-                   progress: bool = True) -> list[np.ndarray]:
-    """For each text, the log-probability (nats) the model gives each of its real tokens after the first."""
+                   bf16: bool = False, progress: bool = True) -> list[np.ndarray]:
+    """For each text, the log-probability (nats) the model gives each of its real tokens after the first.
+    `bf16`: the blocks under bf16 autocast (see next_token_logits)."""
     device = next(model.parameters()).device
     out: list[np.ndarray] = []
     for chunk in tqdm(list(tokens.batched(list(texts), batch_size)), desc="scoring", disable=not progress, leave=False):
         batch = tokens.to_device(tokens.encode(tokenizer, chunk, max_length), device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], bf16=bf16)[:, :-1]
         targets = batch["labels"][:, 1:]
         # log p(target) = logit(target) - logsumexp(logits): no second vocabulary-sized tensor
         picked = logits.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)

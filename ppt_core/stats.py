@@ -27,3 +27,15 @@ def estimate(statistic: Callable[..., float], groups: Sequence[np.ndarray], *, n
     value = statistic(*(np.asarray(g) for g in groups))
     low, high = bootstrap_interval(statistic, groups, n_boot=n_boot, seed=seed)
     return {"value": float(value), "low": low, "high": high}
+
+
+def clopper_pearson(successes: int, trials: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided interval of a binomial proportion: 0 of 16 gives [0, 0.206]."""
+    import scipy.stats
+
+    if trials < 1:
+        raise ValueError(f"a proportion needs at least one trial (got {trials})")
+    alpha = 1 - level
+    low = 0.0 if successes == 0 else float(scipy.stats.beta.ppf(alpha / 2, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(scipy.stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
+    return low, high

@@ -1,9 +1,9 @@
-"""The attacks: exposure on a scorer whose ranks we know, ROC arithmetic, the KV-cached canary scorer
-against plain scoring, and membership/extraction/canaries against a tiny model that memorised a few records."""
+"""The attacks: exact ranks on scorers whose ranks we know, ROC arithmetic, the KV-cached scorers against plain
+scoring, and membership (reference attack included), extraction and canaries against a tiny model that memorised
+a few records."""
 
 import numpy as np
 import pytest
-import scipy.stats
 import torch
 
 from ppt_core import attacks, data, evaluation, profiles, tokens
@@ -15,49 +15,55 @@ MEMORISED_TOKENS = 32  # records are truncated to this many tokens, for training
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# --- exposure on a hand-built scorer --------------------------------------------------------------
-def _normal_scorer(space: int):
-    """log p(secret) = -Phi^-1((v + 0.5) / space) for secret v: secret v has rank exactly v + 1, and the
-    log-perplexities of the space are normally distributed, as the extrapolating fit assumes."""
-    def score(prefix, secrets):
-        values = np.array([int(s) for s in secrets])
-        return -scipy.stats.norm.ppf((values + 0.5) / space)
-    return score
+# --- exact ranks on a hand-built scorer -----------------------------------------------------------
+def _table_scorer(table: np.ndarray):
+    """next_digit_logprobs from a table: log p(digit d at position i | any partial code) = table[i, d]."""
+    def next_digit_logprobs(partials):
+        return np.array([table[len(p)] for p in partials])
+    return next_digit_logprobs
 
 
-def _canary(secret: str, digits: int) -> dict:
-    return {"id": "canary-007", "prefix": "code: ", "secret": secret, "secret_digits": digits, "repetitions": 4}
+def _brute_force_rank(table: np.ndarray, secret: str) -> float:
+    digits = len(secret)
+    scores = {f"{v:0{digits}d}": sum(table[i, int(c)] for i, c in enumerate(f"{v:0{digits}d}")) for v in range(10**digits)}
+    mine = scores.pop(secret)
+    above = sum(s > mine + attacks.TIE_TOLERANCE for s in scores.values())
+    ties = sum(abs(s - mine) <= attacks.TIE_TOLERANCE for s in scores.values())
+    return 1 + above + ties / 2
 
 
-def test_exposure_is_exact_when_the_space_is_scored_in_full():
-    # Secret 099 of 1000 has rank 100: exposure = log2(1000) - log2(100) = log2(10).
-    row = attacks.canary_exposure(_normal_scorer(1000), [_canary("099", 3)], n_samples=2000, progress=False)[0]
-    assert row["method"] == "exact rank"
-    assert row["rank"] == 100
-    assert row["exposure"] == pytest.approx(np.log2(10))
+@pytest.mark.parametrize("secret", ["000", "137", "999", "520"])
+def test_digit_tree_rank_is_the_brute_force_rank(secret):
+    table = np.log(np.random.default_rng(3).dirichlet(np.ones(10), size=3))
+    found = attacks.digit_tree_rank(_table_scorer(table), secret, cap=1000, batch_size=7)
+    assert found["exact"] and found["rank"] == _brute_force_rank(table, secret)
 
 
-def test_exposure_sampled_estimates_the_known_rank():
-    space = 10**4
-    # A mid-rank secret: rank 1000, exposure log2(10) = 3.32, within reach of 400 samples.
-    mid = attacks.canary_exposure(_normal_scorer(space), [_canary("0999", 4)], n_samples=400, progress=False)[0]
-    assert mid["method"].startswith("rank among 400 sampled secrets")
-    assert mid["exposure"] == mid["exposure_sampled"] == pytest.approx(np.log2(10), abs=0.6)
-    assert mid["exposure_normal_fit"] == pytest.approx(np.log2(10), abs=0.6)
-    # Rank 1: exposure log2(10**4) = 13.3, beyond what 400 samples can resolve (cap log2(401) = 8.6);
-    # the secret beats every sample, so the headline extrapolates from the normal fit and still finds it.
-    top = attacks.canary_exposure(_normal_scorer(space), [_canary("0000", 4)], n_samples=400, progress=False)[0]
-    assert top["samples_more_likely"] == 0
-    assert top["exposure_sampled"] == pytest.approx(np.log2(401))
-    assert top["exposure"] == pytest.approx(np.log2(space), abs=1.0)
+def test_digit_tree_rank_counts_ties_half():
+    # Digits 0-4 equally likely, 5-9 equally (less) likely: every code shares its score with many others.
+    table = np.log(np.tile(np.r_[np.full(5, 0.15), np.full(5, 0.05)], (3, 1)))
+    for secret in ("000", "059", "999"):
+        found = attacks.digit_tree_rank(_table_scorer(table), secret, cap=1000)
+        assert found["exact"] and found["rank"] == _brute_force_rank(table, secret)
+    # "000" is as likely as every other code of digits 0-4 (124 of them) and less likely than none
+    assert attacks.digit_tree_rank(_table_scorer(table), "000", cap=1000)["rank"] == 1 + 124 / 2
 
 
-def test_candidate_secrets_are_the_same_for_every_arm_and_exclude_the_secret():
-    canary = _canary("123456", 6)
-    first, exhaustive = attacks.candidate_secrets(canary, 50, seed=0)
-    again, _ = attacks.candidate_secrets(canary, 50, seed=0)
-    assert not exhaustive and first == again and len(first) == 50
-    assert "123456" not in first and all(len(s) == 6 for s in first)
+def test_digit_tree_rank_past_the_cap_brackets_the_true_rank():
+    table = np.log(np.random.default_rng(4).dirichlet(np.ones(10), size=4))
+    secret = "9999"
+    true_rank = _brute_force_rank(table, secret)
+    found = attacks.digit_tree_rank(_table_scorer(table), secret, cap=50, batch_size=5)
+    assert true_rank > 50 and not found["exact"] and found["rank"] is None
+    assert 50 < found["rank_at_least"] <= true_rank <= found["rank_at_most"]
+
+
+def test_exposure_from_samples_brackets_a_known_share():
+    # 10% of the space is more likely than the secret: exposure log2(10) = 3.32 bits.
+    rng = np.random.default_rng(0)
+    samples = np.where(rng.random(2000) < 0.1, 1.0, -1.0)
+    low, high = attacks.exposure_from_samples(0.0, samples, 10**6)
+    assert low < np.log2(10) < high and high - low < 0.5
 
 
 # --- ROC ------------------------------------------------------------------------------------------
@@ -86,6 +92,34 @@ def test_secret_logprobs_equal_plain_full_sequence_scoring(tiny):
         assert value == pytest.approx(logprobs[n_prefix - 1:-1].sum(), abs=1e-3)
 
 
+def test_next_digit_scorer_agrees_with_plain_scoring_and_ranks_exactly(tiny):
+    model, tokenizer = tiny
+    prefix, secret = "Patient portal access code for Ada Lovelace (MRN 12345678): ", "407"
+    scorer = attacks.NextDigitScorer(model, tokenizer, prefix, secret)
+    path = scorer([secret[:i] for i in range(3)])
+    via_digits = sum(path[i, int(c)] for i, c in enumerate(secret))
+    assert via_digits == pytest.approx(attacks.secret_logprobs(model, tokenizer, prefix, [secret])[0], abs=1e-4)
+    codes = [f"{v:03d}" for v in range(1000)]
+    every = attacks.secret_logprobs(model, tokenizer, prefix, codes, batch_size=250)
+    mine = every[codes.index(secret)]
+    others = np.delete(every, codes.index(secret))
+    expected = 1 + (others > mine + attacks.TIE_TOLERANCE).sum() + (np.abs(others - mine) <= attacks.TIE_TOLERANCE).sum() / 2
+    found = attacks.digit_tree_rank(scorer, secret, cap=1000, batch_size=32)
+    assert found["exact"] and found["rank"] == expected
+
+
+def test_a_tokenizer_that_merges_digits_is_detected(tiny):
+    model, tokenizer = tiny
+
+    class Merging:  # spells "12" as one token, like GPT-2's BPE does for digit runs
+        def __call__(self, text, add_special_tokens=False):
+            ids = tokenizer(text.replace("12", "\x00"), add_special_tokens=False)["input_ids"]
+            return {"input_ids": ids}
+
+    with pytest.raises(attacks.DigitTokenizationError):
+        attacks.NextDigitScorer(model, Merging(), "code: ", "12")
+
+
 # --- against a model that memorised a handful of records --------------------------------------------
 @pytest.fixture(scope="module")
 def memorised(tmp_path_factory, one_thread):
@@ -99,7 +133,7 @@ def memorised(tmp_path_factory, one_thread):
     canary = splits.inserted_canaries[0]
     batch = tokens.encode(tokenizer, [r["text"] for r in notes] + [canary["text"]] * 2, MEMORISED_TOKENS)
     torch.manual_seed(0)
-    steps = 120
+    steps = 200
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     model.train()
@@ -118,20 +152,30 @@ def _scores(model, tokenizer, texts):
                                  progress=False)
 
 
-def test_membership_auc_near_one_on_memorised_records_and_near_half_on_unseen(memorised):
+def _signals(model, tokenizer, texts, start=None):
+    scores = _scores(model, tokenizer, texts)
+    return attacks.membership_signals(scores, None if start is None else _scores(*start, texts))
+
+
+def test_membership_auc_near_one_on_memorised_records_and_near_half_on_unseen(memorised, tiny):
     model, tokenizer, splits, notes, _, final_loss = memorised
     assert final_loss < 0.25, f"the fixture did not memorise (loss {final_loss:.3f})"
-    members = _scores(model, tokenizer, [r["text"] for r in notes])
-    heldout = _scores(model, tokenizer, splits.texts("heldout", kind="note")[:24])
-    summary, _ = attacks.membership_inference(members, heldout, n_boot=50)
-    for signal in ("loss", "zlib", "min_k"):
-        assert summary[signal]["auc"]["value"] >= 0.95, signal
-    assert summary["loss"]["tpr_at_1pct_fpr"] >= 0.8
+    heldout_texts, public_texts = splits.texts("heldout", kind="note")[:24], splits.texts("public", kind="note")[:24]
+    members = _signals(model, tokenizer, [r["text"] for r in notes], start=tiny)
+    heldout = _signals(model, tokenizer, heldout_texts, start=tiny)
+    start_members = _signals(*tiny, [r["text"] for r in notes])
+    start_heldout = _signals(*tiny, heldout_texts)
+    summary, _ = attacks.membership_inference(members, heldout, start_members, start_heldout, n_boot=50)
+    for signal in ("loss", "zlib", "min_k", "reference"):
+        assert summary["signals"][signal]["auc"]["value"] >= 0.95, signal
+    # the starting model never saw the members: the arm's gain over it is the leak
+    assert summary["signals"]["reference"]["delta_auc_vs_start"]["low"] > 0.3
+    assert list(summary["signals"]["loss"]["tpr_at_fpr"]) == ["0.1"]  # 24 non-members resolve 10%, not 1%
     # Two sets the model never saw, from one distribution: no signal (AUC sd ~ 0.085 at 24 vs 24).
-    public = _scores(model, tokenizer, splits.texts("public", kind="note")[:24])
+    public = _signals(model, tokenizer, public_texts, start=tiny)
     unseen, _ = attacks.membership_inference(heldout, public, n_boot=50)
-    for signal in ("loss", "zlib", "min_k"):
-        assert abs(unseen[signal]["auc"]["value"] - 0.5) < 0.25, signal
+    for signal in ("loss", "zlib", "min_k", "reference"):
+        assert abs(unseen["signals"][signal]["auc"]["value"] - 0.5) < 0.25, signal
 
 
 def test_extraction_and_canaries_succeed_on_memorised_data_only(memorised):
@@ -144,8 +188,9 @@ def test_extraction_and_canaries_succeed_on_memorised_data_only(memorised):
     assert not any(r["exact_suffix"] for r in heldout_rows)
 
     reference = splits.reference_canaries[0]
-    score = lambda prefix, secrets: attacks.secret_logprobs(model, tokenizer, prefix, secrets)  # noqa: E731
-    inserted, never = attacks.canary_exposure(score, [canary, reference], n_samples=100, progress=False)
-    assert inserted["exposure_sampled"] == pytest.approx(np.log2(101))  # ranked above every sampled secret
-    assert inserted["exposure"] > 10 and never["exposure"] < 5
+    inserted, never = (attacks.canary_exposure(model, tokenizer, c, rank_cap=20, n_samples=16) for c in (canary, reference))
+    assert inserted["method"] == "exact" and inserted["rank"] <= 2 and inserted["exposure_low"] > 18
+    assert never["method"] == "beyond cap" and never["exposure_low"] <= never["exposure_high"] < 16
+    band = attacks.reference_band([dict(never, repetitions=0)])
+    assert inserted["exposure_low"] > band[1]
     assert attacks.canary_extraction(model, tokenizer, [canary, reference], progress=False) == [True, False]

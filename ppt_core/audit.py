@@ -1,0 +1,85 @@
+"""The one-run privacy audit: an empirical lower bound on ε from a single training run.
+
+Steinke, Nasr & Jagielski ("Privacy Auditing with One (1) Training Run", NeurIPS 2023): m audit
+canaries are each included in the training data independently with probability 1/2 (ppt_core.data
+draws them, from a random stream of their own). After training, an auditor who knows the canaries but
+not the coin flips scores each one and guesses "included" for the highest scores. If training was
+(ε, δ)-DP, no guess can beat a coin that is right with probability e^ε / (1 + e^ε) by more than δ
+allows; the number of correct guesses therefore bounds ε from below, at a stated confidence. The
+f-DP version (Mahloujifar et al., "Auditing f-Differential Privacy in One Run", 2024) reads the same
+guesses through the Gaussian trade-off curve and is tighter.
+
+The score of a canary is its starting model's loss minus the arm's loss on the canary's random words
+(`attacks.audit_scores`): a model gains on random words only by having seen them.
+
+The bounds are jax-privacy's (`jax_privacy.auditing.CanaryScoreAuditor`: `epsilon_one_run` and
+`epsilon_one_run_fdp`, each maximised over thresholds with a Bonferroni correction). Its `auditing`
+module needs only dp-accounting, numpy and scipy; the package's `__init__` imports all of
+jax-privacy, jax included (about 600 MB that nothing here would use), so the package is installed
+without its dependencies and that one module is loaded from its file, unchanged.
+
+A lower bound above the ε an arm claims is not a finding: it means the guarantee is broken (or the
+audit is), and `check_claim` stops the study there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from functools import cache
+
+import numpy as np
+
+SIGNIFICANCE = 0.05  # the lower bounds hold with 95% confidence
+
+
+@cache
+def _auditing():
+    """jax_privacy.auditing, loaded from its file without running the package's __init__ (which imports jax)."""
+    package = importlib.util.find_spec("jax_privacy")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("the one-run audit needs jax-privacy's auditing module: run `make setup` "
+                          "(or `pip install --no-deps jax-privacy==2.0.0 && pip install dp-accounting==0.6.0`)")
+    path = f"{package.submodule_search_locations[0]}/auditing.py"
+    name = "ppt_core._jax_privacy_auditing"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def epsilon_lower_bounds(scores: np.ndarray, included: np.ndarray, *, delta: float,
+                         significance: float = SIGNIFICANCE) -> dict:
+    """Empirical ε lower bounds at confidence 1 - significance from audit-canary scores (higher = more
+    likely included) and the true inclusions: {"one_run", "fdp", "m", "included", "auc"}."""
+    scores, included = np.asarray(scores, dtype=float), np.asarray(included, dtype=bool)
+    if scores.shape != included.shape or scores.ndim != 1:
+        raise ValueError(f"scores and included must be 1-D of one length (got {scores.shape} and {included.shape})")
+    if included.all() or not included.any():
+        raise ValueError("the audit needs both included and excluded canaries (got "
+                         f"{int(included.sum())} of {len(included)} included): raise n_audit_canaries")
+    auditor = _auditing().CanaryScoreAuditor(scores[included], scores[~included])
+    return {
+        "one_run": float(auditor.epsilon_one_run(significance, delta)),
+        "fdp": float(auditor.epsilon_one_run_fdp(significance, delta)),
+        "m": int(len(scores)),
+        "included": int(included.sum()),
+        "auc": float(auditor.attack_auroc()),
+    }
+
+
+class GuaranteeViolation(RuntimeError):
+    """An audited lower bound above the ε the accountant claims: a broken guarantee, not a result."""
+
+
+def check_claim(arm: str, bounds: dict, claimed_epsilon: float | None) -> None:
+    """Stop when a private arm's audited lower bound exceeds its claimed ε."""
+    if claimed_epsilon is None:
+        return
+    worst = max(bounds["one_run"], bounds["fdp"])
+    if worst > claimed_epsilon:
+        raise GuaranteeViolation(
+            f"arm {arm!r}: the one-run audit bounds ε from below by {worst:.3f} at {1 - SIGNIFICANCE:.0%} confidence, "
+            f"above the ε = {claimed_epsilon:.3f} the accountant claims. DP-SGD did not keep its guarantee "
+            "(or the audit's canaries leaked outside training): stop and find the bug before reading any result")
