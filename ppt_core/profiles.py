@@ -186,7 +186,8 @@ def check_params(params: dict) -> None:
     Each stage's module checks its own parameters (`check_params`); this runs them all, in the
     order the stages run.
     """
-    from ppt_core import attacks, data, generation, models, pruning, similarity, training
+    from ppt_core import architectures, attacks, data, generation, models, pruning, similarity, training
 
-    for stage in (models, data, similarity, pruning, training, generation, attacks):
+    # architectures reads the model's config (no weights): an unsupported model stops here, before notebook 00.
+    for stage in (models, data, similarity, pruning, architectures, training, generation, attacks):
         stage.check_params(params)

@@ -11,10 +11,14 @@ Strategies (all return sorted block indices, 0-based; block l maps state l to st
 - `random`    n blocks drawn uniformly under a seed (a baseline).
 
 `prune_layers` never modifies the model it is given: it returns a pruned deep copy, so one loaded
-model serves a whole sweep. The copy has `num_hidden_layers` and every per-layer config list
-(e.g. Qwen2's `layer_types`) shortened, and each attention module's `layer_idx` renumbered so the
-KV cache stores one entry per remaining block; `save_pretrained` then gives a checkpoint that plain
-`AutoModelForCausalLM.from_pretrained` loads, without this package.
+model serves a whole sweep. It works on any decoder of `ppt_core.architectures.SUPPORTED` (and
+refuses the others with the reason): the stack of blocks is found in the model itself, and
+everything that depends on a block's position follows the kept blocks. The copy has
+`num_hidden_layers` and every per-layer config list shortened (`layer_types`, whose sliding and
+full attention layers Gemma 2/3 and Qwen2/3 build their masks and KV cache from), Qwen's
+`max_window_layers` boundary moved to the same blocks, and each module's `layer_idx` renumbered
+0..L'-1 so the KV cache stores one entry per remaining block. `save_pretrained` then gives a
+checkpoint that plain `AutoModelForCausalLM.from_pretrained` loads, without this package.
 """
 
 from __future__ import annotations
@@ -25,11 +29,10 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ppt_core import architectures
 from ppt_core import similarity as similarity_module
 
 STRATEGIES = ("pairwise", "block", "iterative", "last", "random")
-# Model classes whose blocks, config and cache layout prune_layers is tested on.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "phi3", "gpt2")
 
 
 class PruningError(ValueError):
@@ -38,7 +41,7 @@ class PruningError(ValueError):
 
 def n_blocks(model) -> int:
     """The number of transformer blocks of `model`."""
-    return len(similarity_module.decoder_blocks(model))
+    return len(architectures.decoder_blocks(model))
 
 
 def select_layers(similarity: np.ndarray, n_remove: int, strategy: str = "pairwise", *, seed: int = 0,
@@ -110,15 +113,10 @@ def prune_layers(model, layers: Sequence[int]):
     Returns a standard transformers model of the same class: config depth and per-layer config
     lists updated, attention `layer_idx` renumbered 0..L'-1 for the KV cache.
     """
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise PruningError(
-            f"pruning a {type(model).__name__} (model_type {model_type!r}) is not supported: "
-            f"supported model types are {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    if getattr(model.config, "scale_attn_by_inverse_layer_idx", False):
-        # GPT-2's attention scale would depend on the new index after reloading: logits would change.
-        raise PruningError("GPT-2 with scale_attn_by_inverse_layer_idx=True cannot be pruned without changing its outputs")
+    try:
+        architectures.check_config(model.config, type(model).__name__)
+    except architectures.ArchitectureError as err:
+        raise PruningError(str(err)) from err
     depth = n_blocks(model)
     remove = sorted({int(layer) for layer in layers})
     if len(remove) != len(list(layers)):
@@ -130,22 +128,27 @@ def prune_layers(model, layers: Sequence[int]):
 
     pruned = copy.deepcopy(model)
     keep = [index for index in range(depth) if index not in remove]
-    blocks = similarity_module.decoder_blocks(pruned)
+    path = architectures.blocks_path(pruned)
+    blocks = pruned.get_submodule(path)
     kept_blocks = [blocks[index] for index in keep]
     for new_index, block in enumerate(kept_blocks):
+        # The KV cache (and Gemma 3's decoder layer) index by layer_idx: it must be the block's new position.
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = new_index
-    blocks_parent = pruned.base_model
-    setattr(blocks_parent, "layers" if hasattr(blocks_parent, "layers") else "h", type(blocks)(kept_blocks))
+    parent, _, name = path.rpartition(".")
+    setattr(pruned.get_submodule(parent), name, type(blocks)(kept_blocks))
     _prune_config(pruned.config, keep, depth)
     return pruned
 
 
 def _prune_config(config, keep: list[int], depth: int) -> None:
     """Shorten every per-layer setting of `config` to the kept blocks."""
+    # A public list with one entry per block is per-layer: layer_types (sliding or full attention per
+    # block in Gemma 2/3 and Qwen2/3; masks and cache layers are built from it), and any other.
     for name, value in list(vars(config).items()):
-        if isinstance(value, list) and len(value) == depth and not name.startswith("_"):
+        not_per_layer = name.startswith("_") or name.endswith("token_id") or name == "architectures"
+        if isinstance(value, list) and len(value) == depth and not not_per_layer:
             setattr(config, name, [value[index] for index in keep])
     # Qwen2: the first `max_window_layers` blocks use full attention; keep that boundary on the same blocks.
     if isinstance(getattr(config, "max_window_layers", None), int):

@@ -6,6 +6,8 @@ every real token of the calibration text we take the cosine similarity between e
 states, and average over tokens. S[l, l+1] close to 1 means block l barely turns its input: a
 candidate for removal; S[l, l+n] does the same for a run of n blocks (Gromov et al. 2024).
 
+The blocks are the ones `ppt_core.architectures.decoder_blocks` finds, the same list pruning removes
+from, and a model pruning would refuse is refused here too, before any forward pass.
 States are read with hooks on the decoder blocks themselves, never from `output_hidden_states`:
 for Llama-style models transformers returns the last state after the final norm, which would
 make state L incomparable with the others.
@@ -23,22 +25,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ppt_core import tokens
+from ppt_core import architectures, tokens
+from ppt_core.architectures import decoder_blocks
 
 POOLINGS = ("mean", "last")
-
-
-def decoder_blocks(model) -> torch.nn.ModuleList:
-    """The model's list of transformer blocks (Llama/Mistral/Qwen2/Phi-3: model.layers; GPT-2: transformer.h)."""
-    base = model.base_model
-    for name in ("layers", "h"):
-        blocks = getattr(base, name, None)
-        if isinstance(blocks, torch.nn.ModuleList):
-            return blocks
-    raise ValueError(
-        f"{type(model).__name__} is not supported: its decoder blocks are neither `.layers` nor `.h`; "
-        "use a Llama, Mistral, Qwen2, Phi-3 or GPT-2 model"
-    )
 
 
 class _BoundaryStates:
@@ -79,6 +69,7 @@ def layer_similarity(model, tokenizer, texts: Sequence[str], *, batch_size: int 
     texts = list(texts)
     if not texts:
         raise ValueError("layer_similarity() needs at least one calibration text")
+    architectures.check_config(model.config, type(model).__name__)
     blocks = decoder_blocks(model)
     device = next(model.parameters()).device
     recorder = _BoundaryStates(blocks)

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from tqdm.auto import tqdm
 
 from ppt_core import arms, artifacts, tokens
+from ppt_core.architectures import LORA_TARGET_SETS, lora_target_modules  # noqa: F401 (training.<name> stays importable)
 
 ACCOUNTANTS = ("prv", "rdp")
 # Opacus registers full backward hooks on the LoRA layers; the frozen layers feeding them carry no
@@ -56,40 +57,6 @@ GRAD_SAMPLE_MODES = ("hooks", "ghost")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
 BATCH_FIELDS = ("input_ids", "attention_mask", "labels")
-
-# LoRA targets per architecture (config.model_type). GPT-2 names its attention and MLP output
-# projections both `c_proj`, so its targets carry the parent module's name.
-ATTENTION_TARGETS = {
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "phi3": ["qkv_proj", "o_proj"],
-    "gpt2": ["attn.c_attn", "attn.c_proj"],
-}
-# The smallest useful set (Hu et al. 2021 adapt W_q and W_v): fewer trainable parameters, so under
-# DP-SGD the same noise per coordinate meets a larger share of the clipped signal.
-QUERY_VALUE_TARGETS = {
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "qwen3": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
-    "phi3": ["qkv_proj"],
-    "gpt2": ["attn.c_attn"],
-}
-LORA_TARGET_SETS = ("query+value", "attention", "attention+mlp")
-MLP_TARGETS = {
-    "llama": ["gate_proj", "up_proj", "down_proj"],
-    "mistral": ["gate_proj", "up_proj", "down_proj"],
-    "qwen2": ["gate_proj", "up_proj", "down_proj"],
-    "qwen3": ["gate_proj", "up_proj", "down_proj"],
-    "gemma": ["gate_proj", "up_proj", "down_proj"],
-    "phi3": ["gate_up_proj", "down_proj"],
-    "gpt2": ["mlp.c_fc", "mlp.c_proj"],
-}
-
 
 class TrainingConfigError(ValueError):
     """A fine-tuning setting that cannot work (or cannot keep its privacy promise)."""
@@ -319,38 +286,6 @@ def _round_down_power_of_ten(x: float) -> float:
 
 
 # --- LoRA ----------------------------------------------------------------------------------------
-
-
-def lora_target_modules(model, targets: str | list[str] = "attention") -> list[str]:
-    """Module names LoRA attaches to: the architecture's attention (and MLP) projections, checked to exist."""
-    model_type = getattr(model.config, "model_type", "")
-    if isinstance(targets, str):
-        if targets not in LORA_TARGET_SETS:
-            raise TrainingConfigError(f"lora_targets must be one of {LORA_TARGET_SETS} or a list (got {targets!r})")
-        if model_type not in ATTENTION_TARGETS:
-            raise TrainingConfigError(
-                f"no default LoRA targets for model type {model_type!r}: pass lora_targets as a list of module names "
-                f"(its linear layers are {', '.join(_linear_names(model))})"
-            )
-        if targets == "query+value":
-            names = QUERY_VALUE_TARGETS[model_type]
-        else:
-            names = ATTENTION_TARGETS[model_type] + (MLP_TARGETS[model_type] if targets == "attention+mlp" else [])
-    else:
-        names = list(targets)
-    module_names = [name for name, _ in model.named_modules()]
-    for name in names:
-        if not any(m == name or m.endswith("." + name) for m in module_names):
-            raise TrainingConfigError(
-                f"LoRA target module {name!r} does not exist in {type(model).__name__}: "
-                f"its linear layers are named {', '.join(_linear_names(model))}"
-            )
-    return names
-
-
-def _linear_names(model) -> list[str]:
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-                   if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
 
 
 def _lora_model(model, config: TrainConfig, device: torch.device):
