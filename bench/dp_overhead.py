@@ -35,7 +35,8 @@ def measure(args, mode, bf16, queue):
     import psutil
     import torch
 
-    from ppt_core import training
+    from ppt_core import batching, training
+    from ppt_core.memory import PeakMemory
     from ppt_core.models import load_model
 
     torch.manual_seed(0)
@@ -47,14 +48,15 @@ def measure(args, mode, bf16, queue):
     peft_model = training._lora_model(model, config, next(model.parameters()).device)
     del model
     gc.collect()
-    run = training.prepare(peft_model, training._record_dataset(tokenizer, texts, args.tokens), config)
-    batch = training._collate([run.loader.dataset[i] for i in range(args.batch)])  # the same batch every time
+    run = training.prepare(peft_model, batching.record_dataset(tokenizer, texts, args.tokens), config)
+    batch = batching.collate(run.loader.dataset, range(args.batch))  # the same batch every time
     run.module.train()
     seconds = []
-    with training._PeakMemory(run.lora_params[0].device) as memory:
+    with PeakMemory(run.lora_params[0].device) as memory:
         for repeat in range(args.warmup + args.repeats):
             started = time.perf_counter()
             training.physical_step(run, batch)
+            run.optimizer.signal_skip_step(do_skip=False)  # one physical batch is the whole logical batch
             run.optimizer.step()
             run.optimizer.zero_grad()
             if run.lora_params[0].is_cuda:

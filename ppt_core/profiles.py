@@ -62,6 +62,15 @@ _QUICK = dict(
     lora_dropout=0.0,
     lora_targets="query+value",  # "query+value", "attention", "attention+mlp", or a list of module names
     bf16=True,  # bf16 autocast for the forward/backward; per-sample clipping and noise stay fp32
+    optimizer="adamw",  # "adamw", or "sgd" (an update is exactly lr * the noised mean gradient)
+    weight_decay=0.0,  # the optimizer's (decoupled for adamw)
+    lr_schedule="linear",  # "constant", "linear" or "cosine" decay of the learning rate over the steps
+    warmup_fraction=0.0,  # share of the steps whose learning rate ramps up linearly before the decay
+    secure_mode=False,  # False: Poisson draws and DP noise come from the seed (reproducible study, not a
+    #                     release); True: Opacus's cryptographic generator (needs torchcsprng), for a release
+    loss_curve_points=5,  # held-out loss measured this many times during training (and once before): the
+    #                       only loss curve a DP arm publishes
+    loss_curve_records=16,  # held-out notes each held-out-loss measurement averages over
     # --- synthetic data (05) -----------------------------------------------------------------
     n_synthetic=16,
     synthetic_max_new_tokens=64,
@@ -121,6 +130,7 @@ _SMOKE = dict(
     n_secret_samples=16,
     n_bootstrap=50,
     bf16=False,
+    loss_curve_records=8,
 )
 
 _FULL = dict(

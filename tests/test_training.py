@@ -5,14 +5,16 @@ the reported epsilon is the accountant's, training really moves the LoRA weights
 base weights never move, a seed reproduces the adapter, and bad settings stop before training.
 """
 
-import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from ppt_core import arms, artifacts, evaluation, training
+from ppt_core import batching, evaluation, privacy, profiles, training
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model runs faster on one thread of a shared CPU
 
 MAX_LENGTH = 24
 TEXTS = [
@@ -28,7 +30,8 @@ TEXTS = [
 def small_config(**overrides) -> training.TrainConfig:
     """A config that trains the tiny model in about a second."""
     values = dict(lora_rank=4, lora_alpha=8, lora_targets=["q_proj", "v_proj"], epochs=1.0, learning_rate=1e-2,
-                  expected_batch_size=6, physical_batch_size=4, max_length=MAX_LENGTH, seed=0, progress=False)
+                  expected_batch_size=6, physical_batch_size=4, max_length=MAX_LENGTH, seed=0, bf16=False,
+                  progress=False)
     values.update(overrides)
     return training.TrainConfig(**values)
 
@@ -43,7 +46,7 @@ def prepared(tiny, config, texts=TEXTS) -> training.Training:
     model, tokenizer = tiny
     torch.manual_seed(config.seed)
     peft_model = training._lora_model(model, config, torch.device("cpu"))
-    return training.prepare(peft_model, training._record_dataset(tokenizer, texts, config.max_length), config)
+    return training.prepare(peft_model, batching.record_dataset(tokenizer, texts, config.max_length), config)
 
 
 def lora_vector(trained: training.Training) -> torch.Tensor:
@@ -68,7 +71,7 @@ def test_clipping_bounds_each_records_pull(tiny, bf16):
     trained = prepared(tiny, config)
     trained.optimizer.noise_multiplier = 0.0  # isolate clipping
     before = lora_vector(trained)
-    _, batch_sizes, _, _ = training.run_steps(trained, steps=1)
+    batch_sizes = training.run_steps(trained, steps=1).batch_sizes
     moved = float((lora_vector(trained) - before).norm())
     bound = lr * clip * batch_sizes[0] / config.expected_batch_size
     assert batch_sizes[0] > 0
@@ -77,7 +80,7 @@ def test_clipping_bounds_each_records_pull(tiny, bf16):
     # The same step without clipping moves the weights far more: the bound above did the work.
     plain = prepared(tiny, small_config(optimizer="sgd", learning_rate=lr, lr_schedule="constant"))
     before = lora_vector(plain)
-    _, plain_sizes, _, _ = training.run_steps(plain, steps=1)
+    plain_sizes = training.run_steps(plain, steps=1).batch_sizes
     unclipped = float((lora_vector(plain) - before).norm())
     assert unclipped > 20 * lr * clip * plain_sizes[0] / config.expected_batch_size
 
@@ -117,19 +120,66 @@ def test_loader_is_poisson(tiny):
 
 @pytest.mark.parametrize("dp", [dp_config(), None], ids=["dp", "nonprivate"])
 def test_logical_batches_are_poisson_then_ordered_by_length(tiny, dp):
-    """Opacus's Poisson sampler draws each logical batch; only then are its records ordered by length,
-    so the physical batches BatchMemoryManager cuts from it hold records of similar length."""
+    """Opacus's Poisson sampler draws each logical batch at exactly q, ceil(N/B) batches per pass; only
+    then are its records ordered by length, so the physical batches cut from it hold similar lengths."""
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
     texts = [t if i % 3 else "Short note." for i, t in enumerate(TEXTS)]
     trained = prepared(tiny, small_config(dp=dp), texts)
     sampler = trained.loader.batch_sampler
-    assert isinstance(sampler.logical_batches, UniformWithReplacementSampler)
-    assert sampler.logical_batches.sample_rate == trained.sample_rate
+    assert isinstance(sampler, UniformWithReplacementSampler)
+    assert sampler.sample_rate == trained.sample_rate == 1 / math.ceil(len(texts) / 6)
+    assert len(trained.loader) == math.ceil(len(texts) / 6)
     lengths = trained.loader.dataset.tensors[1].sum(1).tolist()
-    batches = [batch for _ in range(10) for batch in sampler]
+    batches = list(batching.logical_batches(trained.loader, 50))
+    assert len(batches) == 50
     assert all([lengths[i] for i in batch] == sorted(lengths[i] for i in batch) for batch in batches)
     assert any(lengths[batch[0]] < lengths[batch[-1]] for batch in batches if batch)
+
+
+def _record_gradient(peft_model, dataset, index) -> torch.Tensor:
+    """One record's loss gradient over the LoRA parameters, by its own backward pass."""
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    input_ids, attention_mask, labels = batching.collate(dataset, [index])
+    loss = training.record_losses(peft_model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)[0]
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+
+def test_split_logical_batch_is_one_step_of_clipped_sum_plus_one_noise_draw(tiny):
+    """A logical batch cut into physical batches gives the update of one physical batch: with sigma = 0,
+    exactly lr * sum_i clip(g_i) / B from per-record backward passes; with noise, the same update as
+    the uncut batch (one noise draw per logical batch, not one per physical batch)."""
+    lr, clip = 0.5, 1e-2
+    config = small_config(optimizer="sgd", learning_rate=lr, lr_schedule="constant", expected_batch_size=10,
+                          dp=dp_config(max_grad_norm=clip))
+
+    def one_step(physical_batch_size, sigma):
+        trained = prepared(tiny, small_config(**{**config.__dict__, "physical_batch_size": physical_batch_size}))
+        trained.optimizer.noise_multiplier = sigma
+        before = lora_vector(trained)
+        torch.manual_seed(123)  # the noise's generator
+        log = training.run_steps(trained, steps=1)
+        return trained, before, lora_vector(trained) - before, log
+
+    trained, before, update, log = one_step(2, 0.0)
+    members = [i for i, count in enumerate(log.sample_counts) if count]
+    assert len(members) == log.batch_sizes[0] > 2  # cut into several physical batches
+    model = trained.peft_model
+    with torch.no_grad():  # back to the starting adapter for the per-record gradients
+        for p, value in zip(trained.lora_params, torch.split(before, [p.numel() for p in trained.lora_params])):
+            p.copy_(value.view_as(p))
+    trained.module.cleanup()
+    clipped = [g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in
+               (_record_gradient(model, trained.loader.dataset, i) for i in members)]
+    expected = -lr * torch.stack(clipped).sum(0) / trained.plan.expected_batch_size
+    assert torch.allclose(update, expected, rtol=1e-3, atol=1e-9)
+
+    _, _, split, split_log = one_step(2, 0.7)
+    _, _, whole, whole_log = one_step(64, 0.7)
+    assert split_log.batch_sizes == whole_log.batch_sizes == log.batch_sizes
+    assert torch.allclose(split, whole, rtol=1e-4, atol=1e-8)
+    # The noise dominates this update (sigma*C*sqrt(d)/B against at most |batch|*C/B of signal).
+    assert float((split - update).norm()) > 3 * float(update.norm())
 
 
 def test_empty_poisson_batches_train(tiny):
@@ -137,13 +187,14 @@ def test_empty_poisson_batches_train(tiny):
     config = small_config(expected_batch_size=1, epochs=0.5, dp=dp_config(target_epsilon=50.0))
     _, result = training.finetune(*tiny, TEXTS, config)
     assert 0 in result.batch_sizes
-    assert result.steps == int(config.epochs / result.sample_rate)
+    assert result.steps == math.floor(config.epochs * len(TEXTS))
     assert all(loss is None for loss, size in zip(result.losses, result.batch_sizes) if size == 0)
 
 
 @pytest.mark.parametrize("accountant, accountant_class", [("prv", PRVAccountant), ("rdp", RDPAccountant)])
 def test_epsilon_is_the_accountants(tiny, accountant, accountant_class):
-    """epsilon reported <= target, and within 1% of a fresh accountant for the same (q, sigma, steps, delta)."""
+    """epsilon reported <= target, and within 1% of a fresh accountant for the same (q, sigma, steps, delta);
+    the group epsilon at k = 1 and the composition of this one arm are that same epsilon."""
     config = small_config(epochs=0.5, dp=dp_config(accountant=accountant, target_epsilon=4.0))
     _, result = training.finetune(*tiny, TEXTS, config)
     independent = accountant_class()
@@ -153,6 +204,21 @@ def test_epsilon_is_the_accountants(tiny, accountant, accountant_class):
     assert result.epsilon == pytest.approx(expected, rel=0.01)
     assert result.epsilon > 0.9 * config.dp.target_epsilon  # sigma is calibrated, not merely safe
     assert result.epsilon_curve(points=4)[-1][1] == pytest.approx(result.epsilon, rel=0.01)
+    mechanism = (result.noise_multiplier, result.sample_rate, result.steps)
+    assert privacy.group_epsilon(*mechanism, config.dp.delta, 1, accountant) == pytest.approx(result.epsilon, rel=1e-6)
+    assert privacy.composed_epsilon([mechanism], config.dp.delta, accountant) == pytest.approx(result.epsilon, rel=1e-6)
+
+
+def test_epsilon_stays_within_target_where_opacus_loader_length_falls_short(tiny):
+    """N = 93, B = 1: Opacus's own loader would have int(1/(1/93)) = 92 batches per pass and charge its
+    accountant q = 1/92 for noise calibrated at 1/93 (epsilon above target). Here q is exactly 1/93."""
+    texts = [f"{text} Visit {j}." for j in range(4) for text in TEXTS][:93]
+    config = small_config(expected_batch_size=1, epochs=0.2, dp=dp_config(target_epsilon=8.0, delta=1e-3))
+    _, result = training.finetune(*tiny, texts, config)
+    assert result.sample_rate == 1 / 93 and result.steps == math.floor(0.2 * 93)
+    assert result.epsilon <= config.dp.target_epsilon
+    one_short = privacy.accountant_epsilon(result.noise_multiplier, 1 / 92, result.steps, 1e-3, "rdp")
+    assert one_short > result.epsilon  # the rate Opacus's loader would have charged costs more
 
 
 @pytest.mark.parametrize("private", [False, True])
@@ -234,37 +300,32 @@ def test_profile_checks(smoke_params):
         training.check_params(dict(smoke_params, delta=0.5))
     with pytest.raises(training.TrainingConfigError, match="target_epsilon must be > 0"):
         training.check_params(dict(smoke_params, epsilons=[8, 0]))
+    with pytest.raises(training.TrainingConfigError, match="loss_curve_records"):
+        training.check_params(dict(smoke_params, loss_curve_records=smoke_params["n_heldout"] + 1))
+    with pytest.raises(training.TrainingConfigError, match="lr_schedule must be one of"):
+        training.check_params(dict(smoke_params, lr_schedule="step"))
     config = training.config_from_params(smoke_params, 8)
     assert config.dp.target_epsilon == 8 and config.dp.delta == smoke_params["delta"]
     assert training.config_from_params(smoke_params).dp is None
 
 
-# --- saving --------------------------------------------------------------------------------------
+def test_train_config_defaults_are_the_quick_profiles():
+    quick = profiles.get_profile("quick")
+    assert training.config_from_params(quick) == training.TrainConfig()
+    assert training.config_from_params(quick, 8).dp == privacy.DPConfig(target_epsilon=8.0, delta=quick["delta"])
+    with pytest.raises(training.TrainingConfigError, match=r"unknown TrainConfig setting\(s\) \['learning_rat'\]"):
+        training.config_from_params(quick, learning_rat=1e-3)
 
 
-def test_save_arm_loads_with_plain_transformers_and_peft(tiny, smoke_params):
-    import copy
-    import shutil
+def test_secure_mode_trains_or_refuses_naming_the_fix(tiny, monkeypatch):
+    """secure_mode=True goes to Opacus's PrivacyEngine(secure_mode=True), which needs torchcsprng."""
+    import importlib.util
 
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model, tokenizer = tiny
-    config = small_config(dp=dp_config())
-    peft_model, result = training.finetune(model, tokenizer, TEXTS, config)
-    try:
-        folder = training.save_arm(smoke_params, "full-dp8", peft_model, tokenizer, result, config)
-        record = json.loads((folder / "training.json").read_text())
-        assert record["epsilon"] == pytest.approx(result.epsilon, rel=1e-5)
-        for key in ("delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "base_model"):
-            assert record[key] is not None, key
-        ids = torch.tensor([tokenizer("Patient Ada Stone was admitted")["input_ids"]])
-        with torch.no_grad():
-            expected = peft_model(input_ids=ids).logits
-            merged = AutoModelForCausalLM.from_pretrained(folder / "merged")
-            assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
-            adapter = PeftModel.from_pretrained(copy.deepcopy(model), folder / "adapter")  # it edits its base
-            assert torch.allclose(adapter(input_ids=ids).logits, expected, atol=1e-4)
-        assert arms.checkpoint(smoke_params, "full-dp8") == str(folder / "merged")
-    finally:
-        shutil.rmtree(artifacts.run_paths(smoke_params).root, ignore_errors=True)
+    config = small_config(dp=dp_config(secure_mode=True))
+    if importlib.util.find_spec("torchcsprng") is None:
+        monkeypatch.setattr(training, "_lora_model", lambda *a, **k: pytest.fail("training started"))
+        with pytest.raises(training.TrainingConfigError, match="secure_mode=True needs the torchcsprng package"):
+            training.finetune(*tiny, TEXTS, config)
+        return
+    _, result = training.finetune(*tiny, TEXTS, config)
+    assert result.secure_mode and result.epsilon <= config.dp.target_epsilon

@@ -1,0 +1,144 @@
+"""The study's fine-tuned arms: train one from its starting model, save it, and say what may be published.
+
+`ppt_core.training` fine-tunes any model on any texts; this module ties it to a profile and a run
+folder: which model an arm starts from, where its adapter and merged checkpoint go, and which of a
+run's numbers leave the trainer.
+
+What is published (training.json beside the model, results.json): the guarantee (epsilon, delta,
+sigma, q, steps, C) and the held-out loss curve for every arm; the training losses and per-step
+batch sizes only for the non-private arms, because for a DP arm they are computed from training
+records without noise. sample_counts.json (how many logical batches drew each training record)
+sits beside the arm for the study's attacks and audit, which use it as a trusted evaluator; it is
+never released with a model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ppt_core import arms, artifacts, privacy
+from ppt_core.training import TrainConfig, TrainResult, config_from_params, finetune
+
+SAMPLE_COUNTS_NOTE = ("trainer-only: which records the Poisson sampler drew; used by the study's attacks and audit "
+                      "as a trusted evaluator, never released with a model")
+GROUP_SIZES = (1, 4, 16, 64)  # records sharing one secret, for the group-privacy table (plus the canary repetitions)
+
+
+def train_arm(params: dict, arm: str, texts, heldout_texts, *, progress: bool = True) -> TrainResult:
+    """Fine-tune one arm (full-nodp, pruned-dp8, ...) from its starting model on `texts` (the train split,
+    in order), measure its loss curve on `heldout_texts`, save it (save_arm) and return its result."""
+    from ppt_core import models
+
+    model, tokenizer = models.load_arm(params, arms.parse(arm).start)
+    config = config_from_params(params, arms.parse(arm).epsilon, progress=progress)
+    peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts)
+    save_arm(params, arm, peft_model, tokenizer, result, config)
+    return result
+
+
+def training_record(result: TrainResult, *, arm: str, base_model: str, removed_blocks=None, config=None) -> dict:
+    """What training.json holds beside an arm's adapter: the guarantee (epsilon, delta, sigma, q, steps, C),
+    where the model came from, and its publishable losses (6 significant digits)."""
+    record = {
+        "arm": arm,
+        "base_model": base_model,
+        "removed_blocks": list(removed_blocks) if removed_blocks is not None else None,
+        "private": result.private,
+        "epsilon": result.epsilon,
+        "delta": result.delta,
+        "noise_multiplier": result.noise_multiplier,
+        "sample_rate": result.sample_rate,
+        "steps": result.steps,
+        "expected_batch_size": result.expected_batch_size,
+        "n_records": result.n_records,
+        "max_grad_norm": result.max_grad_norm,
+        "accountant": result.accountant,
+        "grad_sample_mode": result.grad_sample_mode,
+        "secure_mode": result.secure_mode,
+        "lora_targets": result.lora_targets,
+        "trainable_parameters": result.trainable_parameters,
+        "heldout_losses": [[step, loss] for step, loss in result.heldout_losses],
+    }
+    if not result.private:  # a DP arm's training losses are noiseless statistics of its training records
+        record["first_loss"] = next((x for x in result.losses if x is not None), None)
+        record["final_loss"] = next((x for x in reversed(result.losses) if x is not None), None)
+    if config is not None:
+        record["config"] = {k: v for k, v in asdict(config).items() if k not in ("dp", "progress", "device")}
+    return artifacts.rounded(record)
+
+
+def save_arm(params: dict, arm: str, peft_model, tokenizer, result: TrainResult, config: TrainConfig | None = None) -> Path:
+    """Write runs/<run>/models/<arm>/{adapter/, merged/, training.json, sample_counts.json}; return the arm's folder.
+
+    adapter/ loads with peft on top of the arm's starting model; merged/ is a plain transformers
+    checkpoint (LoRA folded into the weights) with the tokenizer. sample_counts.json is trainer-only.
+    """
+    folder = artifacts.run_paths(params).model(arm)
+    removed, base_model = None, params["model"]
+    if arms.parse(arm).pruned:
+        checkpoint = Path(arms.checkpoint(params, "pruned-noft"))
+        pruning_json = checkpoint / "pruning.json"
+        # Relative to the repository, so training.json reads the same on every machine.
+        base_model = str(checkpoint.relative_to(artifacts.REPO_ROOT)) if checkpoint.is_relative_to(artifacts.REPO_ROOT) else str(checkpoint)
+        if pruning_json.exists():
+            removed = artifacts.read_json(pruning_json).get("removed_blocks")
+    record = training_record(result, arm=arm, base_model=base_model, removed_blocks=removed, config=config)
+    artifacts.save_model(peft_model, tokenizer, folder / "adapter")
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    artifacts.save_model(merged, tokenizer, folder / "merged")
+    artifacts.write_json(folder / "sample_counts.json", {"counts": result.sample_counts, "note": SAMPLE_COUNTS_NOTE})
+    artifacts.write_json(folder / "training.json", record)
+    return folder
+
+
+def load_sample_counts(params: dict, arm: str) -> np.ndarray:
+    """(N_train,) int: how many logical batches of `arm`'s training drew each train-split record (trainer-only)."""
+    path = artifacts.run_paths(params).model(arm) / "sample_counts.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: train the arm first (notebook 03)")
+    return np.asarray(artifacts.read_json(path)["counts"], dtype=int)
+
+
+def result_record(result: TrainResult) -> dict:
+    """The deterministic, publishable part of a result for results.json: the guarantee and the loss curves
+    (training losses and batch sizes for non-private arms only)."""
+    record = training_record(result, arm="", base_model="")
+    for key in ("arm", "base_model", "removed_blocks"):
+        record.pop(key)
+    if not result.private:
+        record["losses"] = artifacts.rounded(result.losses)
+        record["batch_sizes"] = result.batch_sizes
+    return record
+
+
+def cost_record(result: TrainResult) -> dict:
+    """Wall-clock cost of a run for timings.json: seconds per step, total seconds (and of them the held-out
+    loss curve's), peak memory (MB)."""
+    return {"seconds_per_step": round(result.seconds_per_step, 3), "seconds_total": round(result.seconds_total, 1),
+            "seconds_heldout_loss": round(result.seconds_heldout_loss, 1),
+            "peak_memory_mb": round(result.peak_memory_mb, 1), "steps": result.steps, "bf16": result.bf16}
+
+
+def group_privacy(params: dict, results: dict[str, TrainResult]) -> dict:
+    """Epsilon (at the profile's delta) for a secret in k records, per DP arm and for all DP arms released
+    together (one accountant history): {row: {"k=<k>": epsilon, "accountant": ...}}, k over GROUP_SIZES and
+    the canary repetitions.
+    Each value is an upper bound (privacy.group_epsilon); rows say which accountant gave it."""
+    sizes = sorted(set(GROUP_SIZES) | {int(k) for k in params["canary_repetitions"]})
+    private = {arm: r for arm, r in results.items() if r.private}
+    rows = {arm: [(r.noise_multiplier, r.sample_rate, r.steps)] for arm, r in private.items()}
+    if len(private) > 1:
+        rows["all DP arms together"] = [m for mechanisms in rows.values() for m in mechanisms]
+    table = {}
+    for row, mechanisms in rows.items():
+        table[row], used = {}, {}
+        for k in sizes:
+            group = [privacy.group_mechanism(*m, k) for m in mechanisms]
+            table[row][f"k={k}"] = privacy.composed_epsilon(group, params["delta"], params["accountant"])
+            used.setdefault(privacy.usable_accountant(group, params["accountant"]), []).append(k)
+        table[row]["accountant"] = "; ".join(f"{name} (k = {', '.join(map(str, ks))})" for name, ks in used.items())
+    return table

@@ -1,0 +1,108 @@
+"""Training records as token rows, Poisson-sampled logical batches, and physical batches.
+
+One schedule serves the private and the non-private arms: each logical batch is drawn by Opacus's
+Poisson sampler (every record joins independently with probability q = 1/ceil(N/B), so batches vary
+in size and can be empty), with exactly ceil(N/B) batches per pass, and `steps` logical batches in
+all. Each logical batch is then ordered by token count and cut into physical batches that fit in
+memory, so short records (the canaries) share physical batches instead of being padded to a note's
+length. DP-SGD computes the same thing in any order and any cut: every record's clipped gradient is
+summed over the logical batch and the noise is added once per logical batch.
+
+Privacy unit: one record (one note or one canary copy), one row here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from ppt_core import tokens
+
+BATCH_FIELDS = ("input_ids", "attention_mask", "labels")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many logical batches, of what expected size, at what sample rate."""
+
+    n_records: int
+    batches_per_pass: int  # ceil(N / B): one pass over the records in expectation
+    steps: int  # logical batches (optimizer steps) in all
+    expected_batch_size: int  # the mean the summed gradient is divided by: N // ceil(N/B)
+
+    @property
+    def sample_rate(self) -> float:
+        """q: the probability that a record joins a logical batch."""
+        return 1 / self.batches_per_pass
+
+
+def schedule(n_records: int, expected_batch_size: int, epochs: float) -> Schedule:
+    """The Poisson schedule of `epochs` expected passes over `n_records` in batches of about `expected_batch_size`."""
+    batches_per_pass = math.ceil(n_records / expected_batch_size)
+    # epochs * batches_per_pass, not epochs / q: 1 / (1/93) is 92.99999999999999 in floating point.
+    steps = math.floor(epochs * batches_per_pass + 1e-9)
+    return Schedule(n_records, batches_per_pass, steps, n_records // batches_per_pass)
+
+
+def record_dataset(tokenizer, texts, max_length: int) -> TensorDataset:
+    """One (input_ids, attention_mask, labels) row of `max_length` tokens per record (labels -100 = padding)."""
+    encoded = tokens.encode(tokenizer, list(texts), max_length)
+    width = encoded["input_ids"].shape[1]
+    pad = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "labels": tokens.IGNORE_INDEX}
+    return TensorDataset(*(F.pad(encoded[k], (0, max_length - width), value=pad[k]) for k in BATCH_FIELDS))
+
+
+def collate(dataset: TensorDataset, indices) -> tuple:
+    """The rows `indices` of `dataset`, trimmed to the columns their longest record uses (0 rows: empty)."""
+    rows = torch.as_tensor(list(indices), dtype=torch.long)
+    input_ids, attention_mask, labels = (tensor[rows] for tensor in dataset.tensors)
+    width = max(1, int(attention_mask.sum(1).max())) if len(rows) else 1
+    return input_ids[:, :width], attention_mask[:, :width], labels[:, :width]
+
+
+def poisson_loader(dataset: TensorDataset, plan: Schedule, generator: torch.Generator | None) -> DataLoader:
+    """A loader of Poisson logical batches: Opacus's sampler at exactly q, `batches_per_pass` batches per pass."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=plan.sample_rate,
+                                            generator=generator, steps=plan.batches_per_pass)
+    return DataLoader(dataset, batch_sampler=sampler)
+
+
+class ShortRecordsTogether(Sampler):
+    """The Poisson logical batches of `logical_batches`, each with its records ordered by token count."""
+
+    def __init__(self, logical_batches: Sampler, lengths: torch.Tensor):
+        self.logical_batches, self.lengths = logical_batches, lengths.tolist()
+
+    def __iter__(self):
+        for batch in self.logical_batches:
+            yield sorted(batch, key=self.lengths.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.logical_batches)
+
+
+def logical_batches(loader: DataLoader, steps: int):
+    """`steps` logical batches (lists of record indices, short records first), pass after pass."""
+    ordered = ShortRecordsTogether(loader.batch_sampler, loader.dataset.tensors[1].sum(1))
+    drawn = 0
+    while drawn < steps:
+        for batch in ordered:
+            yield batch
+            drawn += 1
+            if drawn == steps:
+                return
+
+
+def physical_batches(indices: list[int], max_size: int) -> list[list[int]]:
+    """A logical batch cut into near-equal consecutive physical batches of at most `max_size` records
+    (as Opacus's BatchMemoryManager cuts it); an empty logical batch is one empty physical batch."""
+    if not indices:
+        return [[]]
+    return [chunk.tolist() for chunk in np.array_split(np.asarray(indices), math.ceil(len(indices) / max_size))]

@@ -1,0 +1,106 @@
+"""Saving a study arm: a standard checkpoint, the guarantee beside it, and nothing noiseless of a DP arm
+published; the per-record sample counts kept beside it for the attacks, never in the published files."""
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ppt_core import arm_training, arms, artifacts, batching, training
+
+from test_training import TEXTS, dp_config, small_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HELDOUT = [f"Patient {name} was seen in clinic for {reason}." for name in ("Gus Hale", "Ida Voss")
+           for reason in ("a rash", "a cough", "back pain")]
+
+
+@pytest.fixture(scope="module")
+def trained_pair(tiny):
+    """A DP arm and its non-private twin, with held-out loss curves (and a DP arm without one)."""
+    model, tokenizer = tiny
+    dp = training.finetune(model, tokenizer, TEXTS, small_config(dp=dp_config(), loss_curve_points=2), HELDOUT)
+    plain = training.finetune(model, tokenizer, TEXTS, small_config(loss_curve_points=2), HELDOUT)
+    dp_without_curve = training.finetune(model, tokenizer, TEXTS, small_config(dp=dp_config()))
+    return dp, plain, dp_without_curve
+
+
+def test_sample_counts_are_the_samplers_draws(tiny, trained_pair):
+    (_, dp), (_, plain), _ = trained_pair
+    assert len(dp.sample_counts) == len(TEXTS)
+    assert sum(dp.sample_counts) == sum(dp.batch_sizes)
+    # Replay the Poisson sampler from the seed: the counts are its draws, and an undrawn record has 0.
+    config = small_config()
+    dataset = batching.record_dataset(tiny[1], TEXTS, config.max_length)
+    plan = batching.schedule(len(TEXTS), config.expected_batch_size, config.epochs)
+    loader = batching.poisson_loader(dataset, plan, torch.Generator().manual_seed(config.seed))
+    replay = np.zeros(len(TEXTS), dtype=int)
+    for batch in batching.logical_batches(loader, plan.steps):
+        replay[batch] += 1
+    assert dp.sample_counts == replay.tolist()
+    assert 0 in dp.sample_counts  # 5 steps at q = 1/5: some record is never drawn
+    assert plain.sample_counts == dp.sample_counts  # the twins draw the same batches
+
+
+def test_heldout_curve_is_measured_without_touching_training(trained_pair):
+    (dp_model, dp), (_, plain), (without_model, _) = trained_pair
+    for result in (dp, plain):
+        assert [step for step, _ in result.heldout_losses] == [0, round(result.steps / 2), result.steps]
+        assert all(np.isfinite(loss) for _, loss in result.heldout_losses)
+    assert dp.heldout_losses[0] == plain.heldout_losses[0]  # the same starting model
+    for (name, p), q in zip(dp_model.named_parameters(), without_model.parameters()):
+        assert torch.equal(p, q), name  # measuring the curve changes no weight and no random draw
+
+
+def test_published_records_hold_nothing_noiseless_of_a_dp_arm(trained_pair):
+    (_, dp), (_, plain), _ = trained_pair
+    trainer_only = {"losses", "batch_sizes", "first_loss", "final_loss", "sample_counts", "counts"}
+    for record in (arm_training.result_record(dp), arm_training.training_record(dp, arm="full-dp8", base_model="m")):
+        assert not trainer_only & set(record), record.keys()
+        assert len(record["heldout_losses"]) == 3 and record["epsilon"] > 0
+    published = arm_training.result_record(plain)
+    assert published["losses"] and published["batch_sizes"] and "final_loss" in published
+    assert "sample_counts" not in published
+
+
+def test_save_arm_loads_with_plain_transformers_and_peft(tiny, smoke_params, trained_pair):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = tiny
+    (peft_model, result), _, _ = trained_pair
+    config = small_config(dp=dp_config())
+    try:
+        folder = arm_training.save_arm(smoke_params, "full-dp8", peft_model, tokenizer, result, config)
+        record = json.loads((folder / "training.json").read_text())
+        assert record["epsilon"] == pytest.approx(result.epsilon, rel=1e-5)
+        for key in ("delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "base_model"):
+            assert record[key] is not None, key
+        assert "final_loss" not in record and "sample_counts" not in record
+        counts = json.loads((folder / "sample_counts.json").read_text())
+        assert counts["counts"] == result.sample_counts and "never released" in counts["note"]
+        assert arm_training.load_sample_counts(smoke_params, "full-dp8").tolist() == result.sample_counts
+        ids = torch.tensor([tokenizer("Patient Ada Stone was admitted")["input_ids"]])
+        with torch.no_grad():
+            expected = peft_model(input_ids=ids).logits
+            merged = AutoModelForCausalLM.from_pretrained(folder / "merged")
+            assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+            adapter = PeftModel.from_pretrained(copy.deepcopy(model), folder / "adapter")  # it edits its base
+            assert torch.allclose(adapter(input_ids=ids).logits, expected, atol=1e-4)
+        assert arms.checkpoint(smoke_params, "full-dp8") == str(folder / "merged")
+    finally:
+        shutil.rmtree(artifacts.run_paths(smoke_params).root, ignore_errors=True)
+
+
+def test_group_privacy_table(smoke_params, trained_pair):
+    (_, dp), (_, plain), _ = trained_pair
+    twin = copy.copy(dp)
+    table = arm_training.group_privacy(dict(smoke_params, accountant="rdp"), {"a-dp": dp, "b-dp": twin, "nodp": plain})
+    assert set(table) == {"a-dp", "b-dp", "all DP arms together"}
+    assert table["a-dp"]["k=1"] == pytest.approx(dp.epsilon, rel=1e-6)
+    assert table["all DP arms together"]["k=1"] > table["a-dp"]["k=1"]
+    assert table["a-dp"]["accountant"] == "rdp (k = 1, 4, 16, 64)"
