@@ -1,7 +1,8 @@
 """The study in one table: a row per arm, each headline number with its 95% interval, and the
 paper's claims with the verdicts of ppt_core.verdicts (the only place a claim is decided).
 
-Reads results.json (deterministic numbers), timings.json (speed) and the per-record arrays of one run.
+Reads results.json (deterministic numbers) and timings.json (speed) of one run; results.md carries the
+claims table of verdicts.paper_claims beside the arms' table.
 """
 
 from __future__ import annotations

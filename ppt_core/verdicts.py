@@ -81,7 +81,8 @@ def side(interval: Mapping, threshold: float, claimed: str) -> str:
 
 
 def combine(outcomes: Sequence[str]) -> str:
-    """A conjunction of decisions: CONTRADICTED if any is, SUPPORTED if all are (and there is one), else INCONCLUSIVE."""
+    """A conjunction of decisions: CONTRADICTED if any is, SUPPORTED if all are (and there is one),
+    else INCONCLUSIVE."""
     outcomes = list(outcomes)
     if CONTRADICTED in outcomes:
         return CONTRADICTED
@@ -168,8 +169,8 @@ def recovered_fraction(start_rows: np.ndarray, healed_rows: np.ndarray, referenc
         s, h, r = (evaluation.perplexity_of_rows(x) for x in (start, healed, reference))
         return (s - h) / (s - r) if s != r else np.nan
 
-    return stats.paired_estimate(fraction, [np.asarray(x, dtype=float) for x in (start_rows, healed_rows, reference_rows)],
-                                 runs=runs, n_boot=n_boot, seed=seed)
+    samples = [np.asarray(x, dtype=float) for x in (start_rows, healed_rows, reference_rows)]
+    return stats.paired_estimate(fraction, samples, runs=runs, n_boot=n_boot, seed=seed)
 
 
 def heals(rows_by_arm: Mapping[str, np.ndarray], *, margin: float = PERFORMANCE_MARGIN,
@@ -298,7 +299,8 @@ def leak(arm_attacks: Mapping | None) -> Verdict:
     evidence = [membership_text, canary_text]
     if bounds:
         claimed = audit.get("claimed_epsilon")
-        evidence.append(f"audit ε ≥ {max(bounds):.3g}" + (f" (claimed {claimed:.3g})" if claimed is not None else ""))
+        evidence.append(f"audit ε ≥ {max(bounds):.3g}"
+                        + (f" (claimed {claimed:.3g})" if claimed is not None else ""))
     if "detected" in (membership, canaries) or (bounds and max(bounds) > 0):
         outcome = SUPPORTED
     elif membership == canaries == "excluded":
@@ -322,7 +324,8 @@ def mitigates_memorisation(attacks: Mapping[str, Mapping] | None) -> Verdict:
         twin = arms.parse(arm).twin
         twin_leak = leak(attacks.get(twin))
         if twin_leak.outcome != SUPPORTED:
-            parts.append(Verdict(INCONCLUSIVE, f"{arm}: its twin {twin} shows no leak to mitigate ({twin_leak.evidence})"))
+            parts.append(Verdict(INCONCLUSIVE,
+                                 f"{arm}: its twin {twin} shows no leak to mitigate ({twin_leak.evidence})"))
             continue
         tests = [_membership_test(attacks[arm]), _canary_test(attacks[arm].get("canaries"))]
         outcomes = [CONTRADICTED if found == "detected" else SUPPORTED if found == "excluded" else INCONCLUSIVE
@@ -332,8 +335,8 @@ def mitigates_memorisation(attacks: Mapping[str, Mapping] | None) -> Verdict:
     return _conjunction(parts)
 
 
-def membership_auc_difference(records: Mapping[str, np.ndarray], arm: str, other: str, *, signal: str = CALIBRATED_SIGNAL,
-                              n_boot: int = 1000, seed: int = 0) -> dict:
+def membership_auc_difference(records: Mapping[str, np.ndarray], arm: str, other: str, *,
+                              signal: str = CALIBRATED_SIGNAL, n_boot: int = 1000, seed: int = 0) -> dict:
     """AUC of `arm` minus AUC of `other` on the same members and non-members (attacks/records.npz),
     members and non-members each resampled once for both arms."""
     from ppt_core.attacks import roc_auc
@@ -451,7 +454,8 @@ def criteria(params: dict) -> dict[str, str]:
     limit = f"{1 + PERFORMANCE_MARGIN:g}"
     return {
         "pairwise_best": f"with {params['n_remove']} blocks removed, perplexity of `pairwise` over the next best "
-                         "strategy's (paired per-record log-loss difference): 95% interval below 1 (above 1: contradicted)",
+                         "strategy's (paired per-record log-loss difference): 95% interval below 1 "
+                         "(above 1: contradicted)",
         "keeps_performance": f"`pruned-noft` over `base` perplexity, paired per record: interval below {limit} "
                              f"(within {PERFORMANCE_MARGIN:.0%}; above: contradicted)",
         "speedup": "`base` / `pruned-noft` prefill seconds per interleaved timing round (batch 8): geometric mean's "

@@ -325,3 +325,24 @@ def test_summary_table_reads_the_attack_contract_with_exact_shares():
     markdown = summary.markdown_table(table)
     assert "0 [0, 0.21]" in markdown and "14 at 4×" in markdown
     assert "speedup" not in summary.deterministic_rows(table)[0]
+
+
+# --- the rows notebooks 02 and 04 save ------------------------------------------------------------------
+def test_sweep_and_utility_rows_pair_the_same_records(tiny):
+    from ppt_core import evaluation, pruning, utility
+
+    model, tokenizer = tiny
+    texts = ["Patient admitted with chest pain.", "Discharged home on day three.", "No known allergies.",
+             "Follow up in two weeks with cardiology.", "Blood pressure stable overnight."]
+    depth = pruning.n_blocks(model)
+    similarity = np.eye(depth + 1) + np.diag(np.linspace(0.5, 0.9, depth), 1)
+    records = pruning.sweep(model, tokenizer, similarity, strategies=["pairwise", "last"], levels=[0, 1],
+                            eval_texts=texts, calibration_texts=texts, max_length=32, progress=False)
+    unpruned = utility.heldout_rows(model, tokenizer, texts, max_length=32, progress=False)
+    for record in records:
+        assert record["logprob_rows"].shape == (len(texts), 2)
+        assert record["perplexity"] == pytest.approx(evaluation.perplexity_of_rows(record["logprob_rows"]))
+        if record["n_removed"] == 0:
+            np.testing.assert_allclose(record["logprob_rows"], unpruned, rtol=1e-6)
+    estimate = utility.perplexity_estimate(unpruned, n_boot=50)
+    assert estimate["records"] == len(texts) and estimate["low"] <= estimate["value"] <= estimate["high"]
