@@ -346,3 +346,17 @@ def test_sweep_and_utility_rows_pair_the_same_records(tiny):
             np.testing.assert_allclose(record["logprob_rows"], unpruned, rtol=1e-6)
     estimate = utility.perplexity_estimate(unpruned, n_boot=50)
     assert estimate["records"] == len(texts) and estimate["low"] <= estimate["value"] <= estimate["high"]
+
+
+def test_paper_claims_read_the_attack_contract_from_disk(tmp_path):
+    params = profiles.get_profile("smoke", n_bootstrap=200)
+    paths = artifacts.RunPaths(tmp_path)
+    artifacts.write_npz(verdicts.records_file(paths, "attacks"), **attack_records(0.3, 1.5, -3.0))
+    records = verdicts.load_records(paths)
+    assert records["attacks"]["members/ids"].dtype.kind == "U" and records["pruning"] == {}
+    leaking = arm_attacks(delta=(0.3, 0.2, 0.4), exposures=((16, 14.0, 14.0),))
+    quiet = arm_attacks(delta=(0.0, -0.04, 0.04), exposures=((16, 1.5, 1.5),))
+    results = {"attacks": {"full-nodp": leaking, "pruned-nodp": leaking, "full-dp8": quiet, "pruned-dp8": quiet}}
+    outcome = {c.key: c.outcome for c in verdicts.paper_claims(params, results, {}, records)}
+    assert outcome["mitigates_memorisation"] == SUPPORTED and outcome["complements_privacy"] == SUPPORTED
+    assert outcome["pairwise_best"] == outcome["speedup"] == INCONCLUSIVE
