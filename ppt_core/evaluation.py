@@ -191,10 +191,12 @@ def time_inference(models: dict, tokenizer, *, prompt_tokens: int = 128, new_tok
                    batch_sizes: Sequence[int] = (1, 8), repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict:
     """Prefill throughput (tokens/s) and per-token generation latency (ms) of each named model at each batch size.
 
-    Returns {name: {"batch<B>": {"prefill_tokens_per_s", "generation_ms_per_token"}, "prompt_tokens",
-    "new_tokens", "repeats"}}: medians of `repeats` runs after `warmup` unmeasured ones. The models run
-    interleaved, as in prefill_timings, so machine load falls on all alike. Latency is (time to generate
-    new_tokens - time to generate 1) / (new_tokens - 1): the decode steps alone.
+    Returns {name: {"batch<B>": {"prefill_tokens_per_s", "generation_ms_per_token",
+    "prefill_seconds_per_round"}, "prompt_tokens", "new_tokens", "repeats"}}: medians of `repeats` runs after `warmup` unmeasured ones,
+    and the seconds of each measured prefill round (round i of every model ran in the same round, so
+    their ratio is paired). The models run interleaved, as in prefill_timings, so machine load falls on
+    all alike. Latency is (time to generate new_tokens - time to generate 1) / (new_tokens - 1): the
+    decode steps alone.
     """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to separate decoding from prefill (got {new_tokens})")
@@ -217,5 +219,6 @@ def time_inference(models: dict, tokenizer, *, prompt_tokens: int = 128, new_tok
             reports[name][f"batch{batch_size}"] = {
                 "prefill_tokens_per_s": batch_size * prompt_tokens / statistics.median(prefill[name]),
                 "generation_ms_per_token": 1000 * max(statistics.median(decode[name]), 0.0) / (new_tokens - 1),
+                "prefill_seconds_per_round": list(prefill[name]),
             }
     return reports

@@ -171,8 +171,9 @@ def sweep(model, tokenizer, similarity: np.ndarray, *, strategies: Sequence[str]
           batch_size: int = 16, pooling: str = "mean", progress: bool = True) -> list[dict]:
     """Zero-shot held-out perplexity of each strategy at each number of removed blocks.
 
-    Returns one record per (strategy, level): {"strategy", "n_removed", "removed_blocks", "perplexity"}.
-    Level 0 is the unpruned model. A set of blocks chosen by several strategies is scored once.
+    Returns one record per (strategy, level): {"strategy", "n_removed", "removed_blocks", "perplexity",
+    "logprob_rows"}, the last the per-record [summed log-probability, tokens] of `eval_texts` that the
+    verdicts pair across strategies. Level 0 is the unpruned model. A set of blocks chosen by several strategies is scored once.
     `iterative` runs once to the deepest level (its first k removals are its choice for k), measuring
     S again on `calibration_texts` after each removal.
     """
@@ -192,13 +193,14 @@ def sweep(model, tokenizer, similarity: np.ndarray, *, strategies: Sequence[str]
                 choices[strategy, level] = sorted(order[:level])
             else:
                 choices[strategy, level] = select_layers(similarity, level, strategy, seed=seed)
-    scored: dict[tuple[int, ...], float] = {}
+    scored: dict[tuple[int, ...], np.ndarray] = {}
     for removed in tqdm(sorted({tuple(c) for c in choices.values()}), desc="perplexity sweep", disable=not progress):
         pruned = prune_layers(model, removed) if removed else model
-        scored[removed] = evaluation.perplexity(pruned, tokenizer, eval_texts, max_length=max_length,
-                                                batch_size=batch_size, progress=False)
+        scored[removed] = evaluation.record_logprob_rows(evaluation.token_logprobs(
+            pruned, tokenizer, eval_texts, max_length=max_length, batch_size=batch_size, progress=False))
     return [
-        {"strategy": strategy, "n_removed": level, "removed_blocks": removed, "perplexity": scored[tuple(removed)]}
+        {"strategy": strategy, "n_removed": level, "removed_blocks": removed,
+         "perplexity": evaluation.perplexity_of_rows(scored[tuple(removed)]), "logprob_rows": scored[tuple(removed)]}
         for (strategy, level), removed in choices.items()
     ]
 

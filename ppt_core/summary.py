@@ -1,8 +1,8 @@
 """The study in one table: a row per arm, each headline number with its 95% interval, and the
-paper's claims checked against our numbers.
+paper's claims with the verdicts of ppt_core.verdicts (the only place a claim is decided).
 
-Reads results.json (deterministic numbers) and timings.json (speed) of one run. Each claim is marked
-reproduced or not by an explicit criterion written here, never by hand.
+Reads results.json (deterministic numbers) and timings.json (speed) of one run; results.md carries the
+claims table of verdicts.paper_claims beside the arms' table.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppt_core import arms, artifacts
-
-SPEED_BATCH = "batch8"  # prefill throughput of the summary: a small server batch
+from ppt_core import arms, artifacts, stats, verdicts
+from ppt_core.verdicts import SPEED_BATCH
 
 
 def _get(tree, *keys, default=None):
@@ -29,23 +28,50 @@ def _get(tree, *keys, default=None):
 
 
 def _interval(estimate) -> tuple[float, float, float]:
-    """(value, low, high) of a stats.estimate dict; a plain number has no interval."""
+    """(value, low, high) of a stats estimate dict; a plain number has no interval, a missing one is NaN."""
     if isinstance(estimate, dict):
-        return estimate["value"], estimate.get("low", np.nan), estimate.get("high", np.nan)
+        return tuple(np.nan if estimate.get(k) is None else float(estimate[k]) for k in ("value", "low", "high"))
     return (np.nan if estimate is None else float(estimate)), np.nan, np.nan
 
 
+def _share(value, trials) -> dict | None:
+    """A rounded share of `trials` back to its count of hits, with the exact (Clopper–Pearson) interval."""
+    if value is None or not trials:
+        return None
+    return stats.proportion(int(round(value * trials)), int(trials))
+
+
+def _canaries(arm_attacks: dict) -> dict:
+    """Exposure interval (bits) of the highest-repetition canaries (lowest low to highest high), their
+    repetitions, and the reference band."""
+    canaries = _get(arm_attacks, "canaries", default={}) or {}
+    inserted = [row for row in canaries.get("rows", []) if row["repetitions"] > 0]
+    band = canaries.get("reference_band") or [np.nan, np.nan]
+    if not inserted:
+        return {"exposure_highest_low": np.nan, "exposure_highest_high": np.nan, "canary_repetitions": np.nan,
+                "reference_band_low": band[0], "reference_band_high": band[1]}
+    highest = max(row["repetitions"] for row in inserted)
+    top = [row for row in inserted if row["repetitions"] == highest]
+    return {"exposure_highest_low": min(row["exposure_low"] for row in top),
+            "exposure_highest_high": max(row["exposure_high"] for row in top), "canary_repetitions": highest,
+            "reference_band_low": band[0], "reference_band_high": band[1]}
+
+
 def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
-    """One row per arm: blocks kept, parameters (M), ε (inf = non-private), held-out perplexity,
-    prefill throughput (tokens/s) and speedup over base, membership AUC (loss attack), mean canary
-    exposure (bits) at the highest repetition count, extraction BERTScore gap (members minus held-out),
-    and the share of synthetic records leaking training-only PII; intervals in *_low / *_high."""
+    """One row per arm: blocks kept, parameters (M), claimed ε (inf = non-private), held-out perplexity,
+    prefill throughput (tokens/s) and speedup over base, membership AUC of the judged signal (calibrated by
+    the start; loss for base and pruned-noft) and its ΔAUC vs the start, exposure (bits) of the
+    highest-repetition canaries against the reference band, audit ε lower bounds (one run, f-DP), the share
+    of members' extraction attempts reproducing the exact suffix, and of synthetic records leaking
+    training-only PII (exact intervals); intervals in *_low / *_high."""
     base_speed = _get(timings, "utility", "base", SPEED_BATCH, "prefill_tokens_per_s")
     rows = []
     for arm in arms.arm_names(params):
-        utility, attacks = _get(results, "utility", arm, default={}), _get(results, "attacks", arm, default={})
+        utility = _get(results, "utility", arm, default={})
+        attacks = _get(results, "attacks", arm, default={}) or {}
         epsilon = _get(results, "training", arm, "epsilon")
         speed = _get(timings, "utility", arm, SPEED_BATCH, "prefill_tokens_per_s", default=np.nan)
+        signal = verdicts.membership_signal(attacks)
         row = {
             "arm": arm,
             "blocks": _get(results, "pruning", "pruned_depth" if arms.parse(arm).pruned
@@ -54,14 +80,20 @@ def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
             "epsilon": epsilon if epsilon is not None else np.inf,
             "prefill_tokens_per_s": speed,
             "speedup": speed / base_speed if base_speed else np.nan,
-            "exposure_highest": _get(attacks, "canaries", "exposure_at_highest", default=np.nan),
-            "exposure_reference": _get(attacks, "canaries", "exposure_reference", default=np.nan),
+            "membership_signal": signal if attacks else None,
+            **_canaries(attacks),
+            "audit_epsilon_one_run": _get(attacks, "audit", "epsilon_lower_one_run", default=np.nan),
+            "audit_epsilon_fdp": _get(attacks, "audit", "epsilon_lower_fdp", default=np.nan),
         }
+        synthetic = _get(results, "synthetic", arm, default={}) or {}
+        extraction = _get(attacks, "extraction", default={}) or {}
         for column, estimate in (
             ("perplexity", _get(utility, "heldout_perplexity")),
-            ("membership_auc", _get(attacks, "membership", "loss", "auc")),
-            ("extraction_bertscore_gap", _get(attacks, "extraction", "bertscore_f1", "members_minus_heldout")),
-            ("synthetic_pii_leak", _get(results, "synthetic", arm, "pii_leak_share")),
+            ("membership_auc", _get(attacks, "membership", "signals", signal, "auc")),
+            ("delta_auc", verdicts.membership_delta(attacks) if attacks else None),
+            ("extraction_hits", _share(_get(extraction, "exact_suffix_rate", "members"),
+                                       _get(extraction, "records", "members"))),
+            ("synthetic_pii_leak", _share(_get(synthetic, "pii_leak_share", "value"), synthetic.get("records"))),
         ):
             row[column], row[f"{column}_low"], row[f"{column}_high"] = _interval(estimate)
         rows.append(row)
@@ -69,96 +101,36 @@ def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
 
 
 def _fmt(value, low=np.nan, high=np.nan, digits=3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    return verdicts.format_interval({"value": value, "low": low, "high": high}, digits)
+
+
+def _exposure(r) -> str:
+    if np.isnan(r.exposure_highest_low):
         return "–"
-    if np.isinf(value):
-        return "∞"
-    text = f"{value:.{digits}g}"
-    if not (np.isnan(low) or np.isnan(high)):
-        text += f" [{low:.{digits}g}, {high:.{digits}g}]"
-    return text
+    low, high = r.exposure_highest_low, r.exposure_highest_high
+    value = f"{low:.3g}" if low == high else f"[{low:.3g}, {high:.3g}]"
+    return f"{value} at {int(r.canary_repetitions)}× ([{r.reference_band_low:.3g}, {r.reference_band_high:.3g}])"
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """The summary table as Markdown, intervals in brackets (95% bootstrap over records)."""
+    """The summary table as Markdown, intervals in brackets (95%: bootstrap over records, exact for shares)."""
     header = ("| arm | blocks | params (M) | ε | held-out perplexity | prefill tok/s (speedup) | membership AUC "
-              "| canary exposure, highest reps (reference) | extraction BERTScore gap | synthetic PII leak |")
+              "| ΔAUC vs start | canary exposure, highest reps (reference band) | audit ε ≥ (one run / f-DP) "
+              "| extraction exact-suffix hits | synthetic PII leak |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for arm, r in table.iterrows():
+        auc = _fmt(r.membership_auc, r.membership_auc_low, r.membership_auc_high, 2)
         lines.append("| " + " | ".join([
             f"`{arm}`", _fmt(r.blocks), _fmt(r.parameters_M), _fmt(r.epsilon),
             _fmt(r.perplexity, r.perplexity_low, r.perplexity_high),
             f"{_fmt(r.prefill_tokens_per_s, digits=4)} ({_fmt(r.speedup)}×)",
-            _fmt(r.membership_auc, r.membership_auc_low, r.membership_auc_high),
-            f"{_fmt(r.exposure_highest)} ({_fmt(r.exposure_reference)})",
-            _fmt(r.extraction_bertscore_gap, r.extraction_bertscore_gap_low, r.extraction_bertscore_gap_high),
-            _fmt(r.synthetic_pii_leak, r.synthetic_pii_leak_low, r.synthetic_pii_leak_high),
+            f"{auc} ({r.membership_signal})" if r.membership_signal else auc,
+            _fmt(r.delta_auc, r.delta_auc_low, r.delta_auc_high, 2),
+            _exposure(r),
+            f"{_fmt(r.audit_epsilon_one_run)} / {_fmt(r.audit_epsilon_fdp)}",
+            _fmt(r.extraction_hits, r.extraction_hits_low, r.extraction_hits_high, 2),
+            _fmt(r.synthetic_pii_leak, r.synthetic_pii_leak_low, r.synthetic_pii_leak_high, 2),
         ]) + " |")
-    return "\n".join(lines)
-
-
-def paper_claims(params: dict, table: pd.DataFrame, results: dict) -> list[dict]:
-    """The paper's claims, each with the criterion we test it by, our evidence and a verdict."""
-    def row(arm):
-        return table.loc[arm] if arm in table.index else None
-
-    claims = []
-    base, pruned = row("base"), row("pruned-noft")
-    at_target = {strategy: levels.get(str(params["n_remove"]))
-                 for strategy, levels in _get(results, "pruning", "perplexity", default={}).items()}
-    at_target = {strategy: value for strategy, value in at_target.items() if value is not None}
-    if at_target:
-        winner = min(at_target, key=at_target.get)
-        claims.append(dict(
-            claim="Pairwise cosine similarity finds the blocks to remove",
-            criterion=f"with {params['n_remove']} blocks removed, `pairwise` has the lowest zero-shot held-out "
-                      "perplexity of the strategies compared",
-            evidence=", ".join(f"{s} {v:.3g}" for s, v in sorted(at_target.items(), key=lambda kv: kv[1])),
-            holds=winner == "pairwise"))
-    if base is not None and pruned is not None:
-        claims.append(dict(
-            claim="Structural pruning reduces size without compromising performance",
-            criterion="pruned model before healing within 10% of the base model's held-out perplexity",
-            evidence=f"perplexity {pruned.perplexity:.3g} pruned vs {base.perplexity:.3g} base",
-            holds=bool(pruned.perplexity <= 1.1 * base.perplexity)))
-        claims.append(dict(
-            claim="Pruning reduces inference time",
-            criterion="prefill throughput of the pruned model above the base model's (same run, same machine)",
-            evidence=f"speedup {pruned.speedup:.2f}× with {int(pruned.blocks)} of {int(base.blocks)} blocks",
-            holds=bool(pruned.speedup > 1.0)))
-    dp_arms = [a for a in table.index if "-dp" in a]
-    healed = [a for a in dp_arms if table.loc[a].perplexity_high < min(base.perplexity, pruned.perplexity)] \
-        if base is not None and pruned is not None else []
-    claims.append(dict(
-        claim="LoRA fine-tuning under DP-SGD heals the pruned model",
-        criterion="every DP arm's perplexity interval lies below both the base and the unhealed pruned model",
-        evidence=", ".join(f"{a}: {table.loc[a].perplexity:.3g}" for a in dp_arms) or "no DP arm",
-        holds=bool(dp_arms) and len(healed) == len(dp_arms)))
-    pairs = [(a, a.split("-dp")[0] + "-nodp") for a in dp_arms if a.split("-dp")[0] + "-nodp" in table.index]
-    claims.append(dict(
-        claim="DP mitigates memorisation",
-        criterion="the non-private arm memorises (canary exposure > 1 bit above never-inserted canaries), each DP "
-                  "arm's exposure is below its non-private twin's, and its membership-AUC interval contains 0.5",
-        evidence="; ".join(f"{dp}: exposure {table.loc[dp].exposure_highest:.3g} vs {nodp} {table.loc[nodp].exposure_highest:.3g}, "
-                           f"AUC {table.loc[dp].membership_auc:.3g}" for dp, nodp in pairs) or "no pair",
-        holds=bool(pairs) and all(
-            table.loc[nodp].exposure_highest > table.loc[nodp].exposure_reference + 1  # memorisation to mitigate
-            and table.loc[dp].exposure_highest < table.loc[nodp].exposure_highest
-            and table.loc[dp].membership_auc_low <= 0.5 <= table.loc[dp].membership_auc_high for dp, nodp in pairs)))
-    if "pruned-nodp" in table.index and "full-nodp" in table.index:
-        p, f = table.loc["pruned-nodp"], table.loc["full-nodp"]
-        claims.append(dict(
-            claim="Pruning complements privacy (a pruned model memorises less)",
-            criterion="non-private pruned arm: lower canary exposure and lower membership AUC than the non-private full arm",
-            evidence=f"exposure {p.exposure_highest:.3g} vs {f.exposure_highest:.3g}; AUC {p.membership_auc:.3g} vs {f.membership_auc:.3g}",
-            holds=bool(p.exposure_highest < f.exposure_highest and p.membership_auc < f.membership_auc)))
-    return claims
-
-
-def claims_markdown(claims: list[dict]) -> str:
-    lines = ["| paper's claim | our criterion | our numbers | reproduced? |", "|---|---|---|---|"]
-    for c in claims:
-        lines.append(f"| {c['claim']} | {c['criterion']} | {c['evidence']} | {'yes' if c['holds'] else '**no**'} |")
     return "\n".join(lines)
 
 
@@ -175,8 +147,9 @@ def _commit() -> str:
         return "unknown"
 
 
-def results_markdown(params: dict, table: pd.DataFrame, claims: list[dict], notebook_seconds: dict) -> str:
-    """figures/results.md: the table, the claims, and where and when it was produced."""
+def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Verdict],
+                     notebook_seconds: dict) -> str:
+    """figures/results.md: the table, the claims with their verdicts, and where and when it was produced."""
     total = sum(notebook_seconds.values())
     times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in sorted(notebook_seconds.items()))
     return "\n".join([
@@ -185,10 +158,13 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[dict], note
         "",
         markdown_table(table),
         "",
-        "Intervals: 95% bootstrap over records. ε = ∞: non-private. Speed: prefill of a batch of 8 on the "
-        "machine that produced this run; exposure in bits (reference: canaries never inserted).",
+        "Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares. ε = ∞: non-private; "
+        "audit ε: empirical lower bounds (one-run audit), never above the claimed ε. Speed: prefill of a batch "
+        "of 8 on the machine that produced this run. Membership AUC: the attack calibrated by the arm's "
+        "starting model (`reference`), the plain loss attack for the untrained arms. Exposure in bits; the "
+        "reference band is the range of canaries never inserted.",
         "",
-        claims_markdown(claims),
+        verdicts.claims_markdown(claims),
         "",
         f"Notebook wall time: {times} (total {total / 60:.1f} min)." if notebook_seconds else "",
     ]) + "\n"
@@ -219,14 +195,14 @@ def deterministic_rows(table: pd.DataFrame) -> list[dict]:
 
 
 def privacy_utility_speed_figure(table: pd.DataFrame):
-    """Two panels: held-out perplexity against membership AUC (privacy), and against speedup (speed)."""
+    """Two panels: held-out perplexity against membership AUC (calibrated; privacy), and against speedup (speed)."""
     import matplotlib.pyplot as plt
 
     from ppt_core.plots import arm_color
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for arm, r in table.iterrows():
-        color, marker = arm_color(arm), "o" if arm.startswith(("full", "base")) else "s"
+        color, marker = arm_color(arm), "s" if arms.parse(arm).pruned else "o"
         yerr = [[r.perplexity - r.perplexity_low], [r.perplexity_high - r.perplexity]] \
             if not np.isnan(r.perplexity_low) else None
         xerr = [[r.membership_auc - r.membership_auc_low], [r.membership_auc_high - r.membership_auc]] \
@@ -235,8 +211,8 @@ def privacy_utility_speed_figure(table: pd.DataFrame):
                       capsize=3, ms=8, label=arm)
         right.errorbar(r.speedup, r.perplexity, yerr=yerr, fmt=marker, color=color, capsize=3, ms=8, label=arm)
     left.axvline(0.5, color="k", lw=0.8, ls="--")
-    left.set(xlabel="membership AUC, loss attack (0.5 = no leakage)", ylabel="held-out perplexity (log scale)",
-             yscale="log", title="Utility vs privacy")
+    left.set(xlabel="membership AUC, calibrated by the starting model (0.5 = no leakage)",
+             ylabel="held-out perplexity (log scale)", yscale="log", title="Utility vs privacy")
     right.axvline(1.0, color="k", lw=0.8, ls="--")
     right.set(xlabel="prefill speedup over base (×)", title="Utility vs speed")
     right.legend(loc="best", fontsize="small")

@@ -1,5 +1,6 @@
 """What each arm of the study costs and what it is good for: held-out perplexity (with a bootstrap
-interval over records), parameter count, size on disk, and inference speed.
+interval over records, and the per-record rows the verdicts pair across arms), parameter count, size
+on disk, and inference speed.
 
 Perplexity and sizes are deterministic (results.json); speed is wall-clock (timings.json), measured
 side by side for the distinct architectures by `evaluation.time_inference` (see `arm_speeds`).
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -19,15 +21,19 @@ from ppt_core.artifacts import rounded
 TIMING_BATCH_SIZES = (1, 8)  # one user, and a small server batch
 
 
-def perplexity_estimate(model, tokenizer, texts: Sequence[str], *, max_length: int, batch_size: int = 16,
-                        n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
-    """Token-weighted perplexity of `texts` and its 95% bootstrap interval over records:
-    {"value", "low", "high", "records", "tokens"}."""
+def heldout_rows(model, tokenizer, texts: Sequence[str], *, max_length: int, batch_size: int = 16,
+                 progress: bool = True) -> np.ndarray:
+    """Per record of `texts`: [summed log-probability (nats), scored tokens] (evaluation.record_logprob_rows)."""
     logprobs = evaluation.token_logprobs(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
                                          progress=progress)
-    rows = evaluation.record_logprob_rows(logprobs)
+    return evaluation.record_logprob_rows(logprobs)
+
+
+def perplexity_estimate(rows: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Token-weighted perplexity of heldout_rows and its 95% bootstrap interval over records:
+    {"value", "low", "high", "records", "tokens"}."""
     estimate = stats.estimate(evaluation.perplexity_of_rows, [rows], n_boot=n_boot, seed=seed)
-    return dict(estimate, records=len(texts), tokens=int(rows[:, 1].sum()))
+    return dict(estimate, records=len(rows), tokens=int(rows[:, 1].sum()))
 
 
 def _weights_mb(folder: Path | None) -> float | None:
@@ -54,14 +60,16 @@ def model_size(model, params: dict, arm: str) -> dict:
     return size
 
 
-def arm_utility(model, tokenizer, params: dict, arm: str, heldout: Sequence[str], *, progress: bool = True) -> dict:
-    """Held-out perplexity (with its interval) and size of one arm, for results.json."""
+def arm_utility(model, tokenizer, params: dict, arm: str, heldout: Sequence[str], *,
+                progress: bool = True) -> tuple[dict, np.ndarray]:
+    """(held-out perplexity with its interval and size of one arm, for results.json; its heldout_rows,
+    which the verdicts pair across arms)."""
+    rows = heldout_rows(model, tokenizer, heldout, max_length=params["max_length"],
+                        batch_size=params["eval_batch_size"], progress=progress)
     return rounded({
-        "heldout_perplexity": perplexity_estimate(
-            model, tokenizer, heldout, max_length=params["max_length"], batch_size=params["eval_batch_size"],
-            n_boot=params["n_bootstrap"], seed=params["seed"], progress=progress),
+        "heldout_perplexity": perplexity_estimate(rows, n_boot=params["n_bootstrap"], seed=params["seed"]),
         **model_size(model, params, arm),
-    })
+    }), rows
 
 
 def arm_speeds(starts: dict, tokenizer, params: dict, sizes: dict) -> dict:
@@ -83,16 +91,17 @@ def arm_speeds(starts: dict, tokenizer, params: dict, sizes: dict) -> dict:
     return {arm: speeds[start] for arm, start in arm_start.items()}
 
 
-def measure_arms(params: dict, arm_names: Sequence[str], heldout: Sequence[str], *, progress: bool = True) -> tuple[dict, dict]:
-    """(results, timings) of every arm: arm_utility of each, loaded once, then arm_speeds of the starting
-    models kept from that pass."""
-    results, starts, tokenizer = {}, {}, None
+def measure_arms(params: dict, arm_names: Sequence[str], heldout: Sequence[str], *,
+                 progress: bool = True) -> tuple[dict, dict, dict]:
+    """(results, timings, rows) of every arm: arm_utility of each, loaded once, then arm_speeds of the
+    starting models kept from that pass; rows[arm] = its heldout_rows, the same records for every arm."""
+    results, rows, starts, tokenizer = {}, {}, {}, None
     for arm in tqdm(arm_names, desc="arms", disable=not progress):
         model, tokenizer = models.load_arm(params, arm)
-        results[arm] = arm_utility(model, tokenizer, params, arm, heldout, progress=False)
+        results[arm], rows[arm] = arm_utility(model, tokenizer, params, arm, heldout, progress=False)
         if arms.parse(arm).start == arm:
             starts[arm] = model
-    return results, arm_speeds(starts, tokenizer, params, results)
+    return results, arm_speeds(starts, tokenizer, params, results), rows
 
 
 def utility_table(results: dict, timings: dict) -> pd.DataFrame:

@@ -55,6 +55,7 @@ def test_time_inference_times_every_model_side_by_side(tiny):
         for key in ("batch1", "batch2"):
             assert report[key]["prefill_tokens_per_s"] > 0
             assert report[key]["generation_ms_per_token"] >= 0
+            assert len(report[key]["prefill_seconds_per_round"]) == 2
     with pytest.raises(ValueError, match="new_tokens must be >= 2"):
         evaluation.time_inference(models, tokenizer, new_tokens=1)
 
