@@ -69,9 +69,7 @@ def scoring_length(params: dict) -> int:
 
 def use_bf16(params: dict, model) -> bool:
     """The profile's bf16_scoring resolved for the device `model` is on."""
-    if params["bf16_scoring"] == "auto":
-        return evaluation.bf16_available(next(model.parameters()).device)
-    return bool(params["bf16_scoring"])
+    return evaluation.resolve_bf16(params["bf16_scoring"], next(model.parameters()).device)
 
 
 # --- per-record scores: one forward pass ----------------------------------------------------------

@@ -28,6 +28,15 @@ def bf16_available(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def resolve_bf16(setting, device: torch.device) -> bool:
+    """A profile's bf16 setting ("auto", True or False) for `device`: "auto" means bf16_available(device)."""
+    if setting == "auto":
+        return bf16_available(torch.device(device))
+    if not isinstance(setting, bool):
+        raise ValueError(f"a bf16 setting must be 'auto', True or False (got {setting!r})")
+    return setting
+
+
 def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, bf16: bool = False) -> torch.Tensor:
     """Float32 logits of every position. With `bf16`, the blocks run under bf16 autocast and the output
     head in float32 on the final hidden states: a bf16 head would round logits of ~20 to ~0.1 and every

@@ -61,7 +61,8 @@ _QUICK = dict(
     lora_alpha=16,
     lora_dropout=0.0,
     lora_targets="query+value",  # "query+value", "attention", "attention+mlp", or a list of module names
-    bf16=True,  # bf16 autocast for the forward/backward; per-sample clipping and noise stay fp32
+    bf16="auto",  # bf16 autocast for the forward/backward where the device has native bf16 (else float32,
+    # which is faster than emulated bf16); per-sample clipping and noise stay float32 either way
     optimizer="adamw",  # "adamw", or "sgd" (an update is exactly lr * the noised mean gradient)
     weight_decay=0.0,  # the optimizer's (decoupled for adamw)
     lr_schedule="linear",  # "constant", "linear" or "cosine" decay of the learning rate over the steps
@@ -130,6 +131,7 @@ _SMOKE = dict(
     n_secret_samples=16,
     n_bootstrap=50,
     bf16=False,
+    bf16_scoring=False,
     loss_curve_records=8,
 )
 

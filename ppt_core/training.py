@@ -33,7 +33,7 @@ import copy
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from ppt_core import batching, privacy, tokens
+from ppt_core import batching, evaluation, privacy, tokens
 from ppt_core.memory import PeakMemory
 from ppt_core.architectures import LORA_TARGET_SETS, lora_target_modules  # noqa: F401 (training.<name> stays importable)
 from ppt_core.privacy import DPConfig, TrainingConfigError
@@ -81,7 +81,7 @@ class TrainConfig:
     physical_batch_size: int = 8
     max_length: int = 128
     seed: int = 0
-    bf16: bool = True
+    bf16: bool | str = "auto"  # "auto": bf16 where the device computes it natively (evaluation.bf16_available)
     loss_curve_points: int = 5
     loss_curve_records: int = 16
     device: str | None = None
@@ -158,7 +158,7 @@ def config_from_params(params: dict, epsilon: float | None = None, **overrides) 
         lr_schedule=params["lr_schedule"], warmup_fraction=float(params["warmup_fraction"]),
         expected_batch_size=int(params["expected_batch_size"]), physical_batch_size=int(params["physical_batch_size"]),
         max_length=int(params["train_max_length"] or params["max_length"]), seed=int(params["seed"]),
-        bf16=bool(params["bf16"]), loss_curve_points=int(params["loss_curve_points"]),
+        bf16=params["bf16"] if params["bf16"] == "auto" else bool(params["bf16"]), loss_curve_points=int(params["loss_curve_points"]),
         loss_curve_records=int(params["loss_curve_records"]),
         device=None if params.get("device") in (None, "auto") else params["device"], dp=dp,
     )
@@ -482,6 +482,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None):
     texts = list(texts)
     check_config(config, len(texts), model)
     device = torch.device(config.device) if config.device else next(model.parameters()).device
+    config = replace(config, bf16=evaluation.resolve_bf16(config.bf16, device))  # "auto" settles on the device
     torch.manual_seed(config.seed)
     peft_model = _lora_model(model, config, device)
     training = prepare(peft_model, batching.record_dataset(tokenizer, texts, config.max_length), config)

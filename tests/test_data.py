@@ -19,7 +19,7 @@ def test_same_seed_gives_identical_files(params, tiny, tmp_path):
     data.build_dataset(params, tmp_path / "a", tokenizer=tiny[1])
     data.build_dataset(params, tmp_path / "b", tokenizer=tiny[1])
     data.build_dataset(dict(params, seed=1), tmp_path / "c", tokenizer=tiny[1])
-    for name in ("train.jsonl", "heldout.jsonl", "public.jsonl", "canaries.jsonl", "dataset_card.json"):
+    for name in ("train.jsonl", "heldout.jsonl", "public.jsonl", "canaries.jsonl", "audit.jsonl", "dataset_card.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert (tmp_path / "a" / "train.jsonl").read_bytes() != (tmp_path / "c" / "train.jsonl").read_bytes()
 
@@ -75,3 +75,28 @@ def test_user_data_replaces_the_notes(params, tiny, tmp_path):
 def test_impossible_settings_are_refused(params, key, value):
     with pytest.raises(data.DataError, match=key):
         data.check_params(dict(params, **{key: value}))
+
+
+def test_audit_canaries_join_train_exactly_when_included(params, splits):
+    assert len(splits.audit) == params["n_audit_canaries"]
+    train_texts = [r["text"] for r in splits.train if r["kind"] == "audit"]
+    for record in splits.audit:
+        assert train_texts.count(record["text"]) == int(record["included"]), record["id"]
+    assert list(data.audit_inclusions(params)) == [r["included"] for r in splits.audit]
+    assert 0 < sum(r["included"] for r in splits.audit) < len(splits.audit)
+
+
+def test_audit_inclusions_come_from_their_own_stream(params):
+    # The coins depend on the seed alone, not on any other setting of the data.
+    same = data.audit_inclusions(dict(params, n_train=params["n_train"] * 2, canary_repetitions=[2, 7]))
+    assert list(same) == list(data.audit_inclusions(params))
+    assert list(data.audit_inclusions(dict(params, seed=params["seed"] + 1))) != list(same)
+
+
+def test_audit_words_are_the_tokens_the_audit_scores(splits, tiny):
+    tokenizer = tiny[1]
+    for record in splits.audit[:8]:
+        words = record["text"][len(data.AUDIT_PREFIX):].split(" ")[1:]
+        ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
+        assert len(words) == record["secret_tokens"]
+        assert ids[-len(words):] == [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
