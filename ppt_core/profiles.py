@@ -36,7 +36,7 @@ _QUICK = dict(
     n_calibration=64,  # public records used to measure layer similarity
     similarity_pooling="mean",  # "mean" over real tokens, or "last" token
     prune_strategy="pairwise",
-    n_remove=4,  # zero-shot perplexity 52 (8 blocks: 263, base 33); DP-LoRA in the quick budget heals 4, not 8
+    n_remove=4,  # blocks the pruned family loses; notebook 02's sweep shows what removing more costs
     prune_strategies=["pairwise", "block", "iterative", "last", "random"],
     prune_sweep=[0, 4, 8, 12],  # blocks removed in the perplexity/speed sweep
     n_calibration_iterative=8,  # public records for each re-measurement of S by the iterative strategy
@@ -54,9 +54,10 @@ _QUICK = dict(
     grad_sample_mode="hooks",
     expected_batch_size=32,  # records per optimizer step in expectation (Poisson sampling)
     physical_batch_size=8,  # records per forward/backward; larger logical batches are split
-    epochs=1.0,  # expected passes over train (a float): 13 steps, every quick arm in ~2.5 min on 2 CPU cores
+    epochs=1.0,  # expected passes over train (a float): steps = floor(epochs * ceil(N / expected_batch_size))
     train_max_length=128,  # tokens per record while training (None: max_length); scoring keeps max_length
-    learning_rate=1e-2,  # best of 5e-3 / 1e-2 / 2e-2 for full-dp8 in a tuning run (ppl 28.0 / 26.7 / 32.3)
+    learning_rate=1e-2,  # chosen by earlier tuning runs on the study's own training records, which no ε covers;
+    #                      an independent-draw tuning run to replace them is still to be done (issue 11)
     lora_rank=2,  # few trainable parameters: DP noise per coordinate meets more signal (see notebook 03)
     lora_alpha=16,
     lora_dropout=0.0,

@@ -147,9 +147,35 @@ def _commit() -> str:
         return "unknown"
 
 
+def guarantee_markdown(params: dict, group_privacy: dict | None) -> str:
+    """What the DP arms' guarantee covers and what it does not, from the accountant's numbers (notebook 03's
+    group-privacy and composition table, results.json["group_privacy"])."""
+    if not group_privacy:
+        return ""
+    rows = []
+    for row, values in group_privacy.items():
+        sizes = sorted((int(k[2:]), v) for k, v in values.items() if k.startswith("k="))
+        rows.append(f"| {row} | " + " | ".join(_fmt(v) for _, v in sizes) + f" | {values.get('accountant', '')} |")
+    header = "| ε at δ = " + f"{params['delta']:g} | " + " | ".join(f"k = {k}" for k, _ in sizes) + " | accountant |"
+    secure = ("off: the Poisson draws and the noise follow the public seed, so this is a reproducible study, "
+              "not a release" if not params.get("secure_mode") else "on: cryptographic randomness")
+    return "\n".join([
+        "**What the guarantee covers.** Each DP arm is (ε, δ)-DP for one training record — a note, one canary "
+        "copy or one audit canary — with the ε of the table above. A secret held by k records (a canary "
+        "inserted k times, a patient with k notes) is protected only at the group ε below, and releasing "
+        "several DP arms trained on the same records composes (last row). Each value is an upper bound from "
+        f"the accountant (notebook 03). `secure_mode` is {secure}.",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+        *rows,
+    ])
+
+
 def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Verdict],
-                     notebook_seconds: dict) -> str:
-    """figures/results.md: the table, the claims with their verdicts, and where and when it was produced."""
+                     notebook_seconds: dict, group_privacy: dict | None = None) -> str:
+    """figures/results.md: the table, the claims with their verdicts, what the guarantee covers, and where
+    and when it was produced."""
     total = sum(notebook_seconds.values())
     times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in sorted(notebook_seconds.items()))
     return "\n".join([
@@ -165,6 +191,8 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
         "reference band is the range of canaries never inserted.",
         "",
         verdicts.claims_markdown(claims),
+        "",
+        guarantee_markdown(params, group_privacy),
         "",
         f"Notebook wall time: {times} (total {total / 60:.1f} min)." if notebook_seconds else "",
     ]) + "\n"
