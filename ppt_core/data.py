@@ -295,7 +295,7 @@ def _audit_canaries(params: dict, tokenizer) -> list[dict]:
     for i, include in enumerate(included):
         words = [vocabulary[j] for j in rng.choice(len(vocabulary), n_words, replace=False)]
         canaries.append({"id": f"audit-{i:04d}", "kind": "audit", "text": AUDIT_PREFIX + "".join(" " + w for w in words),
-                         "secret_tokens": n_words, "included": bool(include)})
+                         "secret_tokens": n_words, "included": bool(include), "pii": {}})
     return canaries
 
 
