@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
@@ -146,8 +147,6 @@ def roc_curve(member: np.ndarray, nonmember: np.ndarray) -> tuple[np.ndarray, np
 
 def roc_auc(member: np.ndarray, nonmember: np.ndarray) -> float:
     """Area under the ROC curve: P(member score > non-member score), ties counting half."""
-    import scipy.stats
-
     ranks = scipy.stats.rankdata(np.concatenate([member, nonmember]))
     n_member, n_nonmember = len(member), len(nonmember)
     return float((ranks[:n_member].sum() - n_member * (n_member + 1) / 2) / (n_member * n_nonmember))

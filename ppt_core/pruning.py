@@ -205,21 +205,6 @@ def sweep(model, tokenizer, similarity: np.ndarray, *, strategies: Sequence[str]
     ]
 
 
-def compare_strategies(records: Sequence[dict], n_removed: int, reference: str = "pairwise") -> str:
-    """One sentence, built from the sweep's numbers: does `reference` give the lowest perplexity at n_removed?"""
-    at_level = {r["strategy"]: r["perplexity"] for r in records if r["n_removed"] == n_removed}
-    if reference not in at_level:
-        return f"{reference!r} was not evaluated at {n_removed} removed blocks."
-    best = min(at_level, key=at_level.get)
-    others = ", ".join(f"{s} {p:.2f}" for s, p in sorted(at_level.items(), key=lambda kv: kv[1]) if s != reference)
-    if best == reference or at_level[best] == at_level[reference]:
-        verdict = f"With {n_removed} blocks removed, {reference} wins: perplexity {at_level[reference]:.2f}"
-    else:
-        verdict = (f"With {n_removed} blocks removed, {reference} does not win: perplexity "
-                   f"{at_level[reference]:.2f}, while {best} reaches {at_level[best]:.2f}")
-    return f"{verdict} (others: {others})."
-
-
 def pruning_record(similarity: np.ndarray, removed: Sequence[int], strategy: str, depth: int) -> dict:
     """What pruning.json keeps beside a pruned checkpoint: the removed and kept blocks, and why."""
     removed = sorted(int(b) for b in removed)

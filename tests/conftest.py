@@ -1,6 +1,10 @@
 """Shared fixtures: the tiny random Llama (seconds) and the embedded SmolLM2 (loaded once)."""
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -10,6 +14,22 @@ import torch  # noqa: E402
 
 from ppt_core import profiles  # noqa: E402
 from ppt_core.models import load_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_all(*args, timeout=1500):
+    """run_all.py in a subprocess from the repository root, as a user runs it."""
+    return subprocess.run([sys.executable, "run_all.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def run_name(request):
+    """A run folder of this test's own under runs/, removed afterwards."""
+    name = f"pytest-{request.node.name}".replace("[", "-").replace("]", "")
+    yield name
+    shutil.rmtree(REPO / "runs" / name, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,11 @@ step through the public finetune(). A model that is not a supported decoder stop
 """
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, run_all
 import torch
 from transformers import (AutoModelForCausalLM, BertConfig, GemmaConfig, Gemma2Config, Gemma3TextConfig, GPT2Config,
                           GPTNeoXConfig, LlamaConfig, MistralConfig, Olmo2Config, OPTConfig, Phi3Config, Qwen2Config,
@@ -22,7 +20,6 @@ from transformers import (AutoModelForCausalLM, BertConfig, GemmaConfig, Gemma2C
 
 from ppt_core import architectures, models, profiles, pruning, similarity, training
 
-REPO = Path(__file__).resolve().parent.parent
 TEXTS = [
     "Patient admitted with community-acquired pneumonia and discharged on amoxicillin.",
     "Follow-up in two weeks with the cardiology clinic; continue apixaban 5 mg twice daily.",
@@ -234,18 +231,6 @@ def test_profile_check_reads_the_config_only(smoke_params, tmp_path):
     with pytest.raises(training.TrainingConfigError, match="'c_attn' does not exist"):
         architectures.check_params(dict(smoke_params, model=save_config_only(qwen3, tmp_path / "q"),
                                         lora_targets=["c_attn"]))
-
-
-def run_all(*args, timeout=1500):
-    return subprocess.run([sys.executable, "run_all.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-@pytest.fixture
-def run_name(request):
-    name = f"pytest-arch-{request.node.name}".replace("[", "-").replace("]", "")
-    yield name
-    shutil.rmtree(REPO / "runs" / name, ignore_errors=True)
 
 
 @pytest.mark.parametrize("config, fragment", [

@@ -3,27 +3,12 @@ the smoke profile runs every notebook end to end, deterministically, and resumes
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO, run_all
 
 from ppt_core import artifacts
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run_all(*args, timeout=1500):
-    return subprocess.run([sys.executable, "run_all.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-@pytest.fixture
-def run_name(request):
-    name = f"pytest-{request.node.name}".replace("[", "-").replace("]", "")
-    yield name
-    shutil.rmtree(REPO / "runs" / name, ignore_errors=True)
 
 
 def assert_one_line_error(result, *fragments):
