@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup study test test-fast bench clean-runs
+.PHONY: setup study tune test test-fast bench clean-runs
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ $(VENV)/.installed: pyproject.toml
 
 study: setup
 	$(PY) run_all.py --profile $(PROFILE)
+
+# The learning rate, chosen on an independent draw of the data (never the study's records):
+# figures/tuning/$(PROFILE).json, which the profile cites.
+tune: setup
+	$(PY) -m ppt_core.tuning --profile $(PROFILE)
 
 test: setup
 	$(PY) -m pytest -q

@@ -134,7 +134,8 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
+def commit() -> str:
+    """The short git commit of the code that ran, with "+changes" when the code differs from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=artifacts.REPO_ROOT,
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -179,7 +180,7 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
     total = sum(notebook_seconds.values())
     times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in sorted(notebook_seconds.items()))
     return "\n".join([
-        f"Profile `{params['profile']}` (model `{params['model']}`), commit `{_commit()}`, "
+        f"Profile `{params['profile']}` (model `{params['model']}`), commit `{commit()}`, "
         f"produced {datetime.date.today().isoformat()} by `run_all.py`.",
         "",
         markdown_table(table),

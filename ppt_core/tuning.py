@@ -1,0 +1,150 @@
+"""Hyperparameters chosen without the private records: tuning runs on an independent draw of the data.
+
+DP-SGD's ε covers one training run on the training records. It does not cover choosing a setting by
+how several runs on those same records turned out: the choice is itself a function of the records
+(Papernot & Steinke, "Hyperparameter tuning with Renyi differential privacy", ICLR 2022). So the
+study's learning rate is chosen here, on a fresh draw of the synthetic data generator under a seed
+the study never uses (TUNING_SEED_OFFSET + the profile's seed), whose texts are checked to share
+nothing with the study's own splits. The study's records are never read.
+
+Each candidate learning rate trains the profile's arm exactly as notebook 03 would (same N, q,
+steps, σ, LoRA), on the tuning draw's train split; its held-out loss on the tuning draw's held-out
+notes decides. The result goes to figures/tuning/<profile>.json, which the profile cites:
+
+    python -m ppt_core.tuning --profile quick --arm full-dp8 --learning-rates 5e-3,1e-2,2e-2
+
+Only the synthetic corpus has an independent draw. For your own data (`data_path`), tune on a
+public stand-in of it, or account for the tuning (the paper above) in the ε you report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+
+import matplotlib.pyplot as plt
+
+from ppt_core import arms, artifacts, data, evaluation, models, plots, profiles, summary
+from ppt_core.training import config_from_params, finetune
+
+# Tuning draws use seeds from here up; tuning_params refuses a study whose seeds reach it.
+TUNING_SEED_OFFSET = 1_000_000
+
+
+class TuningError(ValueError):
+    """A tuning request that cannot be kept apart from the study's records."""
+
+
+def tuning_params(params: dict) -> dict:
+    """The profile's parameters for its tuning draw: same sizes and training settings, the tuning seed,
+    its own run folder (runs/tuning-<run>/)."""
+    if params.get("data_path"):
+        raise TuningError(f"data_path={params['data_path']!r}: only the synthetic generator has an independent draw; "
+                          "tune on a public stand-in of your data (e.g. --data on it) and cite that run")
+    seeds = [int(s) for s in params.get("seeds") or [params["seed"]]] + [int(params["seed"])]
+    if max(seeds) >= TUNING_SEED_OFFSET:
+        raise TuningError(f"study seeds {sorted(set(seeds))} reach the tuning range (>= {TUNING_SEED_OFFSET}): "
+                          "use smaller study seeds")
+    run = params.get("run_name") or params["profile"]
+    return dict(params, seed=TUNING_SEED_OFFSET + int(params["seed"]), seeds=[TUNING_SEED_OFFSET + int(params["seed"])],
+                run_name=f"tuning-{run}", figures_dir=None)
+
+
+def check_disjoint(study: data.DatasetSplits, tuning: data.DatasetSplits) -> None:
+    """Stop if any text of the tuning draw also occurs in the study's splits."""
+    study_texts = {r["text"] for split in data.SPLITS for r in getattr(study, split)}
+    shared = [r["text"] for split in data.SPLITS for r in getattr(tuning, split) if r["text"] in study_texts]
+    if shared:
+        raise TuningError(f"the tuning draw shares {len(shared)} texts with the study, e.g. {shared[0][:60]!r}: "
+                          "change TUNING_SEED_OFFSET")
+
+
+def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 64, progress: bool = True) -> dict:
+    """Train `arm` (a full-family arm: it starts from the base model) once per learning rate on the tuning
+    draw and score each on the draw's held-out notes. Returns the tuning record: held-out loss (nats/token)
+    per learning rate and the chosen (lowest) one."""
+    spec = arms.parse(arm)
+    if not spec.trained or spec.pruned:
+        raise TuningError(f"arm {arm!r}: tune a full-family trained arm (full-nodp or full-dp<ε>); "
+                          "the pruned family uses the same learning rate")
+    learning_rates = sorted(float(lr) for lr in learning_rates)
+    if not learning_rates or min(learning_rates) <= 0:
+        raise TuningError(f"learning_rates must be positive numbers (got {learning_rates})")
+    tuning = tuning_params(params)
+    profiles.check_params(tuning)
+    tokenizer = models.load_tokenizer(params["model"])
+    with tempfile.TemporaryDirectory() as study_dir:  # the study's splits, only to prove the draws share nothing
+        study_splits = data.build_dataset(params, study_dir, tokenizer=tokenizer)
+    splits = data.build_dataset(tuning, artifacts.run_paths(tuning).data, tokenizer=tokenizer)
+    check_disjoint(study_splits, splits)
+    train, heldout = splits.texts("train"), splits.texts("heldout")
+    eval_texts = heldout[:n_eval]
+    losses, epsilons, seconds = {}, {}, {}
+    for lr in learning_rates:
+        started = time.perf_counter()
+        model, tokenizer = models.load_model(params["model"], device=params.get("device"))
+        config = config_from_params(tuning, spec.epsilon, learning_rate=lr, progress=progress)
+        peft_model, result = finetune(model, tokenizer, train, config, heldout)
+        rows = evaluation.record_logprob_rows(evaluation.token_logprobs(
+            peft_model, tokenizer, eval_texts, max_length=config.max_length, progress=progress))
+        losses[lr] = float(-rows[:, 0].sum() / rows[:, 1].sum())
+        epsilons[lr] = result.epsilon
+        seconds[lr] = round(time.perf_counter() - started, 1)
+        print(f"learning rate {lr:g}: held-out loss {losses[lr]:.4f} nats/token ({seconds[lr]:.0f} s)", flush=True)
+    chosen = min(losses, key=losses.get)
+    return artifacts.rounded({
+        "profile": params["profile"], "arm": arm, "model": params["model"],
+        "tuning_seed": tuning["seed"], "study_seed": int(params["seed"]),
+        "n_train_records": len(train), "n_eval_records": len(eval_texts), "eval_max_length": config.max_length,
+        "learning_rates": learning_rates, "heldout_loss": [losses[lr] for lr in learning_rates],
+        "epsilon": [epsilons[lr] for lr in learning_rates], "seconds": [seconds[lr] for lr in learning_rates],
+        "chosen_learning_rate": chosen, "profile_learning_rate": float(params["learning_rate"]),
+        "commit": summary.commit(),
+    })
+
+
+def record_path(profile: str):
+    """figures/tuning/<profile>.json: the tuning record a profile cites."""
+    return artifacts.REPO_ROOT / "figures" / "tuning" / f"{profile}.json"
+
+
+def tuning_figure(record: dict):
+    """Held-out loss against learning rate on the tuning draw, the chosen rate marked."""
+    plots.use_style()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(record["learning_rates"], record["heldout_loss"], marker="o", color=plots.arm_color(record["arm"]))
+    ax.axvline(record["chosen_learning_rate"], color="grey", linestyle=":", label="chosen")
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel="held-out loss (nats/token)",
+           title=f"{record['arm']} on an independent draw (seed {record['tuning_seed']})")
+    ax.legend()
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default=profiles.DEFAULT_PROFILE)
+    parser.add_argument("--arm", default=None, help="the arm to tune (default: full-dp<first ε of the profile>)")
+    parser.add_argument("--learning-rates", default="5e-3,1e-2,2e-2", help="comma-separated candidates")
+    parser.add_argument("--n-eval", type=int, default=64, help="held-out notes of the tuning draw that score a rate")
+    args = parser.parse_args(argv)
+    try:
+        params = profiles.get_profile(args.profile)
+        arm = args.arm or arms.trained_name("full", params["epsilons"][0])
+        rates = [float(x) for x in args.learning_rates.split(",") if x.strip()]
+        record = tune_learning_rate(params, arm, rates, n_eval=args.n_eval)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = record_path(args.profile)
+    artifacts.write_json(path, record)
+    plots.save(tuning_figure(record), path.stem, path.parent)
+    print(f"{path.relative_to(artifacts.REPO_ROOT)}: chosen learning rate {record['chosen_learning_rate']:g} "
+          f"(the profile has {record['profile_learning_rate']:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
