@@ -366,6 +366,7 @@ def frontier_figure(table: pd.DataFrame):
     (over seeds, or records for one seed), `base` and `pruned-noft` as reference lines, the pruned family's
     measured speedup in its legend. Right: the audit's ε lower bound against the claimed ε; a sound
     accountant keeps every point on or below the diagonal (the shaded side is impossible)."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     from ppt_core.plots import arm_color
@@ -395,8 +396,8 @@ def frontier_figure(table: pd.DataFrame):
     ticks = sorted(set(finite)) + [infinity]
     left.set(xscale="log", yscale="log", xlabel="claimed ε (accountant; ∞ = non-private)",
              ylabel="held-out perplexity (log scale)", title="Utility vs privacy budget")
-    left.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
-    left.minorticks_off()
+    left.set_xticks(ticks, [f"{t:.2g}" for t in ticks[:-1]] + ["∞"])
+    left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the arms' ε are ticks
     left.legend(loc="best", fontsize="small")
 
     private = [a for a in trained if arms.parse(a).private and np.isfinite(table.loc[a, "epsilon"])]
