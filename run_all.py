@@ -6,14 +6,17 @@ Examples:
   python run_all.py --profile smoke          # the whole pipeline in a minute, tiny random model
   python run_all.py --only 00,01 --force     # re-run two notebooks even if nothing changed
   python run_all.py --from 03                # from notebook 03 to the end
+  python run_all.py --profile smoke --seeds 0,1   # the study once per seed, pooled by notebook 07
   python run_all.py --model Qwen/Qwen2.5-0.5B --data notes.jsonl --text-field body
 
 Each notebook gets the profile's values for the parameters its `parameters` cell declares, and is
 written, executed, to runs/<run>/notebooks/. A notebook whose inputs (its source, its parameters,
 the ppt_core code, and every notebook before it) are unchanged since its last successful run is
 skipped, so an interrupted run resumes at the first unfinished notebook; --force re-runs anyway.
-The default profile's run writes figures to figures/; every other run to runs/<run>/figures/.
-The run stops at the first failing notebook and names it, the cell and the error.
+The default profile's run writes figures to figures/ (the paper profile's to figures/paper/); every
+other run to runs/<run>/figures/. With several seeds (the profile's `seeds`, or --seeds), notebooks
+00-06 run once per seed in runs/<run>/seed-<s>/, each resuming on its own, and notebook 07 pools every
+seed in runs/<run>/. The run stops at the first failing notebook and names it, the cell and the error.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--profile", default=None, help="smoke, quick (default) or full; see ppt_core/profiles.py")
+    parser.add_argument("--profile", default=None,
+                        help="smoke, quick (default), paper or full; see ppt_core/profiles.py")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the profile's); several run "
+                        "the study once per seed and pool them")
     parser.add_argument("--only", help="comma-separated notebook numbers to run, e.g. 00,01")
     parser.add_argument("--from", dest="start", help="run from this notebook number to the end, e.g. 03")
     parser.add_argument("--model", help="model spec: smollm2-135m, tiny-random-llama, a local folder or a HF id")
@@ -65,12 +71,24 @@ def study_params(args) -> dict:
         overrides["text_field"] = args.text_field
     if args.device:
         overrides["device"] = args.device
+    if args.seeds is not None:
+        overrides["seeds"] = parse_seeds(args.seeds)
+        if len(overrides["seeds"]) == 1:
+            overrides["seed"] = overrides["seeds"][0]
     profile = args.profile or profiles.DEFAULT_PROFILE
     custom = bool(args.model or args.data)
     overrides["run_name"] = args.run_name or (f"{profile}-custom" if custom else profile)
     params = profiles.get_profile(profile, **overrides)
     profiles.check_params(params)
     return params
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds "0,1,2" -> [0, 1, 2]; anything else stops with the value and the expected form."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r} is not a comma-separated list of integers: use e.g. --seeds 0,1,2") from None
 
 
 def select_notebooks(args) -> list[Path]:
@@ -104,45 +122,33 @@ def notebook_parameters(notebook: Path, params: dict) -> dict:
     return {name: params[name] for name in declared if name in params}
 
 
-def run(args) -> int:
-    try:
-        params = study_params(args)
-        notebooks = select_notebooks(args)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+POOLING_NOTEBOOKS = ("07_summary.ipynb",)  # with several seeds: run once, after every seed, reading them all
 
+
+def execute(params: dict, chain_notebooks: list[Path], selected: list[Path], chain: str, force: bool, bar, kernel: str):
+    """Run the `selected` of `chain_notebooks` for one run folder, in order, skipping a notebook whose inputs
+    (the chain: code, every earlier notebook and its parameters) match its last successful run.
+    Returns (exit status, the chain after the last notebook)."""
     import papermill
-    from jupyter_client.kernelspec import KernelSpecManager
     from tqdm.auto import tqdm
 
     from ppt_core import artifacts
 
     paths = artifacts.run_paths(params)
-    if args.list:
-        print(json.dumps(params, indent=2))
-        print("\n".join(nb.name for nb in notebooks))
-        return 0
-
-    kernel = KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
     stamps_file = paths.notebooks / ".stamps.json"
     stamps = artifacts.read_json(stamps_file) if stamps_file.exists() else {}
-    chain = code_fingerprint()
-    all_notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    print(f"run {paths.root.relative_to(REPO)}: profile {params['profile']}, model {params['model']}, "
-          f"figures -> {artifacts.figures_dir(params)}")
-    bar = tqdm(notebooks, desc="notebooks", unit="nb")
-    for notebook in all_notebooks:
+    for notebook in chain_notebooks:
         notebook_params = notebook_parameters(notebook, params)
         chain = hashlib.sha256(
             (chain + notebook.read_text() + json.dumps(notebook_params, sort_keys=True)).encode()
         ).hexdigest()
-        if notebook not in notebooks:
+        if notebook not in selected:
             continue
         output = paths.notebooks / notebook.name
-        bar.set_postfix_str(notebook.stem)
-        if not args.force and stamps.get(notebook.name, {}).get("inputs") == chain and output.exists():
-            tqdm.write(f"  {notebook.name}: inputs unchanged, skipped (--force re-runs it)")
+        label = notebook.name if paths.root.parent.parent == REPO else f"{paths.root.name}/{notebook.name}"
+        bar.set_postfix_str(label)
+        if not force and stamps.get(notebook.name, {}).get("inputs") == chain and output.exists():
+            tqdm.write(f"  {label}: inputs unchanged, skipped (--force re-runs it)")
             bar.update()
             continue
         stamps.pop(notebook.name, None)
@@ -155,16 +161,65 @@ def run(args) -> int:
             )
         except papermill.PapermillExecutionError as err:
             bar.close()
-            print(f"error: {notebook.name} failed in cell {err.exec_count or err.cell_index}: "
+            print(f"error: {label} failed in cell {err.exec_count or err.cell_index}: "
                   f"{err.ename}: {err.evalue}\n  executed copy with the traceback: {output}", file=sys.stderr)
-            return 1
+            return 1, chain
         seconds = round(time.perf_counter() - started, 1)
         stamps[notebook.name] = {"inputs": chain, "seconds": seconds}
         artifacts.write_json(stamps_file, stamps)
         timings = artifacts.read_timings(paths).get("notebooks", {})
         artifacts.update_timings(paths, "notebooks", dict(timings, **{notebook.stem: seconds}))
-        tqdm.write(f"  {notebook.name}: {seconds:.0f} s")
+        tqdm.write(f"  {label}: {seconds:.0f} s")
         bar.update()
+    return 0, chain
+
+
+def run(args) -> int:
+    try:
+        params = study_params(args)
+        notebooks = select_notebooks(args)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from jupyter_client.kernelspec import KernelSpecManager
+    from tqdm.auto import tqdm
+
+    from ppt_core import artifacts
+
+    paths = artifacts.run_paths(params)
+    seeds = params["seeds"]
+    if args.list:
+        print(json.dumps(params, indent=2))
+        print("\n".join(nb.name for nb in notebooks))
+        return 0
+
+    kernel = KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+    all_notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    print(f"run {paths.root.relative_to(REPO)}: profile {params['profile']}, model {params['model']}, "
+          + (f"seeds {', '.join(map(str, seeds))}, " if len(seeds) > 1 else "")
+          + f"figures -> {artifacts.figures_dir(params)}")
+    if len(seeds) == 1:
+        bar = tqdm(notebooks, desc="notebooks", unit="nb")
+        status, _ = execute(params, all_notebooks, notebooks, code_fingerprint(), args.force, bar, kernel)
+    else:
+        per_seed = [nb for nb in all_notebooks if nb.name not in POOLING_NOTEBOOKS]
+        pooling = [nb for nb in all_notebooks if nb.name in POOLING_NOTEBOOKS]
+        selected_per_seed = [nb for nb in notebooks if nb in per_seed]
+        bar = tqdm(total=len(selected_per_seed) * len(seeds) + len(notebooks) - len(selected_per_seed),
+                   desc="notebooks", unit="nb")
+        chains = []
+        for seed in seeds:
+            status, chain = execute(artifacts.seed_params(params, seed), per_seed, selected_per_seed,
+                                    code_fingerprint(), args.force, bar, kernel)
+            if status:
+                return status
+            chains.append(chain)
+        # the pooling notebooks' inputs are every seed's chain: a change to any seed re-runs them
+        status, _ = execute(params, pooling, notebooks, hashlib.sha256("".join(chains).encode()).hexdigest(),
+                            args.force, bar, kernel)
+    if status:
+        return status
     bar.close()
     results_md = artifacts.figures_dir(params) / "results.md"
     if artifacts.figures_dir(params) == REPO / "figures" and results_md.exists():

@@ -1,5 +1,9 @@
 """The runs/<profile>/ layout, atomic writes, and results.json.
 
+A run of one seed is runs/<run>/ itself. A run of several seeds runs the study once per seed in
+runs/<run>/seed-<s>/ (each a complete one-seed run) and keeps in runs/<run>/ only what pools them
+(notebook 07: results.json, timings.json, notebooks/).
+
 Every file a stage writes goes through a temporary name in the same folder and is renamed into
 place, so an interrupted run never leaves a half-written artifact where a later stage would read it.
 
@@ -66,17 +70,37 @@ def run_paths(params: dict) -> RunPaths:
     return RunPaths.for_profile(params.get("run_name") or params["profile"])
 
 
-def figures_dir(params: dict) -> Path:
-    """figures/ for the default profile's own run; runs/<run_name>/figures/ for everything else,
-    so a smoke or custom run never overwrites the committed figures."""
-    from ppt_core.profiles import DEFAULT_PROFILE
+# The runs whose figures and results.md are committed: a run of this name writes into the repository.
+COMMITTED_FIGURES = {"quick": "figures", "paper": "figures/paper"}
 
+
+def figures_dir(params: dict) -> Path:
+    """figures/ for the default profile's own run (figures/paper/ for the paper profile's);
+    runs/<run_name>/figures/ for everything else, so a smoke, custom or per-seed run never overwrites
+    the committed figures."""
     if params.get("figures_dir"):
         return Path(params["figures_dir"])
     run_name = params.get("run_name") or params["profile"]
-    if run_name == DEFAULT_PROFILE:
-        return REPO_ROOT / "figures"
+    if run_name in COMMITTED_FIGURES:
+        return REPO_ROOT / COMMITTED_FIGURES[run_name]
     return run_paths(params).root / "figures"
+
+
+def seed_params(params: dict, seed: int) -> dict:
+    """The parameters of one seed's run inside a run of several seeds: runs/<run>/seed-<s>/, the study's
+    seed set to `seed` (its data split, canaries, audit inclusions, Poisson batches, noise and LoRA
+    initialisation all follow it), figures under that folder."""
+    run_name = params.get("run_name") or params["profile"]
+    return dict(params, seed=int(seed), seeds=[int(seed)], run_name=f"{run_name}/seed-{int(seed)}",
+                figures_dir=None)
+
+
+def seed_runs(params: dict) -> dict[int, RunPaths]:
+    """{seed: its run folder}: the run itself for one seed, runs/<run>/seed-<s>/ for each of several."""
+    seeds = [int(s) for s in params.get("seeds") or [params["seed"]]]
+    if len(seeds) == 1:
+        return {seeds[0]: run_paths(params)}
+    return {seed: run_paths(seed_params(params, seed)) for seed in seeds}
 
 
 @contextlib.contextmanager

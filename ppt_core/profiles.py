@@ -3,7 +3,12 @@
 A profile is a flat dict of plain values, so papermill can pass it into a notebook's
 `parameters` cell unchanged. `quick` is the default: SmolLM2-135M on a 2-core CPU.
 `smoke` runs the whole pipeline in seconds on a tiny random model (tests, CI).
+`paper` is the quick profile's model and budget per arm over the epsilon sweep and three seeds: what
+this CPU finishes in hours, committed under figures/paper/.
 `full` is the paper-scale run (more data and steps, an epsilon sweep, several seeds; a GPU helps).
+
+`seeds` lists the seeds of a run: one seed runs the study once in runs/<run>/ (with `seed`), several
+run it once per seed in runs/<run>/seed-<s>/ and notebook 07 pools them (see ppt_core.artifacts).
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ _QUICK = dict(
     bf16_scoring="auto",  # bf16 autocast for scoring where the CPU or GPU has native bf16 ("auto"), or True/False
     # --- uncertainty (07) --------------------------------------------------------------------
     n_bootstrap=1000,
-    seeds=[0],
+    seeds=[0],  # one seed: the study runs once with `seed`; several: once per seed, pooled by notebook 07
 )
 
 _SMOKE = dict(
@@ -168,7 +173,14 @@ _FULL = dict(
     seeds=[0, 1, 2],
 )
 
-PROFILES = {"smoke": _SMOKE, "quick": _QUICK, "full": _FULL}
+_PAPER = dict(
+    _QUICK,
+    profile="paper",
+    epsilons=[1, 3, 8],  # with the non-private arms of both families: 8 fine-tuned arms per seed
+    seeds=[0, 1, 2],
+)
+
+PROFILES = {"smoke": _SMOKE, "quick": _QUICK, "paper": _PAPER, "full": _FULL}
 
 
 def from_notebook(namespace: dict) -> dict:
@@ -201,6 +213,16 @@ def check_params(params: dict) -> None:
     """
     from ppt_core import architectures, attacks, data, generation, models, pruning, similarity, training
 
+    check_seeds(params["seeds"])
     # architectures reads the model's config (no weights): an unsupported model stops here, before notebook 00.
     for stage in (models, data, similarity, pruning, architectures, training, generation, attacks):
         stage.check_params(params)
+
+
+def check_seeds(seeds) -> None:
+    """`seeds` must be a non-empty list of distinct integers >= 0 (each names a run folder, seed-<s>)."""
+    if (not isinstance(seeds, (list, tuple)) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ValueError(f"seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2] (got {seeds!r})")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct (got {list(seeds)}): each seed is one run of the study")

@@ -6,9 +6,11 @@ every comparison, and exact intervals for proportions.
   common (a hard note is hard for every model) cancels, and only the difference between arms varies.
   Over seeds too: records are labelled by the run (seed) they come from, and a run-level resample
   comes first (a two-stage bootstrap), so a claim resting on several seeds carries their spread.
+- `within_runs`: a statistic that only means something inside one run (an AUC: scores of different
+  seeds' models are not comparable) computed per run and averaged, for the paired bootstrap over seeds.
 - `clopper_pearson`: the exact binomial interval, which never collapses to a point at 0 or n hits.
-- `mean_interval`: a Student-t interval for a handful of repeated measurements (timing rounds),
-  where a percentile bootstrap of 3 numbers would cover far less than it claims.
+- `mean_interval`: a Student-t interval for a handful of repeated measurements (timing rounds, one
+  number per seed), where a percentile bootstrap of 3 numbers would cover far less than it claims.
 """
 
 from __future__ import annotations
@@ -87,6 +89,19 @@ def paired_estimate(statistic: Callable[..., float], samples: Sequence[np.ndarra
     low, high = _percentiles(values, level)
     seeds = 1 if runs is None else len(np.unique(runs))
     return {"value": float(statistic(*samples)), "low": low, "high": high, "seeds": seeds}
+
+
+def within_runs(statistic: Callable[..., float]) -> Callable[..., float]:
+    """statistic(runs, *samples): `statistic` on each run's records alone, averaged over the runs weighted by
+    their records (a run the two-stage bootstrap drew twice weighs twice). Pass the run labels as the first
+    paired sample, so they are resampled with the records."""
+    def pooled(runs, *samples):
+        runs = np.asarray(runs)
+        labels, counts = np.unique(runs, return_counts=True)
+        values = [statistic(*(s[runs == label] for s in samples)) for label in labels]
+        return float(np.average(values, weights=counts))
+
+    return pooled
 
 
 def clopper_pearson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:

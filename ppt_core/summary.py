@@ -2,14 +2,18 @@
 paper's claims with the verdicts of ppt_core.verdicts (the only place a claim is decided).
 
 Reads results.json (deterministic numbers) and timings.json (speed) of one run; results.md carries the
-claims table of verdicts.paper_claims beside the arms' table.
+claims table of verdicts.paper_claims beside the arms' table. Over several seeds (`load_study`) the table
+is each seed's table pooled: per arm the mean over seeds with a Student-t 95% interval over seeds
+(`pooled_table`), and the verdicts read the seeds' records pooled (verdicts.pool_records).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +104,97 @@ def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("arm")
 
 
+def pooled_table(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """Several seeds' summary tables (one per seed, the same arms) as one: per arm, every number that has an
+    interval per seed (X with X_low, X_high) becomes the mean over seeds with a Student-t 95% interval over
+    seeds (stats.mean_interval: honest for a handful of seeds, wide for two); an interval without a value
+    (canary exposure, reference band) the envelope of the seeds'; any other number the mean; a label the
+    first seed's. Column `seeds`: how many seeds measured the arm's perplexity."""
+    frames = list(tables.values())
+    columns = list(frames[0].columns)
+    rows = []
+    for arm in frames[0].index:
+        per_seed = pd.DataFrame([frame.loc[arm] for frame in frames if arm in frame.index])
+        row = {"arm": arm}
+        for column in columns:
+            values = per_seed[column]
+            if column.endswith(("_low", "_high")) and column.rsplit("_", 1)[0] in columns:
+                continue  # written with its value below
+            if f"{column}_low" in columns:
+                measured = pd.to_numeric(values, errors="coerce").dropna()
+                interval = stats.mean_interval(measured.to_numpy(dtype=float))
+                row[column], row[f"{column}_low"], row[f"{column}_high"] = (
+                    interval["value"], interval["low"], interval["high"])
+            elif column.endswith("_low"):
+                row[column] = pd.to_numeric(values, errors="coerce").min()
+            elif column.endswith("_high"):
+                row[column] = pd.to_numeric(values, errors="coerce").max()
+            elif pd.to_numeric(values, errors="coerce").notna().any() or values.isna().all():
+                row[column] = pd.to_numeric(values, errors="coerce").mean()
+            else:
+                row[column] = values.iloc[0]
+        row["seeds"] = int(pd.to_numeric(per_seed["perplexity"], errors="coerce").notna().sum())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("arm")[columns + ["seeds"]]
+
+
+@dataclasses.dataclass
+class Study:
+    """What notebook 07 reads: the arms' table, and the results, timings and per-record arrays the verdicts
+    read (one run's own, or several seeds' pooled), the seeds, and each notebook's wall time (summed over
+    seeds)."""
+
+    table: pd.DataFrame
+    results: dict
+    timings: dict
+    records: dict
+    seeds: list[int]
+    notebook_seconds: dict
+
+
+def load_study(params: dict) -> Study:
+    """The run's study: with one seed, this run's files as they are; with several, each seed's run
+    (runs/<run>/seed-<s>/) pooled: the table by pooled_table, the records, attacks and timings by
+    verdicts.pool_records, pool_attacks and pool_timings."""
+    runs = artifacts.seed_runs(params)
+    results = {seed: artifacts.read_results(paths) for seed, paths in runs.items()}
+    timings = {seed: artifacts.read_timings(paths) for seed, paths in runs.items()}
+    records = {seed: verdicts.load_records(paths) for seed, paths in runs.items()}
+    seeds = list(runs)
+    if len(seeds) == 1:
+        seed = seeds[0]
+        return Study(summary_table(params, results[seed], timings[seed]), results[seed], timings[seed],
+                     records[seed], seeds, timings[seed].get("notebooks", {}))
+    missing = [str(paths.results) for paths in runs.values() if not paths.results.exists()]
+    if missing:
+        raise FileNotFoundError(f"no results for seed run(s) {', '.join(missing)}: run notebooks 00-06 for "
+                                "every seed first (python run_all.py --seeds ...)")
+    pooled_records = verdicts.pool_records(records)
+    pooled_results = {
+        "attacks": verdicts.pool_attacks({s: r.get("attacks") or {} for s, r in results.items()},
+                                         pooled_records["attacks"], n_boot=params["n_bootstrap"], seed=params["seed"]),
+        "group_privacy": _largest(*(r.get("group_privacy") for r in results.values())),
+    }
+    seconds: dict = {}
+    for timing in [*timings.values(), artifacts.read_timings(artifacts.run_paths(params))]:
+        for notebook, value in timing.get("notebooks", {}).items():
+            seconds[notebook] = seconds.get(notebook, 0.0) + value
+    table = pooled_table({seed: summary_table(params, results[seed], timings[seed]) for seed in seeds})
+    return Study(table, pooled_results, verdicts.pool_timings(timings), pooled_records, seeds, seconds)
+
+
+def _largest(*tables):
+    """Element-wise the largest number of equally shaped nested dicts (the text of the first): the seeds'
+    group-privacy ε (each an upper bound, and N differs by seed) as one upper bound for all."""
+    tables = [t for t in tables if t]
+    if not tables:
+        return None
+    if isinstance(tables[0], dict):
+        return {key: _largest(*(t.get(key) for t in tables)) for key in tables[0]}
+    numbers = [t for t in tables if isinstance(t, (int, float))]
+    return max(numbers) if len(numbers) == len(tables) else tables[0]
+
+
 def _fmt(value, low=np.nan, high=np.nan, digits=3) -> str:
     return verdicts.format_interval({"value": value, "low": low, "high": high}, digits)
 
@@ -174,18 +269,27 @@ def guarantee_markdown(params: dict, group_privacy: dict | None) -> str:
 
 
 def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Verdict],
-                     notebook_seconds: dict, group_privacy: dict | None = None) -> str:
+                     notebook_seconds: dict, group_privacy: dict | None = None, seeds: list[int] | None = None,
+                     estimate: str = "") -> str:
     """figures/results.md: the table, the claims with their verdicts, what the guarantee covers, and where
-    and when it was produced."""
+    and when it was produced (over several `seeds`: the table's intervals are over seeds, and say so);
+    `estimate`: a line of projected costs (cost.estimate_markdown), if any."""
     total = sum(notebook_seconds.values())
     times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in sorted(notebook_seconds.items()))
+    seeds = list(seeds or [params["seed"]])
+    over = ("Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares." if len(seeds) == 1 else
+            f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each number is the mean of the seeds' and its "
+            "interval a 95% Student-t interval over the seeds (wide for few seeds); exposure and reference band: "
+            "the range over every seed's canaries; audit ε: the mean of the seeds' lower bounds. The verdicts pool "
+            "the seeds' records (a bootstrap over seeds, then records).")
     return "\n".join([
         f"Profile `{params['profile']}` (model `{params['model']}`), commit `{commit()}`, "
-        f"produced {datetime.date.today().isoformat()} by `run_all.py`.",
+        f"produced {datetime.date.today().isoformat()} by `run_all.py`"
+        + (f", {len(seeds)} seeds." if len(seeds) > 1 else "."),
         "",
         markdown_table(table),
         "",
-        "Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares. ε = ∞: non-private; "
+        over + " ε = ∞: non-private; "
         "audit ε: empirical lower bounds (one-run audit), never above the claimed ε. Speed: prefill of a batch "
         "of 8 on the machine that produced this run. Membership AUC: the attack calibrated by the arm's "
         "starting model (`reference`), the plain loss attack for the untrained arms. Exposure in bits; the "
@@ -195,7 +299,9 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
         "",
         guarantee_markdown(params, group_privacy),
         "",
-        f"Notebook wall time: {times} (total {total / 60:.1f} min)." if notebook_seconds else "",
+        (f"Notebook wall time{' summed over the seeds' if len(seeds) > 1 else ''}: {times} "
+         f"(total {total / 60:.1f} min).") if notebook_seconds else "",
+        *([""] + [estimate] if estimate else []),
     ]) + "\n"
 
 
@@ -216,6 +322,12 @@ def update_readme(results_md: str, readme: Path | None = None) -> bool:
 
 
 TIMING_COLUMNS = ["prefill_tokens_per_s", "speedup"]  # wall-clock: kept out of results.json
+
+
+def results_record(table: pd.DataFrame, claims: list[verdicts.Verdict], seeds: list[int]) -> dict:
+    """results.json["summary"]: the table's deterministic rows and the claims (and the seeds, when several)."""
+    record = {"table": deterministic_rows(table), "claims": verdicts.claim_records(claims)}
+    return dict(record, seeds=list(seeds)) if len(seeds) > 1 else record
 
 
 def deterministic_rows(table: pd.DataFrame) -> list[dict]:
@@ -245,5 +357,63 @@ def privacy_utility_speed_figure(table: pd.DataFrame):
     right.axvline(1.0, color="k", lw=0.8, ls="--")
     right.set(xlabel="prefill speedup over base (×)", title="Utility vs speed")
     right.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def frontier_figure(table: pd.DataFrame):
+    """The privacy–utility–speed frontier. Left: held-out perplexity against the claimed ε of each fine-tuned
+    arm (∞ for the non-private ones, drawn right of the largest ε), one line per family with its intervals
+    (over seeds, or records for one seed), `base` and `pruned-noft` as reference lines, the pruned family's
+    measured speedup in its legend. Right: the audit's ε lower bound against the claimed ε; a sound
+    accountant keeps every point on or below the diagonal (the shaded side is impossible)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from ppt_core.plots import arm_color
+
+    trained = [arm for arm in table.index if arms.parse(arm).trained]
+    finite = [table.loc[a, "epsilon"] for a in trained if np.isfinite(table.loc[a, "epsilon"])]
+    largest = max(finite) if finite else 1.0
+    infinity = largest * 3  # where the non-private arms stand on the log ε axis
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for family in arms.FAMILIES:
+        members = sorted((a for a in trained if arms.parse(a).family == family),
+                         key=lambda a: infinity if not np.isfinite(table.loc[a, "epsilon"]) else table.loc[a, "epsilon"])
+        if not members:
+            continue
+        rows = table.loc[members]
+        x = np.where(np.isfinite(rows.epsilon), rows.epsilon, infinity)
+        yerr = np.vstack([rows.perplexity - rows.perplexity_low, rows.perplexity_high - rows.perplexity])
+        start = "pruned-noft" if family == "pruned" else "base"
+        speedup = table.loc[start, "speedup"] if start in table.index else np.nan
+        label = f"{family} (speedup {speedup:.3g}×)" if family == "pruned" and np.isfinite(speedup) else family
+        left.errorbar(x, rows.perplexity, yerr=np.nan_to_num(yerr), fmt="-s" if family == "pruned" else "-o",
+                      color=arm_color(f"{family}-nodp"), capsize=3, ms=7, label=label)
+    for reference, style in (("base", "--"), ("pruned-noft", ":")):
+        if reference in table.index and np.isfinite(table.loc[reference, "perplexity"]):
+            left.axhline(table.loc[reference, "perplexity"], color=arm_color(reference), ls=style, lw=1.2,
+                         label=f"{reference} (not fine-tuned)")
+    ticks = sorted(set(finite)) + [infinity]
+    left.set(xscale="log", yscale="log", xlabel="claimed ε (accountant; ∞ = non-private)",
+             ylabel="held-out perplexity (log scale)", title="Utility vs privacy budget")
+    left.set_xticks(ticks, [f"{t:.2g}" for t in ticks[:-1]] + ["∞"])
+    left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the arms' ε are ticks
+    left.legend(loc="best", fontsize="small")
+
+    private = [a for a in trained if arms.parse(a).private and np.isfinite(table.loc[a, "epsilon"])]
+    top = max([largest] + [table.loc[a, column] for a in private
+                           for column in ("audit_epsilon_one_run", "audit_epsilon_fdp")
+                           if np.isfinite(table.loc[a, column])]) * 1.1
+    right.fill_between([0, top], [0, top], [top, top], color="#d62728", alpha=0.08,
+                       label="impossible: audit above the claim")
+    right.plot([0, top], [0, top], color="k", lw=0.8, ls="--", label="audit = claimed ε")
+    for arm in private:
+        for column, marker in (("audit_epsilon_one_run", "o"), ("audit_epsilon_fdp", "^")):
+            right.plot(table.loc[arm, "epsilon"], table.loc[arm, column], marker, color=arm_color(arm), ms=8,
+                       label=f"{arm} ({'one run' if marker == 'o' else 'f-DP'})")
+    right.set(xlim=(0, top), ylim=(0, top), xlabel="claimed ε (accountant)", ylabel="audited ε lower bound",
+              title="Audit vs claim")
+    right.legend(loc="upper left", fontsize="x-small")
     fig.tight_layout()
     return fig

@@ -11,13 +11,18 @@ containing the threshold is inconclusive. A claim of *no effect* (DP leaves noth
 never supported by absence alone: only an interval that excludes every effect above a stated
 minimal effect supports it, and a detected effect contradicts it.
 
-Where the numbers come from (one run; `seeds` says how many seeds a verdict rests on, 1 now, and
-stats.paired_estimate pools a seeds axis when runs have several):
+Where the numbers come from (one run; `seeds` says how many seeds a verdict rests on):
 - records/pruning.npz  f"{strategy}/{blocks removed}" -> per held-out record [sum log-prob, tokens] (02)
 - records/utility.npz  f"{arm}" -> the same rows for every arm, on the same held-out records (04)
 - timings.json         utility[arm]["batch8"]["prefill_seconds_per_round"], interleaved rounds (04)
 - results.json         attacks[arm]: membership, canaries, audit summaries (06)
 - attacks/records.npz  per-record membership scores and canary exposures of every arm (06)
+
+Over several seeds (`pool_records`, `pool_attacks`, `pool_timings`), each seed's records are
+concatenated and labelled by their seed; every paired interval then comes from the two-stage
+bootstrap of stats.paired_indices (seeds drawn with replacement, then records within each drawn
+seed), so it carries the spread between seeds (training noise, data draw) and not only between
+records, and a statistic that only means something within one seed (an AUC) is averaged over them.
 """
 
 from __future__ import annotations
@@ -335,24 +340,39 @@ def mitigates_memorisation(attacks: Mapping[str, Mapping] | None) -> Verdict:
     return _conjunction(parts)
 
 
+def _membership_samples(records: Mapping[str, np.ndarray], names: Sequence[str], signal: str):
+    """(is_member, scores of each arm, seed labels or None) over members then non-members."""
+    is_member = np.r_[np.ones(len(records[f"{names[0]}/members/{signal}"]), dtype=int),
+                      np.zeros(len(records[f"{names[0]}/nonmembers/{signal}"]), dtype=int)]
+    scores = [np.concatenate([records[f"{name}/members/{signal}"], records[f"{name}/nonmembers/{signal}"]])
+              for name in names]
+    labelled = f"members/{RUN_LABELS}" in records
+    runs = np.r_[records[f"members/{RUN_LABELS}"], records[f"nonmembers/{RUN_LABELS}"]] if labelled else None
+    return is_member, scores, runs
+
+
+def _paired_membership(statistic, records: Mapping[str, np.ndarray], names: Sequence[str], signal: str, *,
+                       n_boot: int, seed: int) -> dict:
+    """statistic(is_member, *scores of `names`), members and non-members each resampled once for every arm;
+    over several seeds computed within each seed and averaged (stats.within_runs)."""
+    is_member, scores, runs = _membership_samples(records, names, signal)
+    if runs is None:
+        return stats.paired_estimate(statistic, [is_member, *scores], strata=is_member, n_boot=n_boot, seed=seed)
+    return stats.paired_estimate(stats.within_runs(statistic), [runs, is_member, *scores], strata=is_member,
+                                 runs=runs, n_boot=n_boot, seed=seed)
+
+
 def membership_auc_difference(records: Mapping[str, np.ndarray], arm: str, other: str, *,
                               signal: str = CALIBRATED_SIGNAL, n_boot: int = 1000, seed: int = 0) -> dict:
     """AUC of `arm` minus AUC of `other` on the same members and non-members (attacks/records.npz),
     members and non-members each resampled once for both arms."""
     from ppt_core.attacks import roc_auc
 
-    def scores(name):
-        return np.concatenate([records[f"{name}/members/{signal}"], records[f"{name}/nonmembers/{signal}"]])
-
-    is_member = np.r_[np.ones(len(records[f"{arm}/members/{signal}"]), dtype=int),
-                      np.zeros(len(records[f"{arm}/nonmembers/{signal}"]), dtype=int)]
-
     def difference(member, a, b):
         member = member == 1
         return roc_auc(a[member], a[~member]) - roc_auc(b[member], b[~member])
 
-    return stats.paired_estimate(difference, [is_member, scores(arm), scores(other)], strata=is_member,
-                                 n_boot=n_boot, seed=seed)
+    return _paired_membership(difference, records, [arm, other], signal, n_boot=n_boot, seed=seed)
 
 
 def exposure_difference(records: Mapping[str, np.ndarray], arm: str, other: str, *, n_boot: int = 1000,
@@ -365,7 +385,9 @@ def exposure_difference(records: Mapping[str, np.ndarray], arm: str, other: str,
     if keep.sum() < MIN_PAIRED_RECORDS:
         return None
     diff = records[f"{arm}/canaries/exposure_low"][keep] - records[f"{other}/canaries/exposure_low"][keep]
-    return dict(stats.paired_estimate(np.mean, [diff], n_boot=n_boot, seed=seed), canaries=int(keep.sum()))
+    runs = records.get(f"canaries/{RUN_LABELS}")
+    return dict(stats.paired_estimate(np.mean, [diff], runs=None if runs is None else runs[keep], n_boot=n_boot,
+                                      seed=seed), canaries=int(keep.sum()))
 
 
 def complements_privacy(records: Mapping[str, np.ndarray] | None, *, pruned: str = "pruned-nodp",
@@ -415,6 +437,93 @@ def required_sample_size(auc: float, alpha: float = 0.05, power: float = 0.8) ->
         middle = (low + high) // 2
         low, high = (low, middle) if detects(middle) else (middle, high)
     return high
+
+
+# --- several seeds ------------------------------------------------------------------------------------
+RUN_LABELS = "runs"  # beside pooled per-record arrays: the seed each record comes from
+ATTACK_GROUPS = {"members": "members/ids", "nonmembers": "nonmembers/ids", "canaries": "canaries/ids",
+                 "audit": "audit/included"}  # record groups of attacks/records.npz, and the array that lists each
+
+
+def pool_records(records_by_seed: Mapping[int, Mapping[str, Mapping[str, np.ndarray]]]) -> dict:
+    """load_records over several seeds: per stage, every array all seeds have, concatenated in seed order,
+    with the seed of each record beside them: `RUN_LABELS` for the pruning and utility rows (every key of a
+    stage covers the same held-out records), "<group>/runs" for each group of the attack records."""
+    seeds = list(records_by_seed)
+    pooled = {}
+    for stage in RECORD_FILES:
+        per_seed = [records_by_seed[s].get(stage, {}) for s in seeds]
+        keys = sorted(set.intersection(*(set(r) for r in per_seed)))
+        arrays = {key: np.concatenate([r[key] for r in per_seed]) for key in keys}
+
+        def labels(key):
+            return np.concatenate([np.full(len(r[key]), s) for s, r in zip(seeds, per_seed)])
+
+        if stage == "attacks":
+            arrays.update({f"{group}/{RUN_LABELS}": labels(listed) for group, listed in ATTACK_GROUPS.items()
+                           if listed in arrays})
+        elif keys:
+            arrays[RUN_LABELS] = labels(keys[0])
+        pooled[stage] = arrays
+    return pooled
+
+
+def pooled_membership_auc(records: Mapping[str, np.ndarray], arm: str, signal: str, *, n_boot: int = 1000,
+                          seed: int = 0) -> dict:
+    """The membership AUC of one arm's `signal` over pooled records (pool_records): within each seed (scores
+    of different seeds' models are not comparable), averaged, with the two-stage paired bootstrap."""
+    from ppt_core.attacks import roc_auc
+
+    def auc(member, scores):
+        return roc_auc(scores[member == 1], scores[member == 0])
+
+    return _paired_membership(auc, records, [arm], signal, n_boot=n_boot, seed=seed)
+
+
+def pool_attacks(attacks_by_seed: Mapping[int, Mapping[str, Mapping]], records: Mapping[str, np.ndarray], *,
+                 n_boot: int = 1000, seed: int = 0) -> dict:
+    """results["attacks"] of several seeds as one, for `leak` and `mitigates_memorisation`: per arm every seed
+    measured, the judged membership signal's AUC from the pooled records (pooled_membership_auc; for the
+    calibrated signal ΔAUC vs the start is AUC − 0.5, see membership_delta), every seed's canaries (distinct
+    secrets: canary_threshold's Bonferroni grows with their number) with the widest reference band, and the
+    audit's lowest ε lower bound over the seeds (the least of valid 95% lower bounds is one)."""
+    seeds = list(attacks_by_seed)
+    common = set.intersection(*(set(attacks_by_seed[s] or {}) for s in seeds)) if seeds else set()
+    pooled = {}
+    for arm in sorted(common, key=lambda a: list(attacks_by_seed[seeds[0]]).index(a)):
+        per_seed = [attacks_by_seed[s][arm] for s in seeds]
+        signal = membership_signal(per_seed[0])
+        entry: dict = {}
+        if f"{arm}/members/{signal}" in records:
+            entry["membership"] = {"signals": {signal: {
+                "auc": pooled_membership_auc(records, arm, signal, n_boot=n_boot, seed=seed)}}}
+        canaries = [a.get("canaries") for a in per_seed]
+        if all(canaries):
+            bands = np.array([c.get("reference_band", [0.0, 0.0]) for c in canaries], dtype=float)
+            entry["canaries"] = {"rows": [row for c in canaries for row in c.get("rows", [])],
+                                 "reference_band": [float(bands[:, 0].min()), float(bands[:, 1].max())]}
+        audits = [a.get("audit") or {} for a in per_seed]
+        if all(audits):
+            entry["audit"] = {key: (min(a[key] for a in audits) if all(a.get(key) is not None for a in audits)
+                                    else None) for key in ("epsilon_lower_one_run", "epsilon_lower_fdp")}
+            claimed = [a.get("claimed_epsilon") for a in audits if a.get("claimed_epsilon") is not None]
+            entry["audit"]["claimed_epsilon"] = max(claimed) if claimed else None
+        pooled[arm] = entry
+    return pooled
+
+
+def pool_timings(timings_by_seed: Mapping[int, Mapping]) -> dict:
+    """timings.json's speed over several seeds, for `speedup`: each arm's interleaved prefill rounds of every
+    seed, one after the other (and the mean throughput), where every seed timed them."""
+    utility = {}
+    per_seed = [t.get("utility", {}) for t in timings_by_seed.values()]
+    for arm in set.intersection(*(set(u) for u in per_seed)) if per_seed else ():
+        speeds = [u[arm].get(SPEED_BATCH) or {} for u in per_seed]
+        if all(s.get("prefill_seconds_per_round") for s in speeds):
+            utility[arm] = {SPEED_BATCH: {
+                "prefill_seconds_per_round": [x for s in speeds for x in s["prefill_seconds_per_round"]],
+                "prefill_tokens_per_s": float(np.mean([s["prefill_tokens_per_s"] for s in speeds]))}}
+    return {"utility": utility}
 
 
 # --- the paper's claims -------------------------------------------------------------------------------
@@ -475,26 +584,33 @@ def criteria(params: dict) -> dict[str, str]:
 
 def paper_claims(params: dict, results: dict, timings: dict, records: Mapping[str, Mapping]) -> list[Verdict]:
     """The paper's claims, each decided by its criterion (see criteria) from one run's results.json,
-    timings.json and per-record arrays (load_records); a claim whose inputs are missing is INCONCLUSIVE."""
+    timings.json and per-record arrays (load_records), or from several seeds' pooled (pool_records,
+    pool_attacks, pool_timings); a claim whose inputs are missing is INCONCLUSIVE. Each verdict rests on the
+    profile's seeds, all of them."""
     boot = dict(n_boot=params["n_bootstrap"], seed=params["seed"])
-    pruning_rows = {key.split("/")[0]: rows for key, rows in records.get("pruning", {}).items()
+    pruning = dict(records.get("pruning", {}))
+    utility_rows = dict(records.get("utility", {}))
+    pruning_boot = dict(boot, runs=pruning.pop(RUN_LABELS, None))
+    utility_boot = dict(boot, runs=utility_rows.pop(RUN_LABELS, None))
+    pruning_rows = {key.split("/")[0]: rows for key, rows in pruning.items()
                     if key.split("/")[1] == str(params["n_remove"])}
-    utility_rows = records.get("utility", {})
     seconds = {arm: (timings.get("utility", {}).get(arm, {}).get(SPEED_BATCH) or {}).get("prefill_seconds_per_round")
                for arm in ("base", "pruned-noft")}
     attacks = results.get("attacks") or {}
     decided = {
-        "pairwise_best": pairwise_best(pruning_rows, **boot) if pruning_rows else _missing("per-record sweep rows"),
-        "keeps_performance": keeps_performance(utility_rows["base"], utility_rows["pruned-noft"], **boot)
+        "pairwise_best": pairwise_best(pruning_rows, **pruning_boot) if pruning_rows
+        else _missing("per-record sweep rows"),
+        "keeps_performance": keeps_performance(utility_rows["base"], utility_rows["pruned-noft"], **utility_boot)
         if {"base", "pruned-noft"} <= set(utility_rows) else _missing("held-out rows of base and pruned-noft"),
         "speedup": speedup(seconds["base"], seconds["pruned-noft"]) if all(seconds.values())
         else _missing("per-round prefill seconds"),
-        "heals": heals(utility_rows, **boot),
+        "heals": heals(utility_rows, **utility_boot),
         "mitigates_memorisation": mitigates_memorisation(attacks),
         "complements_privacy": complements_privacy(records.get("attacks"), **boot),
     }
     stated = criteria(params)
-    return [dataclasses.replace(verdict, key=key, claim=CLAIMS[key], criterion=stated[key])
+    seeds = len(params.get("seeds") or [params["seed"]])
+    return [dataclasses.replace(verdict, key=key, claim=CLAIMS[key], criterion=stated[key], seeds=seeds)
             for key, verdict in decided.items()]
 
 

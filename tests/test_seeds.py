@@ -1,0 +1,236 @@
+"""Several seeds: each seed is a whole run, the summary pools them (a mean and a Student-t interval over
+seeds per arm; verdicts from the seeds' records, resampling seeds, then records), every verdict states
+how many seeds it rests on; the frontier figure; the projected cost of a profile; run_all --seeds."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+from conftest import REPO, run_all
+
+from ppt_core import artifacts, cost, profiles, summary, verdicts
+from ppt_core.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+
+N, TOKENS = 60, 40
+
+
+def rows_of(loss):
+    """Per-record rows [sum log-prob, tokens] for per-token losses `loss` (nats)."""
+    return np.c_[-np.asarray(loss) * TOKENS, np.full(len(loss), TOKENS)].astype(float)
+
+
+def utility_records(seed, pruned_gap):
+    """One seed's records/utility.npz: its own held-out records (difficulty), base and pruned-noft on them,
+    the pruned model `pruned_gap` nats per token worse."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.uniform(1.0, 5.0, N)
+    return {"utility": {"base": rows_of(difficulty),
+                        "pruned-noft": rows_of(difficulty + pruned_gap + rng.normal(0, 0.01, N))}}
+
+
+def keeps_performance(gaps, n_boot=300):
+    """The keeps_performance verdict over one seed per gap, as notebook 07 reaches it."""
+    seeds = list(range(len(gaps)))
+    records = verdicts.pool_records({s: utility_records(s, gap) for s, gap in zip(seeds, gaps)})
+    params = profiles.get_profile("smoke", seeds=seeds, n_bootstrap=n_boot)
+    claims = verdicts.paper_claims(params, {}, {}, records)
+    return next(c for c in claims if c.key == "keeps_performance"), claims
+
+
+# --- pooling the verdicts -------------------------------------------------------------------------------
+def test_pooled_verdicts_reach_every_outcome_and_say_how_many_seeds():
+    # perplexity ratio exp(gap): 1.02 (within 10%), 1.5 (far outside), and seeds that disagree
+    within, claims = keeps_performance([0.02, 0.02, 0.02])
+    assert within.outcome == SUPPORTED and within.seeds == 3
+    assert all(c.seeds == 3 for c in claims) and "(3 seeds)" in verdicts.claims_markdown(claims)
+    assert keeps_performance([0.4, 0.4, 0.4])[0].outcome == CONTRADICTED
+    split, _ = keeps_performance([-0.1, 0.4, 0.02])
+    assert split.outcome == INCONCLUSIVE  # each seed alone is decisive, but they do not agree
+    one_seed = [verdicts.paper_claims(profiles.get_profile("smoke", n_bootstrap=300), {}, {},
+                                      verdicts.pool_records({0: utility_records(0, gap)}))
+                for gap in (-0.1, 0.4)]
+    assert [c[1].outcome for c in one_seed] == [SUPPORTED, CONTRADICTED] and one_seed[0][1].seeds == 1
+
+
+def test_pool_records_labels_every_record_with_its_seed():
+    per_seed = {3: utility_records(3, 0.1), 7: utility_records(7, 0.1)}
+    per_seed[3]["attacks"] = {"members/ids": np.array(["a", "b"]), "x/members/reference": np.array([1.0, 2.0])}
+    per_seed[7]["attacks"] = {"members/ids": np.array(["c"]), "x/members/reference": np.array([3.0])}
+    pooled = verdicts.pool_records(per_seed)
+    assert pooled["utility"]["base"].shape == (2 * N, 2)
+    assert list(np.unique(pooled["utility"]["runs"], return_counts=True)[1]) == [N, N]
+    assert list(pooled["attacks"]["members/runs"]) == [3, 3, 7]
+    assert list(pooled["attacks"]["x/members/reference"]) == [1.0, 2.0, 3.0] and pooled["pruning"] == {}
+
+
+def test_membership_auc_is_computed_within_each_seed():
+    """Seed 1's scores sit far above seed 0's: an AUC over the mixed scores would read that offset as
+    membership; within each seed both arms' AUCs are exact and their difference is averaged."""
+    from ppt_core.attacks import roc_auc
+
+    rng = np.random.default_rng(0)
+    records, per_seed_difference = {}, []
+    for seed, offset in ((0, 0.0), (1, 10.0)):
+        m, n = rng.normal(offset + 0.5, 1, 50), rng.normal(offset, 1, 50)
+        a_m, a_n = m + rng.normal(0, 0.3, 50), n + rng.normal(0, 0.3, 50)
+        part = {"members/ids": np.arange(50), "nonmembers/ids": np.arange(50),
+                "p/members/reference": a_m, "p/nonmembers/reference": a_n,
+                "f/members/reference": m, "f/nonmembers/reference": n}
+        records[seed] = {"attacks": part}
+        per_seed_difference.append(roc_auc(a_m, a_n) - roc_auc(m, n))
+    pooled = verdicts.pool_records(records)["attacks"]
+    difference = verdicts.membership_auc_difference(pooled, "p", "f", n_boot=100)
+    assert difference["value"] == pytest.approx(np.mean(per_seed_difference)) and difference["seeds"] == 2
+    auc = verdicts.pooled_membership_auc(pooled, "f", "reference", n_boot=100)
+    assert auc["value"] < 0.75  # the 10-unit offset between seeds would give about 0.9 if mixed
+
+
+def test_pooled_attacks_take_every_canary_and_the_lowest_audit_bound():
+    def attacks(audit, exposure):
+        return {"full-dp8": {"membership": {"signals": {"reference": {}}},
+                             "canaries": {"reference_band": [0.5, 3.0 + audit],
+                                          "rows": [{"repetitions": 4, "exposure_low": exposure,
+                                                    "exposure_high": exposure}]},
+                             "audit": {"epsilon_lower_one_run": audit, "epsilon_lower_fdp": audit + 0.1,
+                                       "claimed_epsilon": 8.0}}}
+
+    pooled = verdicts.pool_attacks({0: attacks(0.4, 2.0), 1: attacks(0.0, 1.0)}, {})["full-dp8"]
+    assert [r["exposure_low"] for r in pooled["canaries"]["rows"]] == [2.0, 1.0]
+    assert pooled["canaries"]["reference_band"] == [0.5, 3.4]
+    assert pooled["audit"] == {"epsilon_lower_one_run": 0.0, "epsilon_lower_fdp": 0.1, "claimed_epsilon": 8.0}
+    assert "membership" not in pooled  # no per-record scores given: nothing to pool, never a guess
+
+
+# --- pooling the table ----------------------------------------------------------------------------------
+def seed_table(perplexity, exposure, speedup):
+    return pd.DataFrame([
+        {"arm": "base", "epsilon": np.inf, "perplexity": perplexity, "perplexity_low": perplexity - 1,
+         "perplexity_high": perplexity + 1, "exposure_highest_low": exposure, "exposure_highest_high": exposure + 1,
+         "membership_signal": "loss", "speedup": 1.0},
+        {"arm": "pruned-nodp", "epsilon": np.inf, "perplexity": perplexity * 2, "perplexity_low": np.nan,
+         "perplexity_high": np.nan, "exposure_highest_low": exposure + 5, "exposure_highest_high": exposure + 6,
+         "membership_signal": "reference", "speedup": speedup},
+    ]).set_index("arm")
+
+
+def test_pooled_table_gives_the_mean_and_a_t_interval_over_seeds():
+    table = summary.pooled_table({0: seed_table(10.0, 2.0, 1.1), 1: seed_table(12.0, 4.0, 1.3),
+                                  2: seed_table(14.0, 3.0, 1.2)})
+    half = scipy.stats.t.ppf(0.975, 2) * np.std([10, 12, 14], ddof=1) / np.sqrt(3)
+    base = table.loc["base"]
+    assert base.perplexity == pytest.approx(12.0)
+    assert (base.perplexity_low, base.perplexity_high) == pytest.approx((12 - half, 12 + half))
+    assert (base.exposure_highest_low, base.exposure_highest_high) == (2.0, 5.0)  # the seeds' envelope
+    assert table.loc["pruned-nodp", "speedup"] == pytest.approx(1.2)
+    assert table.loc["pruned-nodp", "membership_signal"] == "reference" and base.seeds == 3
+    two = summary.pooled_table({0: seed_table(10.0, 2.0, 1.1), 1: seed_table(12.0, 4.0, 1.3)})
+    assert two.loc["base", "perplexity_high"] - two.loc["base", "perplexity_low"] > 20  # t with 1 df: honest, wide
+    smoke = profiles.get_profile("smoke")
+    empty = summary.pooled_table({0: summary.summary_table(smoke, {}, {}), 1: summary.summary_table(smoke, {}, {})})
+    assert "Over 2 seeds (0, 1)" in summary.results_markdown(smoke, empty, [], {}, seeds=[0, 1])
+
+
+# --- the frontier figure --------------------------------------------------------------------------------
+def frontier_table():
+    rows = []
+    for family, worse, speed in (("full", 1.0, 1.0), ("pruned", 1.3, 1.25)):
+        for name, eps, ppl in ((f"{family}-nodp", np.inf, 9), (f"{family}-dp1", 0.98, 40), (f"{family}-dp8", 7.9, 25)):
+            rows.append({"arm": name, "epsilon": eps, "perplexity": ppl * worse, "perplexity_low": ppl * worse - 2,
+                         "perplexity_high": ppl * worse + 2, "speedup": speed,
+                         "audit_epsilon_one_run": 0.0 if np.isfinite(eps) else np.nan,
+                         "audit_epsilon_fdp": 0.2 if np.isfinite(eps) else np.nan})
+    rows += [{"arm": "base", "epsilon": np.inf, "perplexity": 34.0, "speedup": 1.0},
+             {"arm": "pruned-noft", "epsilon": np.inf, "perplexity": 55.0, "speedup": 1.25}]
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def test_frontier_figure_builds_from_a_table(tmp_path):
+    from ppt_core import plots
+
+    fig = summary.frontier_figure(frontier_table())
+    left, right = fig.axes
+    labels = left.get_legend_handles_labels()[1]
+    assert "pruned (speedup 1.25×)" in labels and "full" in labels
+    assert {"base (not fine-tuned)", "pruned-noft (not fine-tuned)"} <= set(labels)
+    assert [t.get_text() for t in left.get_xticklabels()][-1] == "∞"
+    assert [line.get_ydata()[0] for line in left.get_lines() if line.get_linestyle() == "--"] == [34.0]
+    points = [(line.get_xdata()[0], line.get_ydata()[0]) for line in right.get_lines() if line.get_marker() in "o^"]
+    assert len(points) == 8 and all(y <= x for x, y in points)  # every audit bound under its claim
+    assert all(p.exists() for p in plots.save(fig, "frontier", tmp_path))
+
+
+# --- the cost of a profile ------------------------------------------------------------------------------
+def test_projection_scales_measured_seconds_by_tokens_and_seeds():
+    quick = profiles.get_profile("quick")
+    measured = {"03_dp_lora_finetuning": 600.0, "04_utility_and_inference": 60.0}
+    assert cost.projected_seconds(quick, measured, quick) == pytest.approx(measured)
+    twice = profiles.get_profile("quick", epochs=2.0, n_eval=32)
+    projected = cost.projected_seconds(quick, measured, twice)
+    assert projected["04_utility_and_inference"] == pytest.approx(120.0)
+    assert 1000 < projected["03_dp_lora_finetuning"] < 1200  # twice the steps; the loss curve stays
+    paper = profiles.get_profile("paper")
+    line = cost.estimate_markdown(quick, measured, 1, 135e6, [paper, profiles.get_profile("smoke")])
+    assert "`paper` profile (3 seeds, 10 arms each)" in line and "smoke" not in line and "assumed" in line
+    with pytest.raises(ValueError, match="same model"):
+        cost.projected_seconds(quick, measured, profiles.get_profile("smoke"))
+
+
+# --- profiles and run_all -------------------------------------------------------------------------------
+def test_paper_profile_is_quick_over_the_epsilon_sweep_and_three_seeds():
+    quick, paper = profiles.get_profile("quick"), profiles.get_profile("paper")
+    assert paper["seeds"] == [0, 1, 2] and paper["epsilons"] == [1, 3, 8]
+    assert {k for k in quick if quick[k] != paper[k]} == {"profile", "seeds", "epsilons"}
+    assert artifacts.figures_dir(paper) == REPO / "figures" / "paper"
+    assert artifacts.figures_dir(quick) == REPO / "figures"
+    runs = artifacts.seed_runs(paper)
+    assert [p.root for p in runs.values()] == [REPO / "runs" / "paper" / f"seed-{s}" for s in (0, 1, 2)]
+    assert artifacts.figures_dir(artifacts.seed_params(paper, 1)) == REPO / "runs" / "paper" / "seed-1" / "figures"
+    assert artifacts.seed_runs(quick) == {0: artifacts.run_paths(quick)}  # one seed: today's layout
+
+
+@pytest.mark.parametrize("seeds,fragment", [([], "non-empty"), ([0, 0], "distinct"), ([-1], "got [-1]"),
+                                            ("0,1", "got '0,1'")])
+def test_bad_seeds_are_refused(seeds, fragment):
+    with pytest.raises(ValueError, match=r"seeds must") as error:
+        profiles.check_seeds(seeds)
+    assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("value,fragment", [("0,x", "--seeds '0,x'"), ("1,1", "distinct")])
+def test_bad_seeds_on_the_command_line_stop_at_once(run_name, value, fragment):
+    result = run_all("--profile", "smoke", "--seeds", value, "--run-name", run_name)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not (REPO / "runs" / run_name).exists()
+
+
+@pytest.mark.smoke
+def test_smoke_profile_with_two_seeds_runs_each_seed_and_pools_them():
+    name = "pytest-smoke-seeds"
+    try:
+        result = run_all("--profile", "smoke", "--seeds", "0,1", "--run-name", name, "--force")
+        assert result.returncode == 0, result.stderr[-3000:]
+        root = REPO / "runs" / name
+        notebooks = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+        for seed in (0, 1):
+            seed_run = artifacts.RunPaths(root / f"seed-{seed}")
+            assert sorted(p.name for p in seed_run.notebooks.glob("*.ipynb")) == notebooks[:-1]
+            assert json.loads(seed_run.results.read_text())["data"]
+        train = [(root / f"seed-{s}" / "data" / "train.jsonl").read_text() for s in (0, 1)]
+        assert train[0] != train[1], "each seed draws its own data"
+        pooled = json.loads((root / "results.json").read_text())["summary"]
+        assert pooled["seeds"] == [0, 1] and all(c["seeds"] == 2 for c in pooled["claims"])
+        assert all(row["seeds"] == 2 for row in pooled["table"])
+        assert sorted(p.name for p in (root / "notebooks").glob("*.ipynb")) == notebooks[-1:]
+        results_md = (root / "figures" / "results.md").read_text()
+        assert "2 seeds" in results_md and "(2 seeds)" in results_md
+        assert (root / "figures" / "frontier.png").exists() and (root / "figures" / "summary.png").exists()
+        again = run_all("--profile", "smoke", "--seeds", "0,1", "--run-name", name)
+        assert again.returncode == 0
+        assert (again.stdout + again.stderr).count("inputs unchanged, skipped") == 2 * (len(notebooks) - 1) + 1
+    finally:
+        shutil.rmtree(REPO / "runs" / name, ignore_errors=True)
+
