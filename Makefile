@@ -30,7 +30,7 @@ tune: setup
 	$(PY) -m ppt_core.tuning --profile $(PROFILE)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not smoke and not embedded"
