@@ -1,10 +1,10 @@
 """Train one arm of a run from the command line, in one process or in N under torchrun.
 
-    torchrun --standalone --nproc_per_node 4 -m ppt_core.train --run quick --arm pruned-dp8   # 4 GPUs
-    torchrun --nproc_per_node 2 -m ppt_core.train --run smoke --arm full-dp8                  # 2 CPU processes (gloo)
+    torchrun --standalone --nproc_per_node 4 -m ppt_core.train --run-name quick --arm pruned-dp8   # 4 GPUs
+    torchrun --nproc_per_node 2 -m ppt_core.train --run-name smoke --arm full-dp8                  # 2 CPU processes (gloo)
     torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --rdzv_backend c10d \\
-             --rdzv_endpoint HOST:29500 -m ppt_core.train --run full --arm pruned-dp3         # 2 nodes x 8 GPUs
-    python -m ppt_core.train --run smoke --arm full-nodp                                      # one process
+             --rdzv_endpoint HOST:29500 -m ppt_core.train --run-name full --arm pruned-dp3         # 2 nodes x 8 GPUs
+    python -m ppt_core.train --run-name smoke --arm full-nodp                                      # one process
 
 The run's data must exist (notebook 00), and for a pruned arm its pruned model (notebook 02). The
 run's parameters come from runs/<run>/params.json, which `launch` writes (notebook 03 with nproc > 1,
@@ -31,9 +31,10 @@ RESULT_NOTE = ("trainer-only: the TrainResult of a run launched by ppt_core.trai
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="the run folder under runs/ (e.g. quick, smoke)")
+    # --run-name, as in run_all.py (torchrun would take a bare --run for its own --run-path)
+    parser.add_argument("--run-name", required=True, help="the run folder under runs/ (e.g. quick, smoke)")
     parser.add_argument("--arm", required=True, help="a fine-tuned arm: full-nodp, pruned-nodp, full-dp<ε>, pruned-dp<ε>")
-    parser.add_argument("--profile", help="the profile, when runs/<run>/params.json does not exist (default: --run)")
+    parser.add_argument("--profile", help="the profile, when runs/<run>/params.json does not exist (default: --run-name)")
     return parser.parse_args(argv)
 
 
@@ -47,7 +48,7 @@ def run_params(run: str, profile: str | None = None) -> dict:
 
 def _checked(args):
     """(params, arm, train texts, held-out texts), or one clear error before any model is loaded."""
-    params = run_params(args.run, args.profile)
+    params = run_params(args.run_name, args.profile)
     arm = arms.parse(args.arm)
     if not arm.trained:
         raise ValueError(f"--arm {args.arm!r} is not a fine-tuned arm: use full-nodp, pruned-nodp, full-dp<ε> "
@@ -55,7 +56,7 @@ def _checked(args):
     paths = artifacts.run_paths(params)
     if not (paths.data / "train.jsonl").exists():
         raise FileNotFoundError(f"{paths.data / 'train.jsonl'} does not exist: build the run's data first "
-                                f"(python run_all.py --run-name {args.run} --only 00)")
+                                f"(python run_all.py --run-name {args.run_name} --only 00)")
     splits = data.load_splits(paths.data)
     texts, heldout = splits.texts("train"), splits.texts("heldout", kind="note")
     distributed.check_world(int(os.environ.get("WORLD_SIZE", "1")), len(texts), int(params["expected_batch_size"]))
@@ -111,7 +112,7 @@ def launch(params: dict, arm: str, *, nproc: int | None = None) -> training.Trai
     artifacts.write_json(paths.root / "params.json", params)
     run = params.get("run_name") or params["profile"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "ppt_core.train", "--run", run, "--arm", arm]
+               "-m", "ppt_core.train", "--run-name", run, "--arm", arm]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(artifacts.REPO_ROOT), os.environ.get("PYTHONPATH")])))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     finished = subprocess.run(command, cwd=artifacts.REPO_ROOT, env=env, capture_output=True, text=True)

@@ -7,12 +7,16 @@ sigma*C/B (not sqrt(2) times it); every process holds identical LoRA weights aft
 adapter loads with plain peft; a world size the batch cannot be split over stops before training.
 """
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import REPO, run_all
 from ppt_core import batching, distributed, training
 
 from test_training import TEXTS, _record_gradient, dp_config, small_config  # noqa: E402
@@ -226,3 +230,41 @@ def test_bad_world_size_names_the_value_and_the_fix(world_size, n_records, batch
 def test_single_process_has_no_world():
     """Without torchrun nothing changes: no process group, so finetune takes the single-process path."""
     assert distributed.current_world() is None
+
+
+# --- the study driver ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nproc, fragment", [
+    ("0", "nproc) must be an integer >= 1 (got 0)"),
+    ("9", "expected_batch_size (8) is too small to split over 9 processes"),
+])
+def test_run_all_refuses_a_bad_nproc_before_running(run_name, nproc, fragment):
+    result = run_all("--profile", "smoke", "--nproc", nproc, "--run-name", run_name)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+    assert not (REPO / "runs" / run_name).exists()
+
+
+@pytest.mark.smoke
+def test_smoke_pipeline_in_2_processes_gives_the_single_process_epsilon():
+    """run_all --nproc 2 runs every notebook, notebook 03 training each arm with torchrun in 2 processes;
+    each arm's (epsilon, sigma, q, steps) equals the --nproc 1 run's, and its adapter is saved."""
+    names = {1: "pytest-nproc-1", 2: "pytest-nproc-2"}
+    try:
+        for nproc, name in names.items():
+            result = run_all("--profile", "smoke", "--nproc", str(nproc), "--run-name", name, "--force")
+            assert result.returncode == 0, result.stderr[-3000:]
+        trained = {n: json.loads((REPO / "runs" / name / "results.json").read_text())["training"]
+                   for n, name in names.items()}
+        assert sorted(trained[1]) == sorted(trained[2]) and len(trained[1]) == 4
+        for arm, one in trained[1].items():
+            two = trained[2][arm]
+            for key in ("private", "epsilon", "noise_multiplier", "sample_rate", "steps", "expected_batch_size"):
+                assert one[key] == two[key], (arm, key)
+            assert (REPO / "runs" / names[2] / "models" / arm / "adapter" / "adapter_config.json").exists()
+        assert any(one["epsilon"] for one in trained[1].values())
+    finally:
+        for name in names.values():
+            shutil.rmtree(REPO / "runs" / name, ignore_errors=True)
