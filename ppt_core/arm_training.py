@@ -32,7 +32,6 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, *, progress: bool = 
     """Fine-tune one arm (full-nodp, pruned-dp8, ...) from its starting model on `texts` (the train split,
     in order), measure its loss curve on `heldout_texts`, save it (save_arm) and return its result.
     Under torchrun (`ppt_core.train`), every process trains its share and rank 0 saves."""
-
     from ppt_core import distributed, models
 
     model, tokenizer = models.load_arm(params, arms.parse(arm).start)

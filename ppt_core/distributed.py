@@ -24,6 +24,17 @@ sums its gradients over the processes with one all-reduce per logical step (the 
 DistributedDPOptimizer, without clipping or noise).
 
 Only rank 0 measures the held-out loss curve, shows progress and writes artifacts; the others wait.
+
+A model larger than one GPU is not covered. Each process here holds the whole (frozen) model;
+Opacus shards a model only with FSDP2 and ghost clipping (Opacus 1.6: `grad_sample_mode="ghost_fsdp"`,
+`opacus.utils.fsdp_utils.FSDP2Wrapper`, `FSDPOptimizerFastGradientClipping`; introduced by
+meta-pytorch/opacus#738 and #761, "FSDP2 with ghost clipping"). FSDP all-gathers each block's
+parameters inside every forward and backward pass, so every process must run the same number of
+passes in lockstep, while Poisson sampling gives each process a local batch of its own random size,
+sometimes empty (no forward at all here), cut into its own number of physical batches. DPDDP has no
+collective inside a pass, which is why it is used here. Sharding would need each logical step padded
+to the same number of physical passes in every process with rows that add nothing to the clipped sum,
+a change to the DP loop itself that is not made (nor tested: FSDP2 is a CUDA path, this machine has none).
 """
 
 from __future__ import annotations

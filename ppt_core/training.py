@@ -480,9 +480,10 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None):
     """(peft_model, TrainResult): LoRA fine-tuned copy of `model` on `texts` (`model` is left untouched).
 
     With `config.dp`, DP-SGD through Opacus at (target_epsilon, delta); else the same loop without
-    clipping or noise. Inside a torchrun process group, each process trains on its share of every
-    Poisson batch (`ppt_core.distributed`) and all return the same adapter and guarantee. The held-out loss curve is measured on the first `config.loss_curve_records` of
+    clipping or noise. The held-out loss curve is measured on the first `config.loss_curve_records` of
     `heldout_texts` (none when None). Losses in nats per token; seconds per logical step; peak memory in MB.
+    Inside a torchrun process group, each process trains on its share of every Poisson batch
+    (`ppt_core.distributed`) and every process returns the same adapter and guarantee.
     """
     from ppt_core import distributed  # here, not at the top: distributed builds on this module
 

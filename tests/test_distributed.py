@@ -87,6 +87,11 @@ def _scenarios(rank: int, out_dir: str) -> None:
     seen["clipped_before"], seen["clipped_update"] = before, _lora_vector(clipped.lora_params) - before
     seen["clipped_members"] = [i for i, count in enumerate(log.sample_counts) if count]
     seen["clipped_expected_batch"] = clipped.plan.expected_batch_size
+    ghost = _prepared(tiny, small_config(**{**sgd, "learning_rate": 0.5, "expected_batch_size": 10},
+                                         dp=dp_config(max_grad_norm=1e-2, grad_sample_mode="ghost")), world)
+    ghost.optimizer.noise_multiplier = 0.0
+    training.run_steps(ghost, steps=1)  # the same seed draws the same records
+    seen["ghost_update"] = _lora_vector(ghost.lora_params) - before
 
     # Step by step, with noise: every process holds the same LoRA weights after each logical step.
     stepping = _prepared(tiny, small_config(epochs=1.0, dp=dp_config()), world)
@@ -172,6 +177,8 @@ def test_clipped_gradients_are_summed_across_processes(two_processes, tiny):
     assert torch.allclose(seen["clipped_update"], expected, rtol=1e-3, atol=1e-9)
     # Half the records' gradients (one process's share) would not do.
     assert float((seen["clipped_update"] - expected).norm()) < 0.01 * float(expected.norm())
+    # Ghost clipping (Opacus's DistributedDPOptimizerFastGradientClipping) computes the same clipped sum.
+    assert torch.allclose(seen["ghost_update"], expected, rtol=1e-3, atol=1e-8)
 
 
 def test_replicas_identical_after_every_step(two_processes):
