@@ -7,7 +7,8 @@ physical batches of `--physical`) for `--steps` logical steps in 1 CPU process, 
 (`ppt_core.distributed.prepare`: Opacus's DPDDP, DistributedDPOptimizer, distributed Poisson sampler),
 and on 1 GPU when CUDA is available. Each setting runs in fresh processes, one after the other, in one
 invocation; the first `--warmup` steps are not timed. Prints steps per second and the speedup over
-1 process. On a machine with C cores, N processes get C // N threads each (OMP_NUM_THREADS).
+1 process. Every process uses `--threads` threads (default 1: N processes use N cores; on a shared
+machine, threads of one process spinning against other jobs slow it down many times).
 
   python bench/distributed_scaling.py                                  # the embedded SmolLM2-135M
   python bench/distributed_scaling.py --model tiny-random-llama --steps 20
@@ -38,7 +39,7 @@ def measure(rank: int, args, world_size: int, device: str, out_dir: str) -> None
     from ppt_core import batching, distributed, training
     from ppt_core.models import load_model
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    torch.set_num_threads(args.threads)
     world = None
     if world_size > 1:
         dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world_size)
@@ -85,6 +86,7 @@ def main(argv=None):
     parser.add_argument("--tokens", type=int, default=128, help="tokens per record")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5, help="timed logical steps")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -103,7 +105,7 @@ def main(argv=None):
         print("1 GPU: no CUDA device on this machine, not measured")
     base = rows["1 process (cpu)"]["steps_per_second"]
     print(f"\n{args.model}, DP (hooks), expected batch {args.batch} (physical {args.physical}) x {args.tokens} tokens, "
-          f"{args.steps} timed steps, {os.cpu_count()} CPU cores")
+          f"{args.steps} timed steps, {args.threads} thread(s) per process, {os.cpu_count()} CPU cores")
     for name, row in rows.items():
         row["speedup_vs_1_process"] = row["steps_per_second"] / base
         print(f"{name:>20}  {row['steps_per_second']:>7.3f} steps/s  {row['speedup_vs_1_process']:>5.2f}x")
