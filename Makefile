@@ -38,6 +38,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/pruning_speed.py
 	$(PY) bench/dp_overhead.py
+	$(PY) bench/distributed_scaling.py
 
 clean-runs:
 	rm -rf runs/

@@ -4,6 +4,7 @@
 Examples:
   python run_all.py                          # the default profile (quick): SmolLM2-135M on CPU
   python run_all.py --profile smoke          # the whole pipeline in a minute, tiny random model
+  python run_all.py --profile full --nproc 4 # notebook 03 trains each arm on 4 GPUs (torchrun)
   python run_all.py --only 00,01 --force     # re-run two notebooks even if nothing changed
   python run_all.py --from 03                # from notebook 03 to the end
   python run_all.py --profile smoke --seeds 0,1   # the study once per seed, pooled by notebook 07
@@ -51,6 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--data", help="your own data instead of the synthetic corpus: .jsonl, .csv or .txt")
     parser.add_argument("--text-field", help="JSONL key or CSV column with the text (default: text)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
+    parser.add_argument("--nproc", type=int, help="train each arm in N processes with torchrun (one per GPU, or CPU "
+                        "processes on gloo; default 1: in the notebook's own process)")
     parser.add_argument("--run-name", help="folder under runs/ (default: the profile, or <profile>-custom "
                         "when --model or --data is given)")
     parser.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
@@ -75,6 +78,8 @@ def study_params(args) -> dict:
         overrides["seeds"] = parse_seeds(args.seeds)
         if len(overrides["seeds"]) == 1:
             overrides["seed"] = overrides["seeds"][0]
+    if args.nproc is not None:
+        overrides["nproc"] = args.nproc
     profile = args.profile or profiles.DEFAULT_PROFILE
     custom = bool(args.model or args.data)
     overrides["run_name"] = args.run_name or (f"{profile}-custom" if custom else profile)

@@ -30,13 +30,17 @@ GROUP_SIZES = (1, 4, 16, 64)  # records sharing one secret, for the group-privac
 
 def train_arm(params: dict, arm: str, texts, heldout_texts, *, progress: bool = True) -> TrainResult:
     """Fine-tune one arm (full-nodp, pruned-dp8, ...) from its starting model on `texts` (the train split,
-    in order), measure its loss curve on `heldout_texts`, save it (save_arm) and return its result."""
-    from ppt_core import models
+    in order), measure its loss curve on `heldout_texts`, save it (save_arm) and return its result.
+    Under torchrun (`ppt_core.train`), every process trains its share and rank 0 saves."""
+    from ppt_core import distributed, models
 
     model, tokenizer = models.load_arm(params, arms.parse(arm).start)
     config = config_from_params(params, arms.parse(arm).epsilon, progress=progress)
     peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts)
-    save_arm(params, arm, peft_model, tokenizer, result, config)
+    world = distributed.current_world()
+    if world is None or world.main:  # under torchrun every process holds the same adapter: rank 0 writes it
+        save_arm(params, arm, peft_model, tokenizer, result, config)
+    distributed.barrier()
     return result
 
 

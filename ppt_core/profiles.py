@@ -23,6 +23,7 @@ _QUICK = dict(
     figures_dir=None,  # None: figures/ for the default profile's run, else runs/<run_name>/figures
     model="smollm2-135m",
     device="auto",  # "auto" picks CUDA when available, else CPU
+    nproc=1,  # processes notebook 03 trains each arm in (torchrun, ppt_core.train): one per GPU, or CPU processes
     seed=0,
     # --- data (00) -------------------------------------------------------------------------
     data_path=None,  # None: the synthetic clinical-notes corpus; else a .jsonl/.csv/.txt file

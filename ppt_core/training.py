@@ -226,6 +226,10 @@ def check_params(params: dict) -> None:
     n_records = data.train_size(params)
     for epsilon in [None] + list(params["epsilons"]):
         check_config(config_from_params(params, epsilon), n_records)
+    if params.get("nproc", 1) != 1:
+        from ppt_core import distributed
+
+        distributed.check_world(params["nproc"], n_records, int(params["expected_batch_size"]))
 
 
 # --- LoRA ----------------------------------------------------------------------------------------
@@ -478,18 +482,30 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None):
     With `config.dp`, DP-SGD through Opacus at (target_epsilon, delta); else the same loop without
     clipping or noise. The held-out loss curve is measured on the first `config.loss_curve_records` of
     `heldout_texts` (none when None). Losses in nats per token; seconds per logical step; peak memory in MB.
+    Inside a torchrun process group, each process trains on its share of every Poisson batch
+    (`ppt_core.distributed`) and every process returns the same adapter and guarantee.
     """
-    texts = list(texts)
+    from ppt_core import distributed  # here, not at the top: distributed builds on this module
+
+    texts, world = list(texts), distributed.current_world()  # world: None unless started by torchrun
     check_config(config, len(texts), model)
+    if world is not None:
+        distributed.check_world(world.world_size, len(texts), config.expected_batch_size)
+        config = replace(config, progress=config.progress and world.main)
     device = torch.device(config.device) if config.device else next(model.parameters()).device
     config = replace(config, bf16=evaluation.resolve_bf16(config.bf16, device))  # "auto" settles on the device
     torch.manual_seed(config.seed)
     peft_model = _lora_model(model, config, device)
-    training = prepare(peft_model, batching.record_dataset(tokenizer, texts, config.max_length), config)
-    heldout = None if heldout_texts is None else batching.record_dataset(
+    dataset = batching.record_dataset(tokenizer, texts, config.max_length)
+    training = prepare(peft_model, dataset, config) if world is None else distributed.prepare(
+        peft_model, dataset, config, world)
+    heldout = None if heldout_texts is None or (world and not world.main) else batching.record_dataset(
         tokenizer, list(heldout_texts)[: config.loss_curve_records], config.max_length)
     initial = [p.detach().clone() for p in training.lora_params]
     log = run_steps(training, heldout=heldout)
+    if world is not None:  # every process's local batches make the run's log; the replicas must agree
+        log = distributed.merge_step_log(log)
+        distributed.check_replicas_agree(training.lora_params)
     _check_adapter_moved(training.lora_params, initial)
     dp = config.dp
     epsilon = privacy.spent_epsilon(training.engine, dp, training.sample_rate, training.steps) if dp else None

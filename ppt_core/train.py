@@ -1,0 +1,126 @@
+"""Train one arm of a run from the command line, in one process or in N under torchrun.
+
+    torchrun --standalone --nproc_per_node 4 -m ppt_core.train --run-name quick --arm pruned-dp8   # 4 GPUs
+    torchrun --nproc_per_node 2 -m ppt_core.train --run-name smoke --arm full-dp8                  # 2 CPU processes (gloo)
+    torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --rdzv_backend c10d \\
+             --rdzv_endpoint HOST:29500 -m ppt_core.train --run-name full --arm pruned-dp3         # 2 nodes x 8 GPUs
+    python -m ppt_core.train --run-name smoke --arm full-nodp                                      # one process
+
+The run's data must exist (notebook 00), and for a pruned arm its pruned model (notebook 02). The
+run's parameters come from runs/<run>/params.json, which `launch` writes (notebook 03 with nproc > 1,
+`run_all.py --nproc N`); without it, from the profile named by --profile. Rank 0 writes the arm's
+artifacts (`arm_training.save_arm`, atomically) and train_result.json, which `launch` reads back.
+Every process must see the same runs/ folder (a shared file system across nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from dataclasses import asdict, fields
+
+from ppt_core import arm_training, arms, artifacts, data, distributed, profiles, training
+
+RESULT_FILE = "train_result.json"
+RESULT_NOTE = ("trainer-only: the TrainResult of a run launched by ppt_core.train, read back by notebook 03; a DP "
+               "arm's training losses and batch sizes are left out, and sample counts live in sample_counts.json")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    # --run-name, as in run_all.py (torchrun would take a bare --run for its own --run-path)
+    parser.add_argument("--run-name", required=True, help="the run folder under runs/ (e.g. quick, smoke)")
+    parser.add_argument("--arm", required=True, help="a fine-tuned arm: full-nodp, pruned-nodp, full-dp<ε>, pruned-dp<ε>")
+    parser.add_argument("--profile", help="the profile, when runs/<run>/params.json does not exist (default: --run-name)")
+    return parser.parse_args(argv)
+
+
+def run_params(run: str, profile: str | None = None) -> dict:
+    """The parameters of run `run`: its params.json, else the profile `profile` (default: `run`) under that run name."""
+    path = artifacts.RunPaths.for_profile(run).root / "params.json"
+    if path.exists():
+        return artifacts.read_json(path)
+    return profiles.get_profile(profile or run, run_name=run)
+
+
+def _checked(args):
+    """(params, arm, train texts, held-out texts), or one clear error before any model is loaded."""
+    params = run_params(args.run_name, args.profile)
+    arm = arms.parse(args.arm)
+    if not arm.trained:
+        raise ValueError(f"--arm {args.arm!r} is not a fine-tuned arm: use full-nodp, pruned-nodp, full-dp<ε> "
+                         "or pruned-dp<ε>")
+    paths = artifacts.run_paths(params)
+    if not (paths.data / "train.jsonl").exists():
+        raise FileNotFoundError(f"{paths.data / 'train.jsonl'} does not exist: build the run's data first "
+                                f"(python run_all.py --run-name {args.run_name} --only 00)")
+    splits = data.load_splits(paths.data)
+    texts, heldout = splits.texts("train"), splits.texts("heldout", kind="note")
+    distributed.check_world(int(os.environ.get("WORLD_SIZE", "1")), len(texts), int(params["expected_batch_size"]))
+    training.check_config(training.config_from_params(params, arm.epsilon), len(texts))
+    return params, arm.name, texts, heldout
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        params, arm, texts, heldout = _checked(args)
+    except (ValueError, OSError) as err:
+        if rank == 0:  # one message, not one per process
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    if "RANK" not in os.environ:
+        result = arm_training.train_arm(params, arm, texts, heldout)
+        write_result(params, arm, result)
+        return 0
+    with distributed.process_group(params.get("device")) as world:
+        result = arm_training.train_arm(params, arm, texts, heldout, progress=world.main)
+        if world.main:
+            write_result(params, arm, result)
+        distributed.barrier()
+    return 0
+
+
+def write_result(params: dict, arm: str, result: training.TrainResult) -> None:
+    """runs/<run>/models/<arm>/train_result.json: the TrainResult that notebook 03 reads back (trainer-only)."""
+    record = {k: v for k, v in asdict(result).items() if k != "sample_counts"}
+    if result.private:  # computed from training records without noise: they stay with the trainer
+        record["losses"], record["batch_sizes"] = [], []
+    artifacts.write_json(artifacts.run_paths(params).model(arm) / RESULT_FILE, {"result": record, "note": RESULT_NOTE})
+
+
+def read_result(params: dict, arm: str) -> training.TrainResult:
+    """The TrainResult of an arm trained by this command (sample counts from sample_counts.json)."""
+    record = artifacts.read_json(artifacts.run_paths(params).model(arm) / RESULT_FILE)["result"]
+    record["heldout_losses"] = [tuple(point) for point in record["heldout_losses"]]
+    record["sample_counts"] = arm_training.load_sample_counts(params, arm).tolist()
+    known = {f.name for f in fields(training.TrainResult)}
+    return training.TrainResult(**{k: v for k, v in record.items() if k in known})
+
+
+def launch(params: dict, arm: str, *, nproc: int | None = None) -> training.TrainResult:
+    """Train `arm` in `nproc` processes (default: params["nproc"]) on this machine with torchrun, and read
+    its result back. The run's data (and, for a pruned arm, its pruned model) must exist."""
+    nproc = int(params["nproc"] if nproc is None else nproc)
+    paths = artifacts.run_paths(params)
+    n_records = len(data.load_splits(paths.data).texts("train"))
+    distributed.check_world(nproc, n_records, int(params["expected_batch_size"]))
+    artifacts.write_json(paths.root / "params.json", params)
+    run = params.get("run_name") or params["profile"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "ppt_core.train", "--run-name", run, "--arm", arm]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(artifacts.REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    finished = subprocess.run(command, cwd=artifacts.REPO_ROOT, env=env, capture_output=True, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"training {arm} in {nproc} processes failed (exit {finished.returncode}):\n"
+                           + finished.stderr[-4000:])
+    return read_result(params, arm)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
