@@ -69,7 +69,10 @@ def gpu_seconds(target: dict, parameters: float) -> float:
 
 
 def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2g} h" if seconds >= 3600 else f"{math.ceil(seconds / 60):.0f} min"
+    hours = seconds / 3600
+    if hours >= 10:
+        return f"{hours:,.0f} h"
+    return f"{hours:.1f} h" if hours >= 1 else f"{math.ceil(seconds / 60):.0f} min"
 
 
 def estimate_markdown(measured: dict, measured_seconds: dict[str, float], measured_seeds: int, parameters: float,
