@@ -63,7 +63,8 @@ _QUICK = dict(
     epochs=1.0,  # expected passes over train (a float): steps = floor(epochs * ceil(N / expected_batch_size))
     train_max_length=128,  # tokens per record while training (None: max_length); scoring keeps max_length
     learning_rate=1e-2,  # chosen by earlier tuning runs on the study's own training records, which no ε covers;
-    #                      an independent-draw tuning run to replace them is still to be done (issue 11)
+    #                      `make tune` (ppt_core/tuning.py) chooses it on an independent draw instead: its
+    #                      figures/tuning/quick.json is still to be run and cited here (issue 11)
     lora_rank=2,  # few trainable parameters: DP noise per coordinate meets more signal (see notebook 03)
     lora_alpha=16,
     lora_dropout=0.0,
