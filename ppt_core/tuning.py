@@ -20,6 +20,7 @@ public stand-in of it, or account for the tuning (the paper above) in the ε you
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -81,15 +82,14 @@ def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 
     check_disjoint(study_splits, splits)
     train, heldout = splits.texts("train"), splits.texts("heldout")
     eval_texts = heldout[:n_eval]
+    model, tokenizer = models.load_model(params["model"], device=params.get("device"))  # finetune leaves it untouched
     losses, epsilons, seconds = {}, {}, {}
     for lr in learning_rates:
         started = time.perf_counter()
-        model, tokenizer = models.load_model(params["model"], device=params.get("device"))
         config = config_from_params(tuning, spec.epsilon, learning_rate=lr, progress=progress)
         peft_model, result = finetune(model, tokenizer, train, config, heldout)
-        rows = evaluation.record_logprob_rows(evaluation.token_logprobs(
-            peft_model, tokenizer, eval_texts, max_length=config.max_length, progress=progress))
-        losses[lr] = float(-rows[:, 0].sum() / rows[:, 1].sum())
+        losses[lr] = math.log(evaluation.perplexity(peft_model, tokenizer, eval_texts, max_length=config.max_length,
+                                                    progress=progress))
         epsilons[lr] = result.epsilon
         seconds[lr] = round(time.perf_counter() - started, 1)
         print(f"learning rate {lr:g}: held-out loss {losses[lr]:.4f} nats/token ({seconds[lr]:.0f} s)", flush=True)
