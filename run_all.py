@@ -226,12 +226,15 @@ def run(args) -> int:
     if status:
         return status
     bar.close()
+    # a committed run (the default profile's, the paper profile's) also refreshes its block of the README
+    run_name = params.get("run_name") or params["profile"]
     results_md = artifacts.figures_dir(params) / "results.md"
-    if artifacts.figures_dir(params) == REPO / "figures" and results_md.exists():
+    committed = artifacts.COMMITTED_FIGURES.get(run_name)
+    if committed and artifacts.figures_dir(params) == REPO / committed and results_md.exists():
         from ppt_core import summary
 
-        if summary.update_readme(results_md.read_text()):
-            print("README.md: results section updated from figures/results.md")
+        if summary.update_readme(results_md.read_text(), run_name=run_name):
+            print(f"README.md: {run_name} results section updated from {results_md.relative_to(REPO)}")
     return 0
 
 

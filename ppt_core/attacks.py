@@ -57,8 +57,10 @@ def check_params(params: dict) -> None:
                              f"members are training notes and non-members held-out notes; lower n_membership")
     if not 0 < float(params["min_k_percent"]) <= 100:
         raise ValueError(f"min_k_percent must be in (0, 100] (got {params['min_k_percent']})")
-    if int(params["attack_prefix_tokens"]) + int(params["attack_suffix_tokens"]) > int(params["max_length"]):
-        raise ValueError(f"attack_prefix_tokens + attack_suffix_tokens must be <= max_length ({params['max_length']})")
+    if int(params["attack_prefix_tokens"]) + int(params["attack_suffix_tokens"]) > scoring_length(params):
+        raise ValueError(f"attack_prefix_tokens + attack_suffix_tokens ({params['attack_prefix_tokens']} + "
+                         f"{params['attack_suffix_tokens']}) must be <= the tokens training kept per record "
+                         f"({scoring_length(params)}): an extracted suffix must be text the model was trained on")
     if params["bf16_scoring"] not in ("auto", True, False):
         raise ValueError(f"bf16_scoring must be 'auto', True or False (got {params['bf16_scoring']!r})")
 

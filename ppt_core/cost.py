@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ppt_core import arms, batching, data
+from ppt_core import arms, attacks, batching, data
 
 ASSUMED_GPU_TFLOPS = 20.0  # effective, not peak: a 135M model in batches of 8-32 records uses a few % of a GPU
 FORWARD_FLOPS_PER_PARAM = 2  # per token: one multiply-add per weight
@@ -37,10 +37,12 @@ def notebook_tokens(params: dict) -> dict[str, float]:
                                                     * params["max_length"])),
         "04_utility_and_inference": float(n_arms * params["n_eval"] * params["max_length"]),
         "05_synthetic_data": float(n_arms * params["n_synthetic"] * params["synthetic_max_new_tokens"]),
-        # membership and extraction records, audit canaries, and the digit-tree rank search of each canary
-        # (about one branch per rank up to the cap, each a short forward of prefix and digits)
-        "06_extraction_attack": float(n_arms * ((2 * params["n_membership"] + 2 * params["n_attack"])
-                                                * params["max_length"]
+        # membership records (scored at the length training kept), extraction prefixes and suffixes, audit
+        # canaries, and the digit-tree rank search of each canary (about one branch per rank up to the cap,
+        # each a short forward of prefix and digits)
+        "06_extraction_attack": float(n_arms * (2 * params["n_membership"] * attacks.scoring_length(params)
+                                                + 2 * params["n_attack"]
+                                                * (params["attack_prefix_tokens"] + params["attack_suffix_tokens"])
                                                 + params["n_audit_canaries"] * params["audit_canary_tokens"]
                                                 + canaries * params["canary_rank_cap"]
                                                 * (params["secret_digits"] + params["attack_prefix_tokens"]))),

@@ -332,6 +332,7 @@ def build_dataset(params: dict, out_dir: str | Path, *, tokenizer=None) -> Datas
 
         tokenizer = load_tokenizer(params["model"])
     audit = _audit_canaries(params, tokenizer)
+    check_canaries_fit(canaries + audit, params, tokenizer)
     train += [record for record in audit if record["included"]]
     random.Random(params["seed"] + 1).shuffle(train)
     splits = DatasetSplits(train=train, heldout=heldout, public=public, canaries=canaries, audit=audit)
@@ -342,6 +343,18 @@ def build_dataset(params: dict, out_dir: str | Path, *, tokenizer=None) -> Datas
         artifacts.write_jsonl(out_dir / f"{split}.jsonl", getattr(splits, split))
     artifacts.write_json(out_dir / "dataset_card.json", card)
     return splits
+
+
+def check_canaries_fit(records: list[dict], params: dict, tokenizer) -> None:
+    """Stop, before anything is written, if training would cut off part of a canary: its secret would then
+    never be trained on, and every exposure and audit score of it would measure nothing."""
+    kept = int(params.get("train_max_length") or params["max_length"])
+    lengths = token_lengths(tokenizer, [r["text"] for r in records])
+    if lengths.max() >= kept:  # one position to spare for a special token the tokenizer may add
+        longest = records[int(lengths.argmax())]
+        raise DataError(f"canary {longest['id']!r} has {int(lengths.max())} tokens but training keeps "
+                        f"{kept} per record (train_max_length): raise train_max_length to at least "
+                        f"{int(lengths.max()) + 1}")
 
 
 def load_splits(data_dir: str | Path) -> DatasetSplits:

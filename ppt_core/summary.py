@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppt_core import arms, artifacts, stats, verdicts
+from ppt_core import arms, artifacts, profiles, stats, verdicts
 from ppt_core.verdicts import SPEED_BATCH
 
 
@@ -305,17 +305,22 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
     ]) + "\n"
 
 
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+def readme_markers(run_name: str = "quick") -> tuple[str, str]:
+    """The README's markers around a committed run's results: `results` for the default profile's run,
+    `results-<run>` for another committed run (the paper profile's)."""
+    name = "results" if run_name == profiles.DEFAULT_PROFILE else f"results-{run_name}"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
-def update_readme(results_md: str, readme: Path | None = None) -> bool:
-    """Replace the README's results section (between its markers) with results.md; True if it changed."""
+def update_readme(results_md: str, readme: Path | None = None, run_name: str = profiles.DEFAULT_PROFILE) -> bool:
+    """Replace the README's results section of `run_name` (between its markers) with results.md; True if it
+    changed."""
     readme = readme or artifacts.REPO_ROOT / "README.md"
+    start, end = readme_markers(run_name)
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
+    if start not in text or end not in text:
         return False
-    new = re.sub(f"{re.escape(README_START)}.*?{re.escape(README_END)}",
-                 lambda _: f"{README_START}\n{results_md}{README_END}", text, flags=re.S)
+    new = re.sub(f"{re.escape(start)}.*?{re.escape(end)}", lambda _: f"{start}\n{results_md}{end}", text, flags=re.S)
     if new != text:
         artifacts.write_text(readme, new)
     return new != text

@@ -100,3 +100,10 @@ def test_audit_words_are_the_tokens_the_audit_scores(splits, tiny):
         ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
         assert len(words) == record["secret_tokens"]
         assert ids[-len(words):] == [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
+
+
+def test_a_training_length_that_would_cut_canaries_is_refused_before_anything_is_written(tmp_path):
+    params = profiles.get_profile("smoke", train_max_length=12)
+    with pytest.raises(data.DataError, match=r"train_max_length\): raise train_max_length to at least"):
+        data.build_dataset(params, tmp_path / "data")
+    assert not (tmp_path / "data").exists()
