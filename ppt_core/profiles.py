@@ -177,11 +177,13 @@ _FULL = dict(
 
 # The paper profile: the quick profile's model and settings over the epsilon sweep and three seeds, sized to
 # finish in at most 100 minutes on a 2-core CPU without native bf16 (the machine it was run on). That is 24
-# fine-tuned arms and 30 attacked ones, so each gets about a seventh of quick's tokens: training keeps each
+# fine-tuned arms and 30 attacked ones, so each gets about a seventh of quick's tokens: every stage reads each
 # record's first 40 tokens (whole canaries and audit canaries; a note's opening, which carries its name,
-# birth date and record number), fewer notes, canaries and audit canaries per seed (three seeds pool them),
-# and pruning's strategy sweep only at the studied level. Quick's per-arm budget over this sweep would take
-# hours here (the projection under Results).
+# birth date and record number), with fewer notes, canaries and audit canaries per seed (three seeds pool
+# them), and pruning's strategy sweep only at the studied level. Training and evaluation must read the same
+# length: trained on 40-token openings, the non-private arm's perplexity on 128-token notes went from the
+# base's 37.7 to 277 while on the openings it improved (62.0 to 51.1; seed 0, first try). Quick's per-arm
+# budget over this sweep would take hours here (the projection under Results).
 _PAPER = dict(
     _QUICK,
     profile="paper",
@@ -191,7 +193,7 @@ _PAPER = dict(
     canaries_per_repetition=2,
     n_reference_canaries=4,
     n_audit_canaries=128,
-    max_length=128,
+    max_length=40,
     prune_strategies=["pairwise", "block", "last", "random"],  # iterative chose pairwise's blocks in quick
     prune_sweep=[0, 4],
     train_max_length=40,
