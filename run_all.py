@@ -13,9 +13,10 @@ Examples:
 Each notebook gets the profile's values for the parameters its `parameters` cell declares, and is
 written, executed, to runs/<run>/notebooks/. A notebook whose inputs (its source, its parameters,
 the ppt_core code, and every notebook before it) are unchanged since its last successful run is
-skipped, so an interrupted run resumes at the first unfinished notebook; --force re-runs anyway.
+skipped, so an interrupted run resumes at the first unfinished notebook; --force re-runs anyway. The data
+file and a local model folder count by their content, not their path.
 The default profile's run writes figures to figures/ (the paper profile's to figures/paper/); every
-other run to runs/<run>/figures/. With several seeds (the profile's `seeds`, or --seeds), notebooks
+other run, and any notebook run by hand in Jupyter, to runs/<run>/figures/. With several seeds (the profile's `seeds`, or --seeds), notebooks
 00-06 run once per seed in runs/<run>/seed-<s>/, each resuming on its own, and notebook 07 pools every
 seed in runs/<run>/. The run stops at the first failing notebook and names it, the cell and the error.
 """
@@ -27,6 +28,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +58,9 @@ def parse_args(argv=None):
                         "processes on gloo; default 1: in the notebook's own process)")
     parser.add_argument("--run-name", help="folder under runs/ (default: the profile, or <profile>-custom "
                         "when --model or --data is given)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one profile value, e.g. --set n_train=500 --set epsilons=[1,8] (JSON values; "
+                        "repeatable; see ppt_core/profiles.py for the keys)")
     parser.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
     parser.add_argument("--list", action="store_true", help="list the notebooks and the profile's values, run nothing")
     return parser.parse_args(argv)
@@ -63,9 +68,9 @@ def parse_args(argv=None):
 
 def study_params(args) -> dict:
     """The profile's values with the command line's overrides, checked before anything runs."""
-    from ppt_core import profiles
+    from ppt_core import artifacts, profiles
 
-    overrides = {}
+    overrides = dict(parse_setting(text) for text in args.settings)
     if args.model:
         overrides["model"] = args.model
     if args.data:
@@ -83,9 +88,23 @@ def study_params(args) -> dict:
     profile = args.profile or profiles.DEFAULT_PROFILE
     custom = bool(args.model or args.data)
     overrides["run_name"] = args.run_name or (f"{profile}-custom" if custom else profile)
+    committed = artifacts.committed_figures_dir(overrides["run_name"])
+    if committed is not None:  # regenerating a committed run: its figures are the repository's
+        overrides["figures_dir"] = str(committed)
     params = profiles.get_profile(profile, **overrides)
     profiles.check_params(params)
     return params
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """--set "n_train=500" -> ("n_train", 500); a value that is not JSON is taken as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {text!r} is not KEY=VALUE: use e.g. --set n_train=500")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -119,6 +138,44 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def inputs_fingerprint(params: dict) -> str:
+    """A hash of the code and of what the run reads by content, not by name: the data file's bytes and every
+    file of a local model folder. Replacing either at the same path re-runs the notebooks."""
+    digest = hashlib.sha256(code_fingerprint().encode())
+    for key in ("data_path", "model"):
+        path = local_files(params.get(key))
+        if path is not None:
+            digest.update(key.encode() + content_digest(path).encode())
+    return digest.hexdigest()
+
+
+def local_files(spec: str | None) -> Path | None:
+    """The file or folder a data path or model spec reads here: itself when it exists, a Hugging Face id's
+    snapshot in the local cache, or None (the embedded and tiny models are part of the installed code)."""
+    if not spec:
+        return None
+    if Path(spec).exists():
+        return Path(spec)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # not an id in the local cache: nothing on disk to fingerprint
+        return None
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def notebook_parameters(notebook: Path, params: dict) -> dict:
     """The profile's values for the parameters this notebook's `parameters` cell declares."""
     import papermill
@@ -130,7 +187,8 @@ def notebook_parameters(notebook: Path, params: dict) -> dict:
 POOLING_NOTEBOOKS = ("07_summary.ipynb",)  # with several seeds: run once, after every seed, reading them all
 
 
-def execute(params: dict, chain_notebooks: list[Path], selected: list[Path], chain: str, force: bool, bar, kernel: str):
+def execute(params: dict, chain_notebooks: list[Path], selected: list[Path], chain: str, force: bool, bar,
+            kernel: dict):
     """Run the `selected` of `chain_notebooks` for one run folder, in order, skipping a notebook whose inputs
     (the chain: code, every earlier notebook and its parameters) match its last successful run.
     Returns (exit status, the chain after the last notebook)."""
@@ -161,15 +219,21 @@ def execute(params: dict, chain_notebooks: list[Path], selected: list[Path], cha
         started = time.perf_counter()
         try:
             papermill.execute_notebook(
-                str(notebook), str(output), parameters=notebook_params, kernel_name=kernel,
-                cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+                str(notebook), str(output), parameters=notebook_params, cwd=str(NOTEBOOKS), progress_bar=False,
+                log_output=False, **kernel,
             )
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"interrupted in {label}: the notebooks before it are done; run the same command again to resume "
+                  "from it", file=sys.stderr)
+            return 130, chain
         except papermill.PapermillExecutionError as err:
             bar.close()
             print(f"error: {label} failed in cell {err.exec_count or err.cell_index}: "
                   f"{err.ename}: {err.evalue}\n  executed copy with the traceback: {output}", file=sys.stderr)
             return 1, chain
         seconds = round(time.perf_counter() - started, 1)
+        drop_progress_widgets(output)
         stamps[notebook.name] = {"inputs": chain, "seconds": seconds}
         artifacts.write_json(stamps_file, stamps)
         timings = artifacts.read_timings(paths).get("notebooks", {})
@@ -177,6 +241,40 @@ def execute(params: dict, chain_notebooks: list[Path], selected: list[Path], cha
         tqdm.write(f"  {label}: {seconds:.0f} s")
         bar.update()
     return 0, chain
+
+
+def drop_progress_widgets(notebook: Path) -> None:
+    """Remove the progress-bar widgets from an executed notebook: their state is not saved, so a reader would
+    see every bar stuck at its first frame ("0%"). The results the bars waited for stay."""
+    import nbformat
+
+    from ppt_core import artifacts
+
+    executed = nbformat.read(notebook, as_version=4)
+    for cell in executed.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [out for out in cell.outputs
+                            if "application/vnd.jupyter.widget-view+json" not in out.get("data", {})]
+    executed.metadata.pop("widgets", None)
+    artifacts.write_text(notebook, nbformat.writes(executed))
+
+
+def local_socket_kernels(socket_dir: str):
+    """A kernel manager whose kernels talk to papermill over local sockets in `socket_dir` (IPC), not TCP: no
+    port opens to the machine's other users, and no "running over TCP without encryption" warning per notebook."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import default
+
+    class LocalSocketKernelManager(KernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self):
+            return os.path.join(socket_dir, "kernel")
+
+    return LocalSocketKernelManager
 
 
 def run(args) -> int:
@@ -199,38 +297,44 @@ def run(args) -> int:
         print("\n".join(nb.name for nb in notebooks))
         return 0
 
-    kernel = KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
     all_notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     print(f"run {paths.root.relative_to(REPO)}: profile {params['profile']}, model {params['model']}, "
           + (f"seeds {', '.join(map(str, seeds))}, " if len(seeds) > 1 else "")
           + f"figures -> {artifacts.figures_dir(params)}")
-    if len(seeds) == 1:
-        bar = tqdm(notebooks, desc="notebooks", unit="nb")
-        status, _ = execute(params, all_notebooks, notebooks, code_fingerprint(), args.force, bar, kernel)
-    else:
-        per_seed = [nb for nb in all_notebooks if nb.name not in POOLING_NOTEBOOKS]
-        pooling = [nb for nb in all_notebooks if nb.name in POOLING_NOTEBOOKS]
-        selected_per_seed = [nb for nb in notebooks if nb in per_seed]
-        bar = tqdm(total=len(selected_per_seed) * len(seeds) + len(notebooks) - len(selected_per_seed),
-                   desc="notebooks", unit="nb")
-        chains = []
-        for seed in seeds:
-            status, chain = execute(artifacts.seed_params(params, seed), per_seed, selected_per_seed,
-                                    code_fingerprint(), args.force, bar, kernel)
-            if status:
-                return status
-            chains.append(chain)
-        # the pooling notebooks' inputs are every seed's chain: a change to any seed re-runs them
-        status, _ = execute(params, pooling, notebooks, hashlib.sha256("".join(chains).encode()).hexdigest(),
-                            args.force, bar, kernel)
+    if params.get("data_path"):
+        from ppt_core import data
+
+        print(data.source_sentence(params))
+    with tempfile.TemporaryDirectory(prefix="ppt-kernels-") as sockets:
+        kernel = dict(kernel_name=KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3",
+                      kernel_manager_class=local_socket_kernels(sockets))
+        if len(seeds) == 1:
+            bar = tqdm(notebooks, desc="notebooks", unit="nb")
+            status, _ = execute(params, all_notebooks, notebooks, inputs_fingerprint(params), args.force, bar, kernel)
+        else:
+            per_seed = [nb for nb in all_notebooks if nb.name not in POOLING_NOTEBOOKS]
+            pooling = [nb for nb in all_notebooks if nb.name in POOLING_NOTEBOOKS]
+            selected_per_seed = [nb for nb in notebooks if nb in per_seed]
+            bar = tqdm(total=len(selected_per_seed) * len(seeds) + len(notebooks) - len(selected_per_seed),
+                       desc="notebooks", unit="nb")
+            chains, fingerprint = [], inputs_fingerprint(params)
+            for seed in seeds:
+                status, chain = execute(artifacts.seed_params(params, seed), per_seed, selected_per_seed,
+                                        fingerprint, args.force, bar, kernel)
+                if status:
+                    return status
+                chains.append(chain)
+            # the pooling notebooks' inputs are every seed's chain: a change to any seed re-runs them
+            status, _ = execute(params, pooling, notebooks, hashlib.sha256("".join(chains).encode()).hexdigest(),
+                                args.force, bar, kernel)
     if status:
         return status
     bar.close()
     # a committed run (the default profile's, the paper profile's) also refreshes its block of the README
     run_name = params.get("run_name") or params["profile"]
     results_md = artifacts.figures_dir(params) / "results.md"
-    committed = artifacts.COMMITTED_FIGURES.get(run_name)
-    if committed and artifacts.figures_dir(params) == REPO / committed and results_md.exists():
+    committed = artifacts.committed_figures_dir(run_name)
+    if committed is not None and artifacts.figures_dir(params) == committed and results_md.exists():
         from ppt_core import summary
 
         if summary.update_readme(results_md.read_text(), run_name=run_name):

@@ -200,16 +200,16 @@ def _linear_names(model) -> list[str]:
 
 
 def model_config(spec: str):
-    """The config of a model spec, read without loading weights (the embedded and tiny models are Llamas)."""
+    """The config of a model spec, read without loading weights: the embedded model's from its GGUF file
+    (or its converted cache), the tiny model's from its definition, any other's from its folder or id."""
     from transformers import AutoConfig, LlamaConfig
 
     from ppt_core import models
 
-    if spec == models.TINY_MODEL or (spec == models.EMBEDDED_MODEL and not (models.cache_dir() / spec).exists()):
-        return LlamaConfig(**models.TINY_LLAMA)  # the same module names and model type as SmolLM2
-    folder = models.cache_dir() / spec if spec == models.EMBEDDED_MODEL else spec
+    if spec == models.TINY_MODEL:
+        return LlamaConfig(**models.TINY_LLAMA)
     try:
-        return AutoConfig.from_pretrained(folder)
+        return models.embedded_config() if spec == models.EMBEDDED_MODEL else AutoConfig.from_pretrained(spec)
     except (OSError, ValueError, KeyError) as err:  # an unknown model_type is a ValueError or KeyError
         raise ArchitectureError(f"cannot read the config of model {spec!r}: {' '.join(str(err).split())}") from err
 

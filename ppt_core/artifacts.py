@@ -6,6 +6,8 @@ runs/<run>/seed-<s>/ (each a complete one-seed run) and keeps in runs/<run>/ onl
 
 Every file a stage writes goes through a temporary name in the same folder and is renamed into
 place, so an interrupted run never leaves a half-written artifact where a later stage would read it.
+Files and folders get the modes the user's umask gives any new file (0644 and 0755 under umask 022),
+so colleagues on a shared server can read a run.
 
 results.json holds the study's numbers, one key per stage, and is the same for the same seed.
 timings.json holds wall-clock measurements (speed, seconds per step, memory), which vary run to run.
@@ -70,20 +72,23 @@ def run_paths(params: dict) -> RunPaths:
     return RunPaths.for_profile(params.get("run_name") or params["profile"])
 
 
-# The runs whose figures and results.md are committed: a run of this name writes into the repository.
+# The runs whose figures and results.md are committed: run_all.py, regenerating one of these runs, writes its
+# figures into the repository (committed_figures_dir); nothing else does.
 COMMITTED_FIGURES = {"quick": "figures", "paper": "figures/paper"}
 
 
 def figures_dir(params: dict) -> Path:
-    """figures/ for the default profile's own run (figures/paper/ for the paper profile's);
-    runs/<run_name>/figures/ for everything else, so a smoke, custom or per-seed run never overwrites
-    the committed figures."""
+    """Where a run's figures go: `figures_dir` when set, else runs/<run_name>/figures/. A notebook run by
+    hand (its parameters cell leaves figures_dir None) so never rewrites the committed figures; run_all.py
+    sets figures_dir to figures/ (figures/paper/) when it regenerates the default (paper) profile's run."""
     if params.get("figures_dir"):
         return Path(params["figures_dir"])
-    run_name = params.get("run_name") or params["profile"]
-    if run_name in COMMITTED_FIGURES:
-        return REPO_ROOT / COMMITTED_FIGURES[run_name]
     return run_paths(params).root / "figures"
+
+
+def committed_figures_dir(run_name: str) -> Path | None:
+    """The repository folder of a committed run's figures (figures/ for quick), or None for any other run."""
+    return REPO_ROOT / COMMITTED_FIGURES[run_name] if run_name in COMMITTED_FIGURES else None
 
 
 def seed_params(params: dict, seed: int) -> dict:
@@ -109,6 +114,7 @@ def atomic_path(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the file from the user's group
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -117,6 +123,13 @@ def atomic_path(path: str | Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -158,7 +171,7 @@ def save_model(model, tokenizer, folder: str | Path, *, extra_json: dict | None 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make a shared checkpoint unreadable to others
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would make a shared checkpoint unreadable to others
     try:
         model.save_pretrained(tmp)
         if tokenizer is not None:

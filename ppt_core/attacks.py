@@ -18,7 +18,9 @@ records the model never saw, each calibrated so that "no leak" has a measured nu
 - The one-run audit's scores (`audit_scores`): the arm's gain over its starting model on each audit
   canary's random words; ppt_core.audit turns them into empirical lower bounds on ε.
 - Prefix extraction (Carlini et al. 2021): greedy continuation of a record's first tokens, scored by
-  BERTScore and exact PII match, members against held-out records.
+  BERTScore and exact PII match, members against held-out records. A synthetic note's PII is its known
+  fields; a user record's is what ppt_core.pii detected in it, less the values records of another split
+  also contain (generation.shared_pii): those are no one record's secret.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import copy
 import heapq
 import inspect
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import scipy.stats
@@ -36,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ppt_core import audit, bertscore, data, evaluation, stats, tokens
 from ppt_core.artifacts import rounded
-from ppt_core.generation import generate_ids
+from ppt_core.generation import generate_ids, shared_pii
 
 LOW_FPRS = (0.001, 0.01, 0.1)  # reported where the non-members can resolve them (FPR >= 1/n)
 TIE_TOLERANCE = 1e-4  # nats: two codes this close in log-likelihood tie (float noise between batch shapes)
@@ -441,10 +443,11 @@ def canary_summary(rows: list[dict], *, secret_space: int, rank_cap: int) -> dic
 
 # --- prefix extraction ------------------------------------------------------------------------------
 def extraction_attack(model, tokenizer, records: Sequence[dict], *, prefix_tokens: int, suffix_tokens: int,
-                      batch_size: int = 16, progress: bool = True) -> list[dict]:
+                      batch_size: int = 16, shared: Collection[str] = (), progress: bool = True) -> list[dict]:
     """Per record (those longer than prefix_tokens): the greedy continuation of its first prefix_tokens
     tokens against its next suffix_tokens tokens: BERTScore F1, exact suffix match, and which PII
-    values lying wholly in the true suffix the continuation reproduces verbatim."""
+    values lying wholly in the true suffix the continuation reproduces verbatim (values in `shared`,
+    which other records also hold, are not the record's own and do not count)."""
     ids = tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"]
     usable = [(record, seq) for record, seq in zip(records, ids) if len(seq) > prefix_tokens]
     generated = generate_ids(model, tokenizer, [seq[:prefix_tokens] for _, seq in usable],
@@ -455,7 +458,7 @@ def extraction_attack(model, tokenizer, records: Sequence[dict], *, prefix_token
         true_ids = seq[prefix_tokens:prefix_tokens + suffix_tokens]
         true_suffix, continuation = tokenizer.decode(true_ids), tokenizer.decode(new)
         in_suffix = {field: value for field, value in (record.get("pii") or {}).items()
-                     if value in true_suffix and value not in prefix}
+                     if value in true_suffix and value not in prefix and value not in shared}
         rows.append({
             "id": record["id"],
             "prefix": prefix,
@@ -487,6 +490,15 @@ def _pii_rate(rows: np.ndarray) -> float:
     return float(rows[:, 0].sum() / present) if present else float("nan")
 
 
+def _pii_extraction_rate(member: np.ndarray, heldout: np.ndarray, **boot) -> dict:
+    """_members_vs_heldout of _pii_rate. A side whose suffixes hold no PII value (user data where the
+    detector found none) has no rate: it is None, and so is the difference, not a bootstrap of NaNs."""
+    if member[:, 1].sum() and heldout[:, 1].sum():
+        return _members_vs_heldout(member, heldout, statistic=_pii_rate, **boot)
+    return {"members": _pii_rate(member) if member[:, 1].sum() else None,
+            "heldout": _pii_rate(heldout) if heldout[:, 1].sum() else None, "members_minus_heldout": None}
+
+
 def extraction_summary(member_rows: list[dict], heldout_rows: list[dict], member_perplexity: np.ndarray,
                        heldout_perplexity: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """Members vs held-out: mean BERTScore F1, exact-suffix rate, PII extraction rate, mean perplexity."""
@@ -502,7 +514,7 @@ def extraction_summary(member_rows: list[dict], heldout_rows: list[dict], member
         "records": {"members": len(member_rows), "heldout": len(heldout_rows)},
         "bertscore_f1": _members_vs_heldout(column(member_rows, "bertscore_f1"), column(heldout_rows, "bertscore_f1"), **boot),
         "exact_suffix_rate": _members_vs_heldout(column(member_rows, "exact_suffix"), column(heldout_rows, "exact_suffix"), **boot),
-        "pii_extraction_rate": _members_vs_heldout(pii(member_rows), pii(heldout_rows), statistic=_pii_rate, **boot),
+        "pii_extraction_rate": _pii_extraction_rate(pii(member_rows), pii(heldout_rows), **boot),
         "pii_fields_in_suffix": {"members": int(pii(member_rows)[:, 1].sum()), "heldout": int(pii(heldout_rows)[:, 1].sum())},
         "perplexity": _members_vs_heldout(member_perplexity, heldout_perplexity, **boot),
     }
@@ -576,7 +588,8 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
 
     n_attack = min(params["n_attack"], len(members))
     extract = dict(prefix_tokens=params["attack_prefix_tokens"], suffix_tokens=params["attack_suffix_tokens"],
-                   batch_size=params["generation_batch_size"], progress=progress)
+                   batch_size=params["generation_batch_size"], progress=progress,
+                   shared=shared_pii(splits) if params.get("data_path") else ())
     member_rows = extraction_attack(model, tokenizer, members[:n_attack], **extract)
     heldout_rows = extraction_attack(model, tokenizer, nonmembers[:n_attack], **extract)
     perplexity = {r["id"]: p for group, s in ((members, scores["members"]), (nonmembers, scores["nonmembers"]))

@@ -16,8 +16,11 @@ Scores are raw F1 in [0, 1] (no baseline rescaling: there is no baseline file fo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +51,14 @@ def scorer(device: str = "cpu"):
     """The bert_score.BERTScorer on the embedded model (loaded once per device)."""
     import bert_score
 
+    from ppt_core.models import quiet_transformers
+
+    quiet_transformers()
+
     return bert_score.BERTScorer(model_type=str(model_dir()), num_layers=NUM_LAYERS, device=device)
+
+
+_EMPTY_CANDIDATE = "Warning: Empty candidate sentence detected"
 
 
 def f1(candidates: Sequence[str], references: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
@@ -59,10 +69,16 @@ def f1(candidates: Sequence[str], references: Sequence[str], *, batch_size: int 
     # bert_score scores an empty text 0, but cannot encode one under transformers 5: skip those pairs
     keep = [i for i, (c, r) in enumerate(zip(candidates, references)) if c.strip() and r.strip()]
     if keep:
-        with torch.inference_mode():
+        printed = io.StringIO()
+        with torch.inference_mode(), contextlib.redirect_stderr(printed):
             _, _, f = scorer().score([candidates[i] for i in keep], [references[i] for i in keep],
                                      batch_size=batch_size)
         out[keep] = f.numpy()
+        # A text of characters the BERT tokenizer drops is empty to it: bert_score scores it 0, as we score an
+        # empty text, and prints a warning per batch; anything else it prints is passed on.
+        rest = [line for line in printed.getvalue().splitlines() if not line.startswith(_EMPTY_CANDIDATE)]
+        if rest:
+            print("\n".join(rest), file=sys.stderr)
     return out
 
 

@@ -23,8 +23,10 @@ Splits:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,19 +306,26 @@ def build_dataset(params: dict, out_dir: str | Path, *, tokenizer=None) -> Datas
 
     Writes train/heldout/public/canaries.jsonl and dataset_card.json. The same seed gives the same
     bytes. `tokenizer` (default: the profile model's) is used only for the card's token lengths.
+    User records' `pii` is what ppt_core.pii detects in them; a synthetic note's is its known fields.
     """
     check_params(params)
     writer = _NoteWriter(params["seed"])
     if params.get("data_path"):
         user = load_texts(params["data_path"], text_field=params.get("text_field", "text"))
         order = np.random.default_rng(params["seed"]).permutation(len(user))
-        n_heldout = min(params["n_heldout"], max(1, len(user) // 5))
-        heldout_ix, train_ix = order[:n_heldout], order[n_heldout:][: params["n_train"]]
+        sizes = user_split_sizes(params, len(user))
+        heldout_ix, train_ix = order[: sizes["heldout"]], order[sizes["heldout"]:][: sizes["train"]]
         notes = [{"id": f"user-{i:06d}", "kind": "note", "text": user[i], "pii": {}} for i in range(len(user))]
         train = [notes[i] for i in train_ix]
         heldout = [notes[i] for i in heldout_ix]
         if len(train) < 2:
             raise DataError(f"{params['data_path']} has {len(user)} records: at least 3 are needed (train and heldout)")
+        # User records come without PII labels: what the detector finds in them stands in for the
+        # synthetic notes' known fields (ppt_core.pii says which types it finds and what it misses).
+        from ppt_core import pii
+
+        for record, found in zip(train + heldout, pii.detect([r["text"] for r in train + heldout])):
+            record["pii"] = found
         # The pruning decision must not see private data: calibration text stays the synthetic
         # public corpus, which is public by construction.
         public = _note_records(writer, "public", params["n_public"])
@@ -345,6 +354,12 @@ def build_dataset(params: dict, out_dir: str | Path, *, tokenizer=None) -> Datas
     return splits
 
 
+def known_pii_notes(splits: DatasetSplits, params: dict) -> list[dict]:
+    """Notes whose PII fields are known, to score the PII detector on: train's synthetic notes, or with
+    user data (whose records carry only what was detected) the synthetic notes of `public`."""
+    return splits.public if params.get("data_path") else [r for r in splits.train if r["kind"] == "note"]
+
+
 def check_canaries_fit(records: list[dict], params: dict, tokenizer) -> None:
     """Stop, before anything is written, if training would cut off part of a canary: its secret would then
     never be trained on, and every exposure and audit score of it would measure nothing."""
@@ -371,7 +386,8 @@ def token_lengths(tokenizer, texts: list[str]) -> np.ndarray:
 
 
 def dataset_card(splits: DatasetSplits, params: dict, tokenizer) -> dict:
-    """Counts, token lengths and the canary design: what a reader needs to judge the data."""
+    """Counts, token lengths and the canary design: what a reader needs to judge the data. With user data
+    also `pii_detected`: per split, the values ppt_core.pii found in the user's records, by type."""
     def length_stats(texts):
         lengths = token_lengths(tokenizer, texts)
         return {
@@ -383,7 +399,7 @@ def dataset_card(splits: DatasetSplits, params: dict, tokenizer) -> dict:
             "truncated_at_max_length": int((lengths + 1 > params["max_length"]).sum()),
         }
 
-    return {
+    card = {
         "source": params.get("data_path") or "synthetic clinical notes (ppt_core.data)",
         "seed": params["seed"],
         "max_length": params["max_length"],
@@ -405,18 +421,52 @@ def dataset_card(splits: DatasetSplits, params: dict, tokenizer) -> dict:
             "included": sum(r["included"] for r in splits.audit),
         },
     }
+    if params.get("data_path"):  # the synthetic corpus's card stays as it was: its notes' PII is known, not detected
+        from ppt_core import pii
+
+        card["pii_detected"] = {split: pii.type_counts([r["pii"] for r in getattr(splits, split)
+                                                         if r["kind"] == "note"])
+                                for split in ("train", "heldout")}
+    return card
 
 
 # --- user data -----------------------------------------------------------------------------------
+def user_split_sizes(params: dict, n_records: int) -> dict:
+    """How many of a user file's `n_records` records each split takes: held-out first (n_heldout, at most a
+    fifth of the file), then train (at most n_train of the rest); `unused` are left out of the study."""
+    heldout = min(int(params["n_heldout"]), max(1, n_records // 5))
+    train = min(int(params["n_train"]), n_records - heldout)
+    return {"records": n_records, "train": train, "heldout": heldout, "unused": n_records - heldout - train}
+
+
+def source_sentence(params: dict) -> str:
+    """One line on the data a run uses: the synthetic corpus, or how many of the user's records go where
+    and how to use more of them."""
+    if not params.get("data_path"):
+        return (f"synthetic clinical notes, seed {params['seed']}: {params['n_train']} training, "
+                f"{params['n_heldout']} held-out and {params['n_public']} public notes")
+    sizes = user_split_sizes(params, len(load_texts(params["data_path"], text_field=params.get("text_field", "text"))))
+    line = (f"data {params['data_path']}: {sizes['records']} records; {sizes['train']} for training, "
+            f"{sizes['heldout']} held out")
+    if sizes["unused"]:
+        line += (f", {sizes['unused']} unused (the profile's n_train={params['n_train']}): "
+                 f"--set n_train={sizes['train'] + sizes['unused']} uses them all")
+    return line
+
+
 def load_texts(path: str | Path, *, text_field: str = "text") -> list[str]:
     """Records of a user file: .jsonl (`text_field` key), .csv (`text_field` column), or .txt
-    (one record per line, or blank-line separated paragraphs when the file has blank lines)."""
+    (one record per line, or blank-line separated paragraphs when the file has blank lines).
+
+    The file must be UTF-8 text (a byte-order mark, as spreadsheets write it, is accepted); a compressed,
+    binary or otherwise-encoded file stops with its name, what was found and the fix.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {str(path)!r} does not exist: pass an existing .jsonl, .csv or .txt file")
     if path.suffix not in (".jsonl", ".csv", ".txt"):
         raise DataError(f"data file {str(path)!r} has suffix {path.suffix!r}: use .jsonl, .csv or .txt")
-    raw = path.read_text(encoding="utf-8", errors="strict")
+    raw = _decoded(path)
     if not raw.strip():
         raise DataError(f"data file {str(path)!r} is empty: it needs at least 3 records")
     if path.suffix == ".jsonl":
@@ -431,6 +481,33 @@ def load_texts(path: str | Path, *, text_field: str = "text") -> list[str]:
     return texts
 
 
+# File signatures of formats that are not text (the first bytes of the file).
+_BINARY_SIGNATURES = {b"\x1f\x8b": "a gzip archive", b"PK\x03\x04": "a zip archive (e.g. an .xlsx workbook)",
+                      b"BZh": "a bzip2 archive", b"\xfd7zXZ": "an xz archive", b"PAR1": "a Parquet file",
+                      b"%PDF": "a PDF document"}
+
+
+def _decoded(path: Path) -> str:
+    """The file's text: UTF-8, with or without a byte-order mark; newlines as the file has them (CSV
+    fields may hold line breaks, which only the CSV reader can tell from record ends)."""
+    head = path.read_bytes()
+    for signature, kind in _BINARY_SIGNATURES.items():
+        if head.startswith(signature):
+            raise DataError(f"data file {str(path)!r} is {kind}, not text: decompress or export it as a UTF-8 "
+                            f"{path.suffix} file first")
+    if b"\x00" in head:
+        raise DataError(f"data file {str(path)!r} holds NUL bytes (the first at byte {head.index(0)}): it is binary "
+                        "or UTF-16 encoded, not UTF-8 text; save it as UTF-8")
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = head[: err.start].count(b"\n") + 1
+        raise DataError(f"data file {str(path)!r} is not UTF-8: byte 0x{head[err.start]:02x} on line {line} "
+                        "(a Latin-1 or Windows-1252 export, perhaps); save it as UTF-8 "
+                        "(e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`)") from None
+    return text if path.suffix == ".csv" else text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _jsonl_texts(path: Path, raw: str, text_field: str) -> list[str]:
     texts = []
     for number, line in enumerate(raw.splitlines(), start=1):
@@ -442,16 +519,31 @@ def _jsonl_texts(path: Path, raw: str, text_field: str) -> list[str]:
             raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
         if not isinstance(record, dict) or text_field not in record:
             fields = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise DataError(f"{path}: line {number} has no field {text_field!r} (found {fields}); pass --text-field")
+            raise DataError(f"{path}: line {number} has no field {text_field!r} (found {_brief(fields)}); "
+                            "pass --text-field")
         texts.append(_checked_text(record[text_field], path, f"line {number}"))
     return texts
 
 
 def _csv_texts(path: Path, raw: str, text_field: str) -> list[str]:
-    reader = csv.DictReader(raw.splitlines())
-    if not reader.fieldnames or text_field not in reader.fieldnames:
-        raise DataError(f"{path}: no column {text_field!r} (columns: {reader.fieldnames}); pass --text-field")
-    return [_checked_text(row[text_field], path, f"row {n}") for n, row in enumerate(reader, start=2)]
+    # The csv module reads the whole text: a quoted field may span lines ("Hello,\nmy order is late.").
+    reader = csv.DictReader(io.StringIO(raw, newline=""))
+    try:
+        if not reader.fieldnames or text_field not in reader.fieldnames:
+            raise DataError(f"{path}: no column {text_field!r} (columns: {_brief(reader.fieldnames)}); "
+                            "pass --text-field")
+        return [_checked_text(row[text_field], path, f"record {n} (ending on line {reader.line_num})")
+                for n, row in enumerate(reader, start=1)]
+    except csv.Error as err:
+        raise DataError(f"{path}: line {reader.line_num} is not valid CSV ({err}); save it as a comma-separated "
+                        "UTF-8 file") from None
+
+
+def _brief(value) -> str:
+    """A short repr for an error message: a file's first line can be kilobytes long."""
+    brief = reprlib.Repr()
+    brief.maxlist, brief.maxstring, brief.maxother = 12, 40, 40
+    return brief.repr(value)
 
 
 def _checked_text(value, path: Path, where: str) -> str:

@@ -4,14 +4,18 @@ Generation is batched, left-padded (so every row's next token sits in the last c
 the KV cache (transformers' `generate`). Prompts are written the way the data was: the opening
 words of each note template ("DISCHARGE SUMMARY\\nPatient:", "Discharge note for", ...), which hold
 no patient data. With user data (`data_path`), whose templates we do not know, the prompts are the
-first `synthetic_prompt_tokens` tokens of `public` records instead. Never training records: a
-prompt taken from `train` would hand the model the private text we then look for.
+first `synthetic_prompt_tokens` tokens of the user's own `heldout` records instead (`public` holds
+synthetic clinical notes there, which say nothing of the user's data). Never training records: a
+prompt taken from `train` would hand the model the private text we then look for; held-out records
+are never trained on.
 
 Quality: distinct-1/2 (share of unique n-grams), mean length, and BERTScore F1 of each synthetic
 record to its nearest held-out record. Leakage: the share of synthetic records that contain a
-training-only PII value verbatim (an MRN, or a name together with its date of birth), and for each
-synthetic record its best BERTScore against `train` and against `heldout` (equal-sized samples):
-a model that memorised writes text closer to train than to held-out.
+training-only PII value verbatim, and for each synthetic record its best BERTScore against `train` and
+against `heldout` (equal-sized samples): a model that memorised writes text closer to train than to
+held-out. On the synthetic notes a PII value is an MRN, or a name together with its date of birth; on
+user data it is any value ppt_core.pii detected in a training record that no held-out or public record
+contains (so only the types that detector finds: e-mail addresses, phone numbers, ..., never names).
 """
 
 from __future__ import annotations
@@ -91,9 +95,9 @@ def generate(model, tokenizer, prompts: Sequence[str], **kw) -> list[str]:
 
 # --- the synthetic corpus -----------------------------------------------------------------------
 def synthesis_prompts(params: dict, splits: data.DatasetSplits, tokenizer) -> list[str]:
-    """n_synthetic prompts, cycling through the note templates' headers (user data: public openings)."""
+    """n_synthetic prompts, cycling through the note templates' headers (user data: held-out openings)."""
     if params.get("data_path"):
-        openings = tokenizer(splits.texts("public"), add_special_tokens=False)["input_ids"]
+        openings = tokenizer(splits.texts("heldout"), add_special_tokens=False)["input_ids"]
         headers = [tokenizer.decode(ids[: params["synthetic_prompt_tokens"]]) for ids in openings]
     else:
         # The fixed words before a template's first field. Trailing spaces are dropped: in the notes
@@ -120,21 +124,41 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 
 
 # --- leakage ------------------------------------------------------------------------------------
-def training_only_pii(splits: data.DatasetSplits) -> dict:
-    """PII of train notes that no held-out or public record carries: {"mrn": set, "name_dob": set of pairs}."""
+def shared_pii(splits: data.DatasetSplits) -> set[str]:
+    """PII values of train or held-out notes that records of more than one of train, heldout and public
+    contain: a value many records share (a help desk's address) is no one record's secret, and finding
+    it in a model's text says nothing about what the model learned from train."""
+    notes = [r for r in splits.train + splits.heldout if r["kind"] == "note"]
+    # NUL never occurs in a record (the loaders refuse it), so no value matches across two records
+    texts = ["\x00".join(splits.texts(split)) for split in ("train", "heldout", "public")]
+    return {value for value in {v for r in notes for v in r["pii"].values()}
+            if sum(value in text for text in texts) > 1}
+
+
+def training_only_pii(splits: data.DatasetSplits, *, user_data: bool = False) -> dict:
+    """PII of train notes that no held-out or public record carries: {"values": set of strings,
+    "pairs": set of (name, date of birth)}, the pairs counting only together.
+
+    Synthetic notes (default): values are MRNs, pairs a name with its date of birth, compared by field.
+    user_data: values are what ppt_core.pii detected in the train notes, less the shared_pii; no pairs.
+    """
+    if user_data:
+        train = {value for r in splits.train if r["kind"] == "note" for value in r["pii"].values()}
+        return {"values": train - shared_pii(splits), "pairs": set()}
+
     def values(records):
         notes = [r["pii"] for r in records if r["kind"] == "note" and r.get("pii")]
         return {p["mrn"] for p in notes if "mrn" in p}, {(p["name"], p["dob"]) for p in notes if "dob" in p}
 
     train_mrn, train_name_dob = values(splits.train)
     other_mrn, other_name_dob = values(splits.heldout + splits.public)
-    return {"mrn": train_mrn - other_mrn, "name_dob": train_name_dob - other_name_dob}
+    return {"values": train_mrn - other_mrn, "pairs": train_name_dob - other_name_dob}
 
 
 def leaked_pii(text: str, private: dict) -> list[str]:
-    """The training-only PII values that `text` contains verbatim (MRNs, and "name / DOB" pairs)."""
-    found = [mrn for mrn in private["mrn"] if mrn in text]
-    found += [f"{name} / {dob}" for name, dob in private["name_dob"] if name in text and dob in text]
+    """The training-only PII (training_only_pii's) that `text` contains verbatim: values, and "name / DOB" pairs."""
+    found = [value for value in private["values"] if value in text]
+    found += [f"{name} / {dob}" for name, dob in private["pairs"] if name in text and dob in text]
     return sorted(found)
 
 
@@ -155,7 +179,7 @@ def synthetic_report(texts: Sequence[str], splits: data.DatasetSplits, params: d
     than their nearest held-out note; about 0.5 for a model that did not memorise.
     """
     texts = list(texts)
-    private = training_only_pii(splits)
+    private = training_only_pii(splits, user_data=bool(params.get("data_path")))
     train_refs, heldout_refs = reference_samples(splits, params["n_synthetic_references"], params["seed"])
     best_train = bertscore.pairwise_f1(texts, train_refs).max(axis=1)
     best_heldout = bertscore.pairwise_f1(texts, heldout_refs).max(axis=1)

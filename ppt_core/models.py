@@ -19,8 +19,18 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as transformers_logging
 
 from ppt_core import arms, artifacts
+
+
+def quiet_transformers() -> None:
+    """Turn off transformers' own bars ("Loading weights", "Writing model shards"): they would stay at 0% in
+    every executed notebook, and the study's stages show their progress with bars of their own."""
+    transformers_logging.disable_progress_bar()
+
+
+quiet_transformers()  # every load of the study goes through this module or bertscore, which calls it too
 
 EMBEDDED_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny-random-llama"
@@ -77,6 +87,21 @@ def check_model_spec(spec: str) -> None:
         raise ModelSpecError(_not_found_message(spec)) from err
 
 
+def check_tokenizer(spec: str) -> None:
+    """The tokenizer of `spec` loads here (a model folder copied without its tokenizer files has none)."""
+    if spec in (EMBEDDED_MODEL, TINY_MODEL):
+        return
+    try:
+        load_tokenizer(spec)
+    except Exception as err:  # transformers raises OSError, ValueError or TypeError for missing files
+        where = f"model folder {spec!r}" if Path(spec).exists() else f"model {spec!r}"
+        raise ModelSpecError(
+            f"{where} has no usable tokenizer (transformers could not load one from its files): copy the "
+            "tokenizer files (tokenizer.json, tokenizer_config.json, ...) of the model it came from into it, e.g. "
+            "`AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)`"
+        ) from err
+
+
 def load_model(spec: str = EMBEDDED_MODEL, *, device=None, dtype: torch.dtype | None = None):
     """Return (model, tokenizer) for `spec`, in eval mode, on `device` (default: CUDA if present).
 
@@ -111,12 +136,28 @@ def load_tokenizer(spec: str = EMBEDDED_MODEL):
     return AutoTokenizer.from_pretrained(spec)
 
 
+def embedded_config():
+    """The embedded model's config, read without loading weights: from the converted cache when it is
+    there, else from the GGUF file's own metadata (a fresh machine has no cache yet)."""
+    folder = cache_dir() / EMBEDDED_MODEL
+    if (folder / "config.json").exists():
+        return AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(_gguf_package_dir(), gguf_file=_GGUF_FILE)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
+def _gguf_package_dir() -> Path:
+    return Path(importlib.util.find_spec(_GGUF_PACKAGE).origin).parent
+
+
 def _embedded_checkpoint() -> Path:
     """The safetensors cache of the embedded model, converted from its GGUF on first use."""
     folder = cache_dir() / EMBEDDED_MODEL
     if (folder / "config.json").exists():
         return folder
-    package_dir = Path(importlib.util.find_spec(_GGUF_PACKAGE).origin).parent
+    package_dir = _gguf_package_dir()
     # GGUF-loaded models refuse save_pretrained (they carry a quantization_config), so copy the
     # dequantised weights into a model built from the same config without it.
     gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)

@@ -44,12 +44,9 @@ def arm_color(arm: str) -> str:
     return matplotlib.colors.to_hex(plt.get_cmap(family)(shade))
 
 
-def save(fig, name: str, figures_dir: str | Path) -> list[Path]:
-    """Save `fig` as figures_dir/name.png and .pdf (atomically, without timestamps); return the paths."""
-    paths = []
+def save(fig, name: str, figures_dir: str | Path) -> None:
+    """Save `fig` as figures_dir/name.png and .pdf (atomically, without timestamps). Returns nothing, so a
+    notebook cell ending in `plots.save(...)` shows the figure and not a list of paths."""
     for suffix, metadata in ((".png", {"Software": None}), (".pdf", {"CreationDate": None, "Producer": None})):
-        path = Path(figures_dir) / f"{name}{suffix}"
-        with artifacts.atomic_path(path) as tmp:
+        with artifacts.atomic_path(Path(figures_dir) / f"{name}{suffix}") as tmp:
             fig.savefig(tmp, format=suffix[1:], metadata=metadata)
-        paths.append(path)
-    return paths

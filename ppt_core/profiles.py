@@ -20,7 +20,7 @@ DEFAULT_PROFILE = "quick"
 _QUICK = dict(
     profile="quick",
     run_name=None,  # folder under runs/ (None: the profile's name)
-    figures_dir=None,  # None: figures/ for the default profile's run, else runs/<run_name>/figures
+    figures_dir=None,  # None: runs/<run_name>/figures (run_all.py sets figures/ when it regenerates the quick run)
     model="smollm2-135m",
     device="auto",  # "auto" picks CUDA when available, else CPU
     nproc=1,  # processes notebook 03 trains each arm in (torchrun, ppt_core.train): one per GPU, or CPU processes
@@ -83,7 +83,7 @@ _QUICK = dict(
     # --- synthetic data (05) -----------------------------------------------------------------
     n_synthetic=16,
     synthetic_max_new_tokens=64,
-    synthetic_prompt_tokens=8,  # user data only: prompts are the first tokens of public records
+    synthetic_prompt_tokens=8,  # user data only: prompts are the first tokens of held-out records (never train)
     temperature=0.8,
     top_p=0.95,
     generation_batch_size=16,
@@ -250,6 +250,7 @@ def check_params(params: dict) -> None:
     # architectures reads the model's config (no weights): an unsupported model stops here, before notebook 00.
     for stage in (models, data, similarity, pruning, architectures, training, generation, attacks):
         stage.check_params(params)
+    models.check_tokenizer(params["model"])  # last: it reads the tokenizer's files
 
 
 def check_seeds(seeds) -> None:

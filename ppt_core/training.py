@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
 
@@ -245,7 +246,9 @@ def _lora_model(model, config: TrainConfig, device: torch.device):
         r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=lora_target_modules(model, config.lora_targets), bias="none", task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft 0.21 reads an attribute transformers 5 deprecates; nothing to act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 # --- the loss of a record ------------------------------------------------------------------------

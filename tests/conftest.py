@@ -50,6 +50,17 @@ def smoke_params(tmp_path):
     return profiles.get_profile("smoke", run_name=f"pytest-{tmp_path.name}", figures_dir=str(tmp_path / "figures"))
 
 
+@pytest.fixture(scope="session")
+def tickets_file(tmp_path_factory):
+    """A user data file of 20 support tickets: each opens with its own number and holds its own e-mail
+    address and phone number, and all copy one help desk (help@shop.example.com)."""
+    path = tmp_path_factory.mktemp("user") / "tickets.jsonl"
+    path.write_text("".join(
+        f'{{"text": "Ticket {i}: my order {1000 + i} is late. Reach me at customer{i}@example.com or '
+        f'(212) 555-01{i:02d}. Copy to help@shop.example.com."}}\n' for i in range(20)))
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """The tiny model's matrices are small: on a shared 2-core machine one thread is several times

@@ -58,3 +58,22 @@ def test_npz_and_csv_round_trip(tmp_path):
     assert np.array_equal(np.load(tmp_path / "s.npz")["similarity"], np.eye(3))
     artifacts.write_csv(tmp_path / "t.csv", pd.DataFrame({"a": [1, 2]}))
     assert pd.read_csv(tmp_path / "t.csv")["a"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700),
+                                                           (0o002, 0o664, 0o775)])
+def test_artifacts_get_the_users_umask(tmp_path, tiny, umask, file_mode, folder_mode):
+    """Written files and model folders are as readable as any file the user creates (mkstemp alone gives 0600)."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        artifacts.write_json(tmp_path / "results.json", {"a": 1})
+        artifacts.write_npz(tmp_path / "s.npz", x=np.zeros(2))
+        folder = artifacts.save_model(tiny[0], tiny[1], tmp_path / "model")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "results.json", tmp_path / "s.npz", folder / "config.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+    assert stat.S_IMODE(folder.stat().st_mode) == folder_mode

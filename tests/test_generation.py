@@ -28,17 +28,29 @@ def test_left_padding_leaves_each_continuation_as_if_alone(tiny):
     assert batched[1] == alone[0]
 
 
-def test_prompts_are_template_headers_or_public_text_never_training(tiny, tmp_path):
+def test_prompts_are_template_headers_never_training(tiny, tmp_path):
     _, tokenizer = tiny
     params = profiles.get_profile("smoke", n_synthetic=7)
     splits = data.build_dataset(params, tmp_path, tokenizer=tokenizer)
     prompts = generation.synthesis_prompts(params, splits, tokenizer)
     assert len(prompts) == 7 and set(prompts) <= {t.split("{")[0].rstrip() for t in data.TEMPLATES}
-    user = generation.synthesis_prompts(dict(params, data_path="notes.jsonl"), splits, tokenizer)
-    public_openings = [t[:200] for t in splits.texts("public")]
-    assert all(any(opening.startswith(p) for opening in public_openings) for p in user)
     train_pii = {value for r in splits.train for value in r["pii"].values()}
-    assert not any(value in p for p in prompts + user for value in train_pii)
+    assert not any(value in p for p in prompts for value in train_pii)
+
+
+@pytest.fixture(scope="module")
+def user_splits(tiny, tickets_file, tmp_path_factory):
+    params = profiles.get_profile("smoke", n_synthetic=9, data_path=str(tickets_file))
+    return params, data.build_dataset(params, tmp_path_factory.mktemp("user-data"), tokenizer=tiny[1])
+
+
+def test_user_data_prompts_open_held_out_records_never_training(tiny, user_splits):
+    params, splits = user_splits
+    prompts = generation.synthesis_prompts(params, splits, tiny[1])
+    assert len(prompts) == params["n_synthetic"]
+    assert all(any(t.startswith(p) for t in splits.texts("heldout")) for p in prompts)
+    assert not any(t.startswith(p) for p in prompts for t in splits.texts("train", kind="note"))
+    assert not any(t.startswith(p) for p in prompts for t in splits.texts("public"))  # not the synthetic notes
 
 
 def test_distinct_n():
@@ -54,12 +66,39 @@ def test_leakage_counts_only_training_only_pii(tiny, tmp_path):
     private = generation.training_only_pii(splits)
     member = next(r for r in splits.train if r["kind"] == "note")["pii"]
     outsider = splits.heldout[0]["pii"]
-    assert member["mrn"] in private["mrn"] and outsider["mrn"] not in private["mrn"]
+    assert member["mrn"] in private["values"] and outsider["mrn"] not in private["values"]
     assert generation.leaked_pii(f"MRN {member['mrn']}.", private) == [member["mrn"]]
     # A name alone is not enough; with its date of birth it is.
     assert generation.leaked_pii(f"{member['name']} came in.", private) == []
     assert generation.leaked_pii(f"{member['name']}, born {member['dob']}", private) == [f"{member['name']} / {member['dob']}"]
     assert generation.leaked_pii(f"MRN {outsider['mrn']}, {outsider['name']} {outsider['dob']}", private) == []
+
+
+def test_user_data_leaks_are_detected_training_values_no_other_record_holds(user_splits):
+    params, splits = user_splits
+    private = generation.training_only_pii(splits, user_data=True)
+    member = next(r for r in splits.train if r["kind"] == "note")
+    email, phone = member["pii"]["EMAIL_ADDRESS"], member["pii"]["PHONE_NUMBER"]
+    assert member["pii"]["EMAIL_ADDRESS_2"] == "help@shop.example.com"
+    copied = f"Hello, I am writing again. Reach me at {email} or {phone}. Copy to help@shop.example.com."
+    assert generation.leaked_pii(copied, private) == sorted([email, phone])
+    # the help desk is in held-out tickets too: no one record's secret, never a leak
+    assert "help@shop.example.com" in generation.shared_pii(splits)
+    assert "help@shop.example.com" not in private["values"]
+    # a held-out ticket's own value was never trained on
+    outsider = splits.heldout[0]["pii"]["EMAIL_ADDRESS"]
+    assert generation.leaked_pii(f"Reach me at {outsider}.", private) == []
+    # the synthetic corpus's measure (MRNs, names with DOBs) is blind to all of it
+    assert generation.leaked_pii(copied, generation.training_only_pii(splits)) == []
+
+
+def test_synthetic_report_on_user_data_counts_a_copied_ticket_as_a_leak(tiny, user_splits):
+    params, splits = user_splits
+    copy = next(r for r in splits.train if r["kind"] == "note")["text"]
+    texts = [copy, "An unrelated reply."]
+    summary, rows = generation.synthetic_report(texts, splits, dict(params, n_bootstrap=20), tiny[1])
+    assert summary["pii_leak_share"]["value"] == 0.5
+    assert rows[0]["leaked_pii"] and rows[1]["leaked_pii"] == []
 
 
 def test_rounded_keeps_six_significant_digits_and_drops_nan():

@@ -1,8 +1,13 @@
 """run_all.py as a user runs it: bad input stops at once with one line and writes nothing;
 the smoke profile runs every notebook end to end, deterministically, and resumes."""
 
+import importlib.util
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from conftest import REPO, run_all
@@ -17,6 +22,16 @@ def assert_one_line_error(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def assert_quiet(executed):
+    """An executed notebook shows results: no warnings, no stale progress widgets, no lists of saved paths."""
+    for number, cell in enumerate(json.loads(executed.read_text())["cells"]):
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("text", "")) + "".join(output.get("data", {}).get("text/plain", ""))
+            where = f"{executed.name} cell {number}: {text[:300]!r}"
+            assert "Warning" not in text and "PosixPath" not in text, where
+            assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {}), where
 
 
 def test_missing_data_file(run_name):
@@ -63,6 +78,9 @@ def test_smoke_profile_end_to_end_is_deterministic_and_resumes():
         first, second = (artifacts.RunPaths(REPO / "runs" / n) for n in names)
         assert sorted(p.name for p in first.notebooks.glob("*.ipynb")) == notebooks
         assert first.results.read_text() == second.results.read_text()
+        assert "without encryption" not in result.stderr  # kernels talk over local sockets
+        for executed in first.notebooks.glob("*.ipynb"):
+            assert_quiet(executed)
         stages = json.loads(first.results.read_text())
         assert "data" in stages
         assert list((first.root / "figures").glob("*.png")), "smoke figures go under runs/<run>/figures"
@@ -72,3 +90,94 @@ def test_smoke_profile_end_to_end_is_deterministic_and_resumes():
     finally:
         for name in names:
             shutil.rmtree(REPO / "runs" / name, ignore_errors=True)
+
+
+def load_run_all():
+    spec = importlib.util.spec_from_file_location("run_all_module", REPO / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fingerprint_follows_the_content_of_the_data_file_and_the_model_folder(tmp_path):
+    """Resume compares what the files hold, not their names: the same path with other records is another run."""
+    driver = load_run_all()
+    data_file, model_dir = tmp_path / "tickets.csv", tmp_path / "model"
+    data_file.write_text("text\nfirst\nsecond\nthird\n")
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    params = {"data_path": str(data_file), "model": str(model_dir)}
+    before = driver.inputs_fingerprint(params)
+    assert driver.inputs_fingerprint(params) == before
+    data_file.write_text("text\nother\nrecords\nentirely\n")
+    after_data = driver.inputs_fingerprint(params)
+    (model_dir / "config.json").write_text('{"num_hidden_layers": 3}')
+    after_model = driver.inputs_fingerprint(params)
+    assert len({before, after_data, after_model}) == 3
+    assert driver.inputs_fingerprint({"data_path": None, "model": "tiny-random-llama"}) == \
+        driver.inputs_fingerprint({"data_path": None, "model": "smollm2-135m"})
+
+
+def test_replaced_data_file_reruns_notebook_00(run_name, tmp_path):
+    """Same path, other records: notebook 00 runs again and writes the new records; unchanged, it is skipped."""
+    data_file = tmp_path / "tickets.csv"
+
+    def write_tickets(word):
+        data_file.write_text("text\n" + "".join(f"{word} ticket {i}: my order is late.\n" for i in range(30)))
+
+    args = ("--profile", "smoke", "--data", str(data_file), "--run-name", run_name, "--only", "00")
+    write_tickets("first")
+    assert run_all(*args).returncode == 0
+    write_tickets("second")
+    again = run_all(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "skipped" not in again.stdout + again.stderr
+    train = artifacts.read_jsonl(REPO / "runs" / run_name / "data" / "train.jsonl")
+    assert any(r["text"].startswith("second ticket") for r in train)
+    unchanged = run_all(*args)
+    assert "inputs unchanged, skipped" in unchanged.stdout + unchanged.stderr
+
+
+def test_model_folder_without_tokenizer_stops_before_notebook_00(run_name, tmp_path, tiny):
+    """A checkpoint copied without its tokenizer files stops at the check, naming the folder and the fix."""
+    folder = tmp_path / "model"
+    tiny[0].save_pretrained(folder)
+    result = run_all("--profile", "smoke", "--model", str(folder), "--run-name", run_name)
+    assert_one_line_error(result, str(folder), "has no usable tokenizer", "save_pretrained(FOLDER)")
+    assert not (REPO / "runs" / run_name).exists()
+
+
+@pytest.mark.parametrize("argv, figures", [
+    ([], REPO / "figures"),
+    (["--profile", "paper"], REPO / "figures" / "paper"),
+    (["--profile", "smoke"], REPO / "runs" / "smoke" / "figures"),
+])
+def test_only_run_all_regenerating_a_committed_run_writes_the_committed_figures(argv, figures):
+    driver = load_run_all()
+    assert artifacts.figures_dir(driver.study_params(driver.parse_args(argv))) == figures
+
+
+def test_interrupted_run_names_the_notebook_and_how_to_resume(run_name):
+    """Ctrl-C during a notebook: one line saying which one, and that the same command resumes; exit status 130."""
+    command = [sys.executable, "run_all.py", "--profile", "smoke", "--run-name", run_name, "--only", "00", "--force"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stamps = REPO / "runs" / run_name / "notebooks" / ".stamps.json"
+    deadline = time.monotonic() + 120
+    while not stamps.exists() and time.monotonic() < deadline:  # written just before the notebook starts
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted in 00_data.ipynb" in stderr and "run the same command again to resume" in stderr
+
+
+def test_set_overrides_a_profile_value_and_refuses_unknown_keys():
+    driver = load_run_all()
+    params = driver.study_params(driver.parse_args(["--profile", "smoke", "--set", "n_train=40",
+                                                    "--set", "epsilons=[1, 8]"]))
+    assert params["n_train"] == 40 and params["epsilons"] == [1, 8]
+    with pytest.raises(ValueError, match=r"unknown profile parameter\(s\) \['n_trian'\]"):
+        driver.study_params(driver.parse_args(["--profile", "smoke", "--set", "n_trian=40"]))
+    with pytest.raises(ValueError, match="is not KEY=VALUE"):
+        driver.parse_setting("n_train")

@@ -159,7 +159,8 @@ def test_frontier_figure_builds_from_a_table(tmp_path):
     assert [line.get_ydata()[0] for line in left.get_lines() if line.get_linestyle() == "--"] == [34.0]
     points = [(line.get_xdata()[0], line.get_ydata()[0]) for line in right.get_lines() if line.get_marker() in "o^"]
     assert len(points) == 8 and all(y <= x for x, y in points)  # every audit bound under its claim
-    assert all(p.exists() for p in plots.save(fig, "frontier", tmp_path))
+    plots.save(fig, "frontier", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frontier.pdf", "frontier.png"]
 
 
 # --- the cost of a profile ------------------------------------------------------------------------------
@@ -189,8 +190,12 @@ def test_paper_profile_is_quick_over_the_epsilon_sweep_and_three_seeds():
     assert {k: paper[k] for k in same} == {k: quick[k] for k in same}
     assert cost.notebook_tokens(paper)["03_dp_lora_finetuning"] < cost.notebook_tokens(quick)["03_dp_lora_finetuning"]
     assert paper["attack_prefix_tokens"] + paper["attack_suffix_tokens"] <= paper["train_max_length"]
-    assert artifacts.figures_dir(paper) == REPO / "figures" / "paper"
-    assert artifacts.figures_dir(quick) == REPO / "figures"
+    # a notebook run by hand (the profile alone) writes under runs/; run_all regenerating a committed run, to figures/
+    assert artifacts.figures_dir(paper) == REPO / "runs" / "paper" / "figures"
+    assert artifacts.figures_dir(quick) == REPO / "runs" / "quick" / "figures"
+    assert artifacts.committed_figures_dir("paper") == REPO / "figures" / "paper"
+    assert artifacts.committed_figures_dir("quick") == REPO / "figures"
+    assert artifacts.committed_figures_dir("smoke") is None
     runs = artifacts.seed_runs(paper)
     assert [p.root for p in runs.values()] == [REPO / "runs" / "paper" / f"seed-{s}" for s in (0, 1, 2)]
     assert artifacts.figures_dir(artifacts.seed_params(paper, 1)) == REPO / "runs" / "paper" / "seed-1" / "figures"
