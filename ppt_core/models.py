@@ -142,14 +142,19 @@ def embedded_config():
     folder = cache_dir() / EMBEDDED_MODEL
     if (folder / "config.json").exists():
         return AutoConfig.from_pretrained(folder)
-    config = AutoConfig.from_pretrained(_gguf_package_dir(), gguf_file=_GGUF_FILE)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    return config
+    return _without_quantization(AutoConfig.from_pretrained(_gguf_package_dir(), gguf_file=_GGUF_FILE))
 
 
 def _gguf_package_dir() -> Path:
     return Path(importlib.util.find_spec(_GGUF_PACKAGE).origin).parent
+
+
+def _without_quantization(config):
+    """A GGUF file's config describes a float model once transformers has dequantised it: drop the
+    quantization_config (GGUF-loaded models refuse save_pretrained while they carry one)."""
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
 
 
 def _embedded_checkpoint() -> Path:
@@ -158,13 +163,10 @@ def _embedded_checkpoint() -> Path:
     if (folder / "config.json").exists():
         return folder
     package_dir = _gguf_package_dir()
-    # GGUF-loaded models refuse save_pretrained (they carry a quantization_config), so copy the
-    # dequantised weights into a model built from the same config without it.
+    # GGUF-loaded models refuse save_pretrained, so copy the dequantised weights into a model built from
+    # the same config without its quantization_config.
     gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(_without_quantization(gguf_model.config), dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=_GGUF_FILE)

@@ -75,7 +75,11 @@ def test_embedded_model_reads_english(smollm):
 def test_embedded_conversion_from_gguf_matches_cache(smollm, tmp_path, monkeypatch):
     """The GGUF -> safetensors conversion, run afresh into an empty cache, gives the cached weights."""
     monkeypatch.setenv("PPT_CACHE_DIR", str(tmp_path))
+    from_gguf = models.embedded_config()  # an empty cache: the config comes from the GGUF file itself
     fresh, tokenizer = models.load_model("smollm2-135m", device="cpu")
+    cached = models.embedded_config()
+    for key in ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size"):
+        assert getattr(from_gguf, key) == getattr(cached, key) == getattr(smollm[0].config, key), key
     assert (tmp_path / "smollm2-135m" / "model.safetensors").exists()
     assert "quantization_config" not in fresh.config.to_dict()
     batch = tokenizer(["Discharge summary for a patient."], return_tensors="pt")
