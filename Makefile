@@ -1,4 +1,5 @@
-# Two commands: `make study` (the quick profile, end to end) and `make test`.
+# Two commands: `make study` (the quick profile, end to end) and `make test` (the fast tier; `make test-all` adds
+# the slow one).
 # Both build .venv first when it is missing or older than the pins in pyproject.toml.
 
 VENV    ?= .venv
@@ -10,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup study tune test test-fast bench clean-runs
+.PHONY: setup study tune lint test test-slow test-all bench clean-runs
 
 setup: $(VENV)/.installed
 
@@ -27,13 +28,20 @@ study: setup
 # The learning rate, chosen on an independent draw of the data (never the study's records):
 # figures/tuning/$(PROFILE).json, which the profile cites.
 tune: setup
-	$(PY) -m ppt_core.tuning --profile $(PROFILE)
+	$(PY) -m ppt_core.lr_tuning --profile $(PROFILE)
 
-test: setup
-	$(PY) -m pytest -q --durations=15
+lint: setup
+	$(PY) -m ruff check .
 
-test-fast: setup
-	$(PY) -m pytest -q -m "not smoke and not embedded"
+# The fast tier: every module, one shared smoke pipeline; at most 10 minutes from a fresh clone on a 2-core CPU.
+test: lint
+	$(PY) -m pytest -q -m "not slow" --durations=10
+
+# The slow tier: a whole pipeline per architecture, per seed pair and in 2 processes; the embedded 135M model.
+test-slow: setup
+	$(PY) -m pytest -q -m slow --durations=10
+
+test-all: test test-slow
 
 bench: setup
 	$(PY) bench/pruning_speed.py

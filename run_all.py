@@ -16,9 +16,10 @@ the ppt_core code, and every notebook before it) are unchanged since its last su
 skipped, so an interrupted run resumes at the first unfinished notebook; --force re-runs anyway. The data
 file and a local model folder count by their content, not their path.
 The default profile's run writes figures to figures/ (the paper profile's to figures/paper/); every
-other run, and any notebook run by hand in Jupyter, to runs/<run>/figures/. With several seeds (the profile's `seeds`, or --seeds), notebooks
-00-06 run once per seed in runs/<run>/seed-<s>/, each resuming on its own, and notebook 07 pools every
-seed in runs/<run>/. The run stops at the first failing notebook and names it, the cell and the error.
+other run, and any notebook run by hand in Jupyter, to runs/<run>/figures/. With several seeds (the
+profile's `seeds`, or --seeds), notebooks 00-06 run once per seed in runs/<run>/seed-<s>/, each resuming
+on its own, and notebook 07 pools every seed in runs/<run>/. The run stops at the first failing notebook
+and names it, the cell and the error.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ def study_params(args) -> dict:
     if committed is not None:  # regenerating a committed run: its figures are the repository's
         overrides["figures_dir"] = str(committed)
     params = profiles.get_profile(profile, **overrides)
-    profiles.check_params(params)
+    from ppt_core import checks  # imports every stage (torch among them): after the cheap checks
+
+    checks.check_params(params)
     return params
 
 
@@ -112,7 +115,8 @@ def parse_seeds(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise ValueError(f"--seeds {text!r} is not a comma-separated list of integers: use e.g. --seeds 0,1,2") from None
+        raise ValueError(f"--seeds {text!r} is not a comma-separated list of integers: "
+                         "use e.g. --seeds 0,1,2") from None
 
 
 def select_notebooks(args) -> list[Path]:
@@ -335,9 +339,9 @@ def run(args) -> int:
     results_md = artifacts.figures_dir(params) / "results.md"
     committed = artifacts.committed_figures_dir(run_name)
     if committed is not None and artifacts.figures_dir(params) == committed and results_md.exists():
-        from ppt_core import summary
+        from ppt_core import report
 
-        if summary.update_readme(results_md.read_text(), run_name=run_name):
+        if report.update_readme(results_md.read_text(), run_name=run_name):
             print(f"README.md: {run_name} results section updated from {results_md.relative_to(REPO)}")
     return 0
 

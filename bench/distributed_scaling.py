@@ -4,7 +4,7 @@
 Trains the same DP-LoRA schedule (Poisson batches of `--batch` records in expectation, cut into
 physical batches of `--physical`) for `--steps` logical steps in 1 CPU process, then in 2 (and more,
 `--nproc`) CPU processes joined on the gloo backend exactly as torchrun joins them
-(`ppt_core.distributed.prepare`: Opacus's DPDDP, DistributedDPOptimizer, distributed Poisson sampler),
+(`ppt_core.training.prepare` with a world: Opacus's DPDDP, DistributedDPOptimizer, distributed Poisson sampler),
 and on 1 GPU when CUDA is available. Each setting runs in fresh processes, one after the other, in one
 invocation; the first `--warmup` steps are not timed. Prints steps per second and the speedup over
 1 process. Every process uses `--threads` threads (default 1: N processes use N cores; on a shared
@@ -36,7 +36,7 @@ def measure(rank: int, args, world_size: int, device: str, out_dir: str) -> None
     import torch
     import torch.distributed as dist
 
-    from ppt_core import batching, distributed, training
+    from ppt_core import batching, distributed, privacy, train_config, training
     from ppt_core.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -47,14 +47,14 @@ def measure(rank: int, args, world_size: int, device: str, out_dir: str) -> None
     model, tokenizer = load_model(args.model, device=device)
     steps = args.warmup + args.steps
     records = texts(args.batch * steps)  # one pass of `steps` logical batches
-    config = training.TrainConfig(expected_batch_size=args.batch, physical_batch_size=args.physical,
+    config = train_config.TrainConfig(expected_batch_size=args.batch, physical_batch_size=args.physical,
                                   max_length=args.tokens, bf16=False, progress=False, epochs=1.0,
-                                  dp=training.DPConfig(target_epsilon=8.0, delta=1e-5, accountant="rdp"))  # rdp: quick to calibrate
+                                  # rdp: quick to calibrate
+                                  dp=privacy.DPConfig(target_epsilon=8.0, delta=1e-5, accountant="rdp"))
     torch.manual_seed(0)
     peft_model = training._lora_model(model, config, torch.device(device))
     dataset = batching.record_dataset(tokenizer, records, args.tokens)
-    run = training.prepare(peft_model, dataset, config) if world is None else distributed.prepare(
-        peft_model, dataset, config, world)
+    run = training.prepare(peft_model, dataset, config, world)
     training.run_steps(run, steps=args.warmup)
     if world is not None:
         dist.barrier()

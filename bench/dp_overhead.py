@@ -35,15 +35,15 @@ def measure(args, mode, bf16, queue):
     import psutil
     import torch
 
-    from ppt_core import batching, training
+    from ppt_core import batching, privacy, train_config, training
     from ppt_core.memory import PeakMemory
     from ppt_core.models import load_model
 
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model, device=args.device)
-    dp = None if mode is None else training.DPConfig(target_epsilon=8.0, delta=1e-5, grad_sample_mode=mode)
+    dp = None if mode is None else privacy.DPConfig(target_epsilon=8.0, delta=1e-5, grad_sample_mode=mode)
     texts = [f"Patient {i} was admitted with chest pain and discharged home on day {i % 7}. " * 20 for i in range(64)]
-    config = training.TrainConfig(expected_batch_size=args.batch, physical_batch_size=args.batch,
+    config = train_config.TrainConfig(expected_batch_size=args.batch, physical_batch_size=args.batch,
                                   max_length=args.tokens, bf16=bf16, dp=dp, progress=False, epochs=1.0)
     peft_model = training._lora_model(model, config, next(model.parameters()).device)
     del model

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ppt_core import evaluation, pruning  # noqa: E402
+from ppt_core import flops, pruning, timing  # noqa: E402
 from ppt_core.models import load_model  # noqa: E402
 
 TARGET = 0.9
@@ -46,14 +46,14 @@ def main(argv=None) -> int:
     models = {0: model}
     for level in levels:
         models[level] = pruning.prune_layers(model, list(range(depth - level, depth)))
-    ideal = {level: evaluation.ideal_speedup(model, m, args.prompt_tokens, logits_positions=1)
+    ideal = {level: flops.ideal_speedup(model, m, args.prompt_tokens, logits_positions=1)
              for level, m in models.items()}
     print(f"{args.model}: {depth} blocks, prompt {args.prompt_tokens} tokens, {args.repeats} interleaved "
           f"repeats (median), {torch.get_num_threads()} threads on {args.device}")
     worst = np.inf
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        seconds = evaluation.prefill_timings(models, tokenizer, prompt_tokens=args.prompt_tokens,
-                                             batch_size=batch_size, repeats=args.repeats)
+        seconds = timing.prefill_timings(models, tokenizer, prompt_tokens=args.prompt_tokens,
+                                         batch_size=batch_size, repeats=args.repeats)
         median = {level: float(np.median(runs)) for level, runs in seconds.items()}
         best = {level: min(runs) for level, runs in seconds.items()}
         print(f"\nbatch {batch_size}")

@@ -28,11 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ppt_core.errors import ArchitectureError, TrainingConfigError
+
 LORA_TARGET_SETS = ("query+value", "attention", "attention+mlp")
-
-
-class ArchitectureError(ValueError):
-    """A model this study cannot prune or fine-tune, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,8 @@ def unsupported_reason(config) -> str | None:
             kind = "it is not one of the tested decoders"
         return f"{kind}; supported model types: {', '.join(SUPPORTED)}"
     if getattr(config, "add_cross_attention", False):
-        return "it has cross-attention (add_cross_attention=True); only decoder-only causal language models can be pruned here"
+        return ("it has cross-attention (add_cross_attention=True); only decoder-only causal language models "
+                "can be pruned here")
     for setting, why in INDEX_DEPENDENT.items():
         if getattr(config, setting, False):
             return f"{setting}=True: {why}"
@@ -164,10 +163,10 @@ def lora_target_modules(model, targets: str | list[str] = "attention") -> list[s
     """Module names LoRA attaches to: the architecture's attention (and MLP) projections, checked to exist."""
     if isinstance(targets, str):
         if targets not in LORA_TARGET_SETS:
-            raise _target_error(f"lora_targets must be one of {LORA_TARGET_SETS} or a list (got {targets!r})")
+            raise TrainingConfigError(f"lora_targets must be one of {LORA_TARGET_SETS} or a list (got {targets!r})")
         model_type = getattr(model.config, "model_type", None)
         if model_type not in SUPPORTED:
-            raise _target_error(
+            raise TrainingConfigError(
                 f"no default LoRA targets for model type {model_type!r}: pass lora_targets as a list of module names "
                 f"(its linear layers are {', '.join(_linear_names(model))})"
             )
@@ -177,18 +176,11 @@ def lora_target_modules(model, targets: str | list[str] = "attention") -> list[s
     module_names = [name for name, _ in model.named_modules()]
     for name in names:
         if not any(m == name or m.endswith("." + name) for m in module_names):
-            raise _target_error(
+            raise TrainingConfigError(
                 f"LoRA target module {name!r} does not exist in {type(model).__name__}: "
                 f"its linear layers are named {', '.join(_linear_names(model))}"
             )
     return names
-
-
-def _target_error(message: str) -> ValueError:
-    # A LoRA target that cannot work is a fine-tuning setting error: the training module owns that class.
-    from ppt_core.training import TrainingConfigError
-
-    return TrainingConfigError(message)
 
 
 def _linear_names(model) -> list[str]:
@@ -222,16 +214,15 @@ def skeleton(config):
         return AutoModelForCausalLM.from_config(config)
 
 
-def check_params(params: dict) -> None:
-    """The profile's model is a supported decoder, deep enough for its pruning levels, with its LoRA targets.
+def check_params(params: dict):
+    """The profile's model is a supported decoder with its LoRA targets; return its config (for the checks
+    that depend on it, such as the pruning depth).
 
     Reads the config only (no weights), so an unsupported model stops before notebook 00.
     """
-    from ppt_core import pruning
-
     config = model_config(params["model"])
     check_config(config, params["model"])
     model = skeleton(config)
     blocks_path(model)
-    pruning.check_depth(params, depth(config))
     lora_target_modules(model, params["lora_targets"])
+    return config

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ppt_core import arms, artifacts, privacy
-from ppt_core.training import TrainConfig, TrainResult, config_from_params, finetune
+from ppt_core.train_config import TrainConfig, config_from_params
+from ppt_core.training import TrainResult, finetune
 
 SAMPLE_COUNTS_NOTE = ("trainer-only: which records the Poisson sampler drew; used by the study's attacks and audit "
                       "as a trusted evaluator, never released with a model")
@@ -31,7 +32,7 @@ GROUP_SIZES = (1, 4, 16, 64)  # records sharing one secret, for the group-privac
 def train_arm(params: dict, arm: str, texts, heldout_texts, *, progress: bool = True) -> TrainResult:
     """Fine-tune one arm (full-nodp, pruned-dp8, ...) from its starting model on `texts` (the train split,
     in order), measure its loss curve on `heldout_texts`, save it (save_arm) and return its result.
-    Under torchrun (`ppt_core.train`), every process trains its share and rank 0 saves."""
+    Under torchrun (`ppt_core.launch`), every process trains its share and rank 0 saves."""
     from ppt_core import distributed, models
 
     model, tokenizer = models.load_arm(params, arms.parse(arm).start)
@@ -75,7 +76,8 @@ def training_record(result: TrainResult, *, arm: str, base_model: str, removed_b
     return artifacts.rounded(record)
 
 
-def save_arm(params: dict, arm: str, peft_model, tokenizer, result: TrainResult, config: TrainConfig | None = None) -> Path:
+def save_arm(params: dict, arm: str, peft_model, tokenizer, result: TrainResult,
+             config: TrainConfig | None = None) -> Path:
     """Write runs/<run>/models/<arm>/{adapter/, merged/, training.json, sample_counts.json}; return the arm's folder.
 
     adapter/ loads with peft on top of the arm's starting model; merged/ is a plain transformers
@@ -87,7 +89,8 @@ def save_arm(params: dict, arm: str, peft_model, tokenizer, result: TrainResult,
         checkpoint = Path(arms.checkpoint(params, "pruned-noft"))
         pruning_json = checkpoint / "pruning.json"
         # Relative to the repository, so training.json reads the same on every machine.
-        base_model = str(checkpoint.relative_to(artifacts.REPO_ROOT)) if checkpoint.is_relative_to(artifacts.REPO_ROOT) else str(checkpoint)
+        inside = checkpoint.is_relative_to(artifacts.REPO_ROOT)
+        base_model = str(checkpoint.relative_to(artifacts.REPO_ROOT)) if inside else str(checkpoint)
         if pruning_json.exists():
             removed = artifacts.read_json(pruning_json).get("removed_blocks")
     record = training_record(result, arm=arm, base_model=base_model, removed_blocks=removed, config=config)
@@ -125,6 +128,16 @@ def cost_record(result: TrainResult) -> dict:
     return {"seconds_per_step": round(result.seconds_per_step, 3), "seconds_total": round(result.seconds_total, 1),
             "seconds_heldout_loss": round(result.seconds_heldout_loss, 1),
             "peak_memory_mb": round(result.peak_memory_mb, 1), "steps": result.steps, "bf16": result.bf16}
+
+
+def record_results(paths: artifacts.RunPaths, results: dict[str, TrainResult]) -> tuple[dict, dict]:
+    """Write what notebook 03 publishes: each arm's result_record to results.json["training"] and its
+    cost_record to timings.json["training"]; return both, {arm: record}."""
+    published = {arm: result_record(result) for arm, result in results.items()}
+    costs = {arm: cost_record(result) for arm, result in results.items()}
+    artifacts.update_results(paths, "training", published)
+    artifacts.update_timings(paths, "training", costs)
+    return published, costs
 
 
 def group_privacy(params: dict, results: dict[str, TrainResult]) -> dict:

@@ -10,7 +10,7 @@ f-DP version (Mahloujifar et al., "Auditing f-Differential Privacy in One Run", 
 guesses through the Gaussian trade-off curve and is tighter.
 
 The score of a canary is its starting model's loss minus the arm's loss on the canary's random words
-(`attacks.audit_scores`): a model gains on random words only by having seen them.
+(`membership.audit_scores`): a model gains on random words only by having seen them.
 
 The bounds are jax-privacy's (`jax_privacy.auditing.CanaryScoreAuditor`: `epsilon_one_run` and
 `epsilon_one_run_fdp`, each maximised over thresholds with a Bonferroni correction). Its `auditing`

@@ -14,6 +14,7 @@ Privacy unit: one record (one note or one canary copy), one row here.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,3 +107,28 @@ def physical_batches(indices: list[int], max_size: int) -> list[list[int]]:
     if not indices:
         return [[]]
     return [chunk.tolist() for chunk in np.array_split(np.asarray(indices), math.ceil(len(indices) / max_size))]
+
+
+class VirtualSteps:
+    """The non-private twin of Opacus's DPOptimizer virtual steps: gradients add up over the physical
+    batches of one logical batch (the loop signals each one with `signal_skip_step`) and one step is taken."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.original_optimizer = optimizer
+        self.skip_queue, self.last_step_skipped = deque(), False
+
+    def signal_skip_step(self, do_skip: bool = True) -> None:
+        self.skip_queue.append(do_skip)
+
+    def step(self) -> None:
+        self.last_step_skipped = bool(self.skip_queue.popleft()) if self.skip_queue else False
+        if not self.last_step_skipped:
+            self.take_step()
+
+    def take_step(self) -> None:
+        """The optimizer step at the end of a logical batch."""
+        self.original_optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not self.last_step_skipped:
+            self.original_optimizer.zero_grad(set_to_none=set_to_none)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 
-from ppt_core import arms, attacks, batching, data
+from ppt_core import arms, attacks, batching, data, profiles
 
+PROJECTED_PROFILES = ("paper", "full")  # the larger profiles whose cost results.md projects from a measured run
 ASSUMED_GPU_TFLOPS = 20.0  # effective, not peak: a 135M model in batches of 8-32 records uses a few % of a GPU
 FORWARD_FLOPS_PER_PARAM = 2  # per token: one multiply-add per weight
 TRAINING_FLOPS_PER_PARAM = 6  # forward, backward through the activations, per-sample LoRA gradients (an upper end)
@@ -95,3 +96,11 @@ def estimate_markdown(measured: dict, measured_seconds: dict[str, float], measur
                      f"notebook: {_hours(cpu)} on the machine that produced this run; on a GPU about {_hours(gpu)} "
                      f"at an assumed {ASSUMED_GPU_TFLOPS:g} TFLOP/s effective (not measured).")
     return " ".join(lines)
+
+
+def study_estimate(params: dict, study) -> str:
+    """estimate_markdown of PROJECTED_PROFILES from a study (summary.load_study's Study): its notebooks'
+    measured seconds over its seeds, for a model of the base arm's parameter count."""
+    return estimate_markdown(params, study.notebook_seconds, len(study.seeds),
+                             study.table.loc["base", "parameters_M"] * 1e6,
+                             [profiles.get_profile(name) for name in PROJECTED_PROFILES])

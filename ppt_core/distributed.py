@@ -45,12 +45,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
 from torch.utils.data import DataLoader, TensorDataset
 
-from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
-
-from ppt_core import batching, privacy, training
-from ppt_core.privacy import TrainingConfigError
+from ppt_core import batching
+from ppt_core.errors import TrainingConfigError
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,11 @@ def current_world() -> World | None:
 def process_group(device: str | None = None):
     """Join the process group torchrun described in the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...):
     nccl with one GPU per process (LOCAL_RANK) when CUDA is used, else gloo; yield its World, then leave it."""
-    missing = [name for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    missing = [name for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+               if name not in os.environ]
     if missing:
         raise RuntimeError(f"no torchrun environment ({', '.join(missing)} unset): start this with "
-                           "torchrun --nproc_per_node N -m ppt_core.train ...")
+                           "torchrun --nproc_per_node N -m ppt_core.launch ...")
     cuda = torch.cuda.is_available() and device in (None, "auto", "cuda")
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now means this process's GPU
@@ -121,7 +121,8 @@ class DistributedPoissonSampler(DistributedUniformWithReplacementSampler):
 
     def __iter__(self):
         if self.shuffle:
-            shard = torch.randperm(self.total_size, generator=torch.Generator().manual_seed(self.shuffle_seed + self.epoch))
+            generator = torch.Generator().manual_seed(self.shuffle_seed + self.epoch)
+            shard = torch.randperm(self.total_size, generator=generator)
         else:
             shard = torch.arange(self.total_size)
         shard = shard[self.rank: self.total_size: self.num_replicas]
@@ -143,68 +144,49 @@ def poisson_loader(dataset: TensorDataset, plan: batching.Schedule, world: World
 # --- the objects one process trains with ---------------------------------------------------------
 
 
-class SummedVirtualSteps(training._VirtualSteps):
+def wrap_model(peft_model) -> torch.nn.Module:
+    """The model in Opacus's DPDDP: rank 0's LoRA weights broadcast to every process."""
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+    return DPDDP(peft_model)
+
+
+class SummedVirtualSteps(batching.VirtualSteps):
     """The non-private twin of DistributedDPOptimizer: the gradients of one logical batch are summed
     over the processes (each process's loss is already divided by the global expected batch) before
     the step, so every process takes the same step."""
 
-    def step(self) -> None:
-        self.last_step_skipped = bool(self.skip_queue.popleft()) if self.skip_queue else False
-        if self.last_step_skipped:
-            return
+    def take_step(self) -> None:
         for group in self.original_optimizer.param_groups:
             for p in group["params"]:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         self.original_optimizer.step()
 
 
-def prepare(peft_model, dataset: TensorDataset, config: training.TrainConfig, world: World) -> training.Training:
-    """`training.prepare` for one of `world.world_size` processes: the model in Opacus's DPDDP (rank 0's
-    LoRA weights broadcast to all), this process's share of the Poisson batches, and under DP Opacus's
-    DistributedDPOptimizer with the per-process expected batch B / world_size."""
-    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+def check_distributed_optimizer(optimizer) -> None:
+    """Refuse a DP optimizer that would add its noise in every process instead of once per step."""
     from opacus.optimizers import DistributedDPOptimizer, DistributedDPOptimizerFastGradientClipping
 
-    check_world(world.world_size, len(dataset), config.expected_batch_size)
-    plan = batching.schedule(len(dataset), config.expected_batch_size, config.epochs)
-    wrapped = DPDDP(peft_model)
-    lora_params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer_class = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.AdamW
-    optimizer = optimizer_class(lora_params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training._lr_lambda(config, plan.steps))
-    loader = poisson_loader(dataset, plan, world, config.seed)
-    criterion, dp = training.RecordLoss("mean"), config.dp
-    if dp is None:
-        return training.Training(peft_model, wrapped, SummedVirtualSteps(optimizer), criterion, loader, scheduler,
-                                 lora_params, config, plan)
-    sigma = privacy.noise_multiplier(dp, plan.sample_rate, plan.steps)  # for the global (q, steps)
-    private = privacy.make_private(wrapped, optimizer, criterion, loader, dp, sigma,
-                                   plan.expected_batch_size / world.world_size)
-    if not isinstance(private.optimizer, (DistributedDPOptimizer, DistributedDPOptimizerFastGradientClipping)):
-        raise RuntimeError(f"Opacus gave a {type(private.optimizer).__name__}, not its distributed optimizer: the "
+    if not isinstance(optimizer, (DistributedDPOptimizer, DistributedDPOptimizerFastGradientClipping)):
+        raise RuntimeError(f"Opacus gave a {type(optimizer).__name__}, not its distributed optimizer: the "
                            "noise would be added in every process")
-    return training.Training(peft_model, private.module, private.optimizer, private.criterion, private.loader,
-                             scheduler, lora_params, config, plan, private.engine)
 
 
 # --- after training ------------------------------------------------------------------------------
 
 
-def merge_step_log(log: training.StepLog) -> training.StepLog:
-    """The StepLog of the whole run from every process's own: per step, the losses and batch sizes summed
-    over the processes' local batches; per record, the logical batches that drew it. The held-out curve,
-    times and memory stay this process's (rank 0's is the one published)."""
+def sum_over_processes(losses: list, batch_sizes: list, sample_counts: list) -> tuple[list, list, list]:
+    """The run's (losses, batch sizes, sample counts) from every process's own: per step, the losses and
+    batch sizes summed over the processes' local batches; per record, the logical batches that drew it."""
     device = _collective_device()
-    sizes = torch.tensor(log.batch_sizes, dtype=torch.float64, device=device)
-    sums = torch.tensor([0.0 if loss is None else loss * n for loss, n in zip(log.losses, log.batch_sizes)],
+    sizes = torch.tensor(batch_sizes, dtype=torch.float64, device=device)
+    sums = torch.tensor([0.0 if loss is None else loss * n for loss, n in zip(losses, batch_sizes)],
                         dtype=torch.float64, device=device)
-    counts = torch.tensor(log.sample_counts, dtype=torch.int64, device=device)
+    counts = torch.tensor(sample_counts, dtype=torch.int64, device=device)
     for tensor in (sizes, sums, counts):
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     sizes_list = [int(n) for n in sizes.tolist()]
-    losses = [float(s) / n if n else None for s, n in zip(sums.tolist(), sizes_list)]
-    return training.StepLog(losses, sizes_list, counts.tolist(), log.heldout_losses, log.seconds,
-                            log.seconds_heldout, log.peak_mb)
+    return [float(s) / n if n else None for s, n in zip(sums.tolist(), sizes_list)], sizes_list, counts.tolist()
 
 
 def check_replicas_agree(lora_params) -> None:

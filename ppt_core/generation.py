@@ -23,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ppt_core import bertscore, data, stats, tokens
+from ppt_core import arms, artifacts, bertscore, corpus, data, models, stats, tokens
 from ppt_core.artifacts import rounded
 
 
@@ -103,7 +104,7 @@ def synthesis_prompts(params: dict, splits: data.DatasetSplits, tokenizer) -> li
         # The fixed words before a template's first field. Trailing spaces are dropped: in the notes
         # the space belongs to the next word's token (" John"), so a prompt ending in " " would
         # start the model off a token boundary it never saw in training.
-        headers = [template.split("{")[0].rstrip() for template in data.TEMPLATES]
+        headers = [template.split("{")[0].rstrip() for template in corpus.TEMPLATES]
     return [headers[i % len(headers)] for i in range(params["n_synthetic"])]
 
 
@@ -172,7 +173,8 @@ def reference_samples(splits: data.DatasetSplits, n: int, seed: int) -> tuple[li
             [heldout[i] for i in sorted(rng.choice(len(heldout), n, replace=False))])
 
 
-def synthetic_report(texts: Sequence[str], splits: data.DatasetSplits, params: dict, tokenizer) -> tuple[dict, list[dict]]:
+def synthetic_report(texts: Sequence[str], splits: data.DatasetSplits, params: dict,
+                     tokenizer) -> tuple[dict, list[dict]]:
     """(summary, per-record rows) of a synthetic corpus: quality and leakage, as the module docstring says.
 
     `memorisation_share`: the share of synthetic records whose nearest train note is closer (BERTScore)
@@ -205,6 +207,40 @@ def synthetic_report(texts: Sequence[str], splits: data.DatasetSplits, params: d
     rows = [{"text": t, "tokens": int(n), "best_bertscore_train": float(bt), "best_bertscore_heldout": float(bh),
              "leaked_pii": leak} for t, n, bt, bh, leak in zip(texts, lengths, best_train, best_heldout, leaks)]
     return summary, rows
+
+
+# --- every arm (notebook 05) -----------------------------------------------------------------------
+def synthesize_arms(params: dict, arm_names: Sequence[str], splits: data.DatasetSplits, *,
+                    progress: bool = True) -> tuple[dict, dict]:
+    """(summaries, rows), each by arm: the synthetic_report of every arm's synthetic_corpus, each arm loaded in turn."""
+    summaries, rows = {}, {}
+    for arm in tqdm(arm_names, desc="arms", disable=not progress):
+        model, tokenizer = models.load_arm(params, arm)
+        texts = synthetic_corpus(model, tokenizer, params, splits, progress=False)
+        summaries[arm], rows[arm] = synthetic_report(texts, splits, params, tokenizer)
+    return summaries, rows
+
+
+def save_corpora(paths: artifacts.RunPaths, rows: dict[str, list[dict]]) -> None:
+    """Each arm's synthetic records with their per-record scores (synthesize_arms' rows) as synthetic/<arm>.jsonl."""
+    for arm, arm_rows in rows.items():
+        artifacts.write_jsonl(paths.root / "synthetic" / f"{arm}.jsonl", arm_rows)
+
+
+def synthetic_table(summaries: dict) -> pd.DataFrame:
+    """One row per arm: diversity, length, BERTScore to the nearest held-out note, and the two leakage shares."""
+    return pd.DataFrame({arm: {
+        "distinct-1": s["distinct_1"], "distinct-2": s["distinct_2"], "mean tokens": s["mean_tokens"],
+        "BERTScore to nearest held-out": s["bertscore_nearest_heldout"]["value"],
+        "closer to train than held-out": s["memorisation_share"]["value"],
+        "records with training-only PII": s["pii_leak_share"]["value"],
+    } for arm, s in summaries.items()}).T
+
+
+def sample_preview(rows: dict[str, list[dict]], params: dict) -> str:
+    """The first synthetic record of `base` and of the profile's first fine-tuned arm, each under its name."""
+    shown = ["base", *arms.trained_arm_names(params)[:1]]
+    return "\n".join(f"--- {arm} ---\n{rows[arm][0]['text']}\n" for arm in shown if arm in rows)
 
 
 def leakage_sentence(summaries: dict) -> str:

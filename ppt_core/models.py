@@ -13,6 +13,8 @@ Specs:
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -142,6 +144,12 @@ def embedded_config():
     folder = cache_dir() / EMBEDDED_MODEL
     if (folder / "config.json").exists():
         return AutoConfig.from_pretrained(folder)
+    return copy.deepcopy(_gguf_config())
+
+
+@functools.cache
+def _gguf_config():
+    """The config in the GGUF file's metadata (a few seconds to parse; the installed file does not change)."""
     return _without_quantization(AutoConfig.from_pretrained(_gguf_package_dir(), gguf_file=_GGUF_FILE))
 
 

@@ -26,16 +26,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ppt_core.errors import TrainingConfigError
+
 ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 # Opacus registers full backward hooks on the LoRA layers; the frozen layers feeding them carry no
 # input gradient, so torch warns on every backward pass. Harmless here: per-sample gradients come from
 # the hooks' grad_output, which is always there.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
-
-
-class TrainingConfigError(ValueError):
-    """A fine-tuning setting that cannot work (or cannot keep its privacy promise)."""
 
 
 @dataclass
@@ -198,7 +196,8 @@ class Private:
     engine: object  # PrivacyEngine
 
 
-def make_private(peft_model, optimizer, criterion, loader, dp: DPConfig, sigma: float, expected_batch_size: int) -> Private:
+def make_private(peft_model, optimizer, criterion, loader, dp: DPConfig, sigma: float,
+                 expected_batch_size: int) -> Private:
     """Opacus's DP-SGD around a LoRA model whose `loader` is already Poisson at exactly the planned q.
 
     The accountant is charged q = 1/len(loader); this checks that it equals the sampler's rate.
@@ -221,7 +220,8 @@ def make_private(peft_model, optimizer, criterion, loader, dp: DPConfig, sigma: 
     module.forbid_grad_accumulation()
     sampler_rate = loader.batch_sampler.sample_rate
     if 1 / len(loader) != sampler_rate:
-        raise RuntimeError(f"the accountant would charge q = 1/{len(loader)} while the sampler draws at q = {sampler_rate}")
+        raise RuntimeError(f"the accountant would charge q = 1/{len(loader)} while the sampler draws at "
+                           f"q = {sampler_rate}")
     # Opacus scales the summed gradient by int(N * q), which floating point puts one short for some N
     # (N = 49, B = 1: 0). The mean over the plan's expected batch keeps the twins on one scale.
     dp_optimizer.expected_batch_size = expected_batch_size

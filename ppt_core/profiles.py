@@ -23,7 +23,7 @@ _QUICK = dict(
     figures_dir=None,  # None: runs/<run_name>/figures (run_all.py sets figures/ when it regenerates the quick run)
     model="smollm2-135m",
     device="auto",  # "auto" picks CUDA when available, else CPU
-    nproc=1,  # processes notebook 03 trains each arm in (torchrun, ppt_core.train): one per GPU, or CPU processes
+    nproc=1,  # processes notebook 03 trains each arm in (torchrun, ppt_core.launch): one per GPU, or CPU processes
     seed=0,
     # --- data (00) -------------------------------------------------------------------------
     data_path=None,  # None: the synthetic clinical-notes corpus; else a .jsonl/.csv/.txt file
@@ -62,9 +62,8 @@ _QUICK = dict(
     physical_batch_size=8,  # records per forward/backward; larger logical batches are split
     epochs=1.0,  # expected passes over train (a float): steps = floor(epochs * ceil(N / expected_batch_size))
     train_max_length=128,  # tokens per record while training (None: max_length); scoring keeps max_length
-    learning_rate=1e-2,  # chosen by `make tune` (ppt_core/tuning.py) on an independent draw of the data, never
-    #                      the study's records: full-dp8's held-out loss there was 3.365, 3.268 and 3.393
-    #                      nats/token at 5e-3, 1e-2 and 2e-2 (figures/tuning/quick.json)
+    learning_rate=1e-2,  # chosen by `make tune` (ppt_core/lr_tuning.py) on an independent draw of the data, never
+    #                      the study's records (the candidates' losses: figures/tuning/quick.json)
     lora_rank=2,  # few trainable parameters: DP noise per coordinate meets more signal (see notebook 03)
     lora_alpha=16,
     lora_dropout=0.0,
@@ -181,9 +180,8 @@ _FULL = dict(
 # record's first 40 tokens (whole canaries and audit canaries; a note's opening, which carries its name,
 # birth date and record number), with fewer notes, canaries and audit canaries per seed (three seeds pool
 # them), and pruning's strategy sweep only at the studied level. Training and evaluation must read the same
-# length: trained on 40-token openings, the non-private arm's perplexity on 128-token notes went from the
-# base's 37.7 to 277 while on the openings it improved (62.0 to 51.1; seed 0, first try). Quick's per-arm
-# budget over this sweep would take hours here (the projection under Results).
+# length: an arm trained on openings and scored on whole notes loses on the whole notes what it gains on the
+# openings. Quick's per-arm budget over this sweep would take hours here (the projection under Results).
 _PAPER = dict(
     _QUICK,
     profile="paper",
@@ -197,9 +195,8 @@ _PAPER = dict(
     prune_strategies=["pairwise", "block", "last", "random"],  # iterative chose pairwise's blocks in quick
     prune_sweep=[0, 4],
     train_max_length=40,
-    learning_rate=2e-2,  # `python -m ppt_core.tuning --profile paper --learning-rates 5e-3,1e-2,2e-2,4e-2,8e-2`:
-    #                      full-dp1 on the independent draw, held-out loss 4.087, 3.985, 3.902, 5.182 and 10.59
-    #                      nats/token (figures/tuning/paper.json); its few short steps want a larger rate than quick
+    learning_rate=2e-2,  # `python -m ppt_core.lr_tuning --profile paper --learning-rates 5e-3,1e-2,2e-2,4e-2,8e-2`
+    #                      on full-dp1 (figures/tuning/paper.json); its few short steps want a larger rate than quick
     loss_curve_points=2,
     loss_curve_records=8,
     n_synthetic=8,
@@ -236,21 +233,6 @@ def get_profile(name: str = DEFAULT_PROFILE, **overrides) -> dict:
         raise ValueError(f"unknown profile parameter(s) {unknown}: known are {sorted(params)}")
     params.update(overrides)
     return params
-
-
-def check_params(params: dict) -> None:
-    """Stop with one clear message on any impossible setting, before any expensive work.
-
-    Each stage's module checks its own parameters (`check_params`); this runs them all, in the
-    order the stages run.
-    """
-    from ppt_core import architectures, attacks, data, generation, models, pruning, similarity, training
-
-    check_seeds(params["seeds"])
-    # architectures reads the model's config (no weights): an unsupported model stops here, before notebook 00.
-    for stage in (models, data, similarity, pruning, architectures, training, generation, attacks):
-        stage.check_params(params)
-    models.check_tokenizer(params["model"])  # last: it reads the tokenizer's files
 
 
 def check_seeds(seeds) -> None:

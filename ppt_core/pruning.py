@@ -29,8 +29,9 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ppt_core import architectures
+from ppt_core import architectures, artifacts
 from ppt_core import similarity as similarity_module
+from ppt_core.timing import SPEED_BATCH_SIZE
 
 STRATEGIES = ("pairwise", "block", "iterative", "last", "random")
 
@@ -173,11 +174,12 @@ def sweep(model, tokenizer, similarity: np.ndarray, *, strategies: Sequence[str]
 
     Returns one record per (strategy, level): {"strategy", "n_removed", "removed_blocks", "perplexity",
     "logprob_rows"}, the last the per-record [summed log-probability, tokens] of `eval_texts` that the
-    verdicts pair across strategies. Level 0 is the unpruned model. A set of blocks chosen by several strategies is scored once.
+    verdicts pair across strategies. Level 0 is the unpruned model. A set of blocks chosen by several
+    strategies is scored once.
     `iterative` runs once to the deepest level (its first k removals are its choice for k), measuring
     S again on `calibration_texts` after each removal.
     """
-    from ppt_core import evaluation
+    from ppt_core import evaluation, stats
 
     levels = sorted(set(int(level) for level in levels))
     _check_count(max(levels + [1]), n_blocks(model))
@@ -200,7 +202,7 @@ def sweep(model, tokenizer, similarity: np.ndarray, *, strategies: Sequence[str]
             pruned, tokenizer, eval_texts, max_length=max_length, batch_size=batch_size, progress=False))
     return [
         {"strategy": strategy, "n_removed": level, "removed_blocks": removed,
-         "perplexity": evaluation.perplexity_of_rows(scored[tuple(removed)]), "logprob_rows": scored[tuple(removed)]}
+         "perplexity": stats.perplexity_of_rows(scored[tuple(removed)]), "logprob_rows": scored[tuple(removed)]}
         for (strategy, level), removed in choices.items()
     ]
 
@@ -217,6 +219,25 @@ def pruning_record(similarity: np.ndarray, removed: Sequence[int], strategy: str
         # S[l, l+1] per block of the full model: the score the pairwise strategy ranks by.
         "block_redundancy": [round(float(s), 6) for s in similarity_module.block_redundancy(similarity, 1)],
     }
+
+
+def record_results(paths, params: dict, record: dict, records: list[dict], speed, *, n_eval: int) -> None:
+    """Write what notebook 02 publishes: to timings.json["pruning"] the measured prefill tokens/s per level
+    (`speed`, flops.pruning_speed's table); to results.json["pruning"] the pruned model's `record`
+    (pruning_record), each strategy's perplexity and removed blocks per level (`records`, sweep's), and the
+    FLOP-ideal prefill speedup per level."""
+    artifacts.update_timings(paths, "pruning", {
+        "prompt_tokens": params["timing_prompt_tokens"], "batch_size": SPEED_BATCH_SIZE,
+        "prefill_tokens_per_s": {str(k): v for k, v in zip(speed["blocks removed"], speed["prefill tokens/s"])},
+    })
+    artifacts.update_results(paths, "pruning", dict(
+        record, n_eval=n_eval,
+        perplexity={s: {str(r["n_removed"]): r["perplexity"] for r in records if r["strategy"] == s}
+                    for s in params["prune_strategies"]},
+        removed_by_strategy={s: {str(r["n_removed"]): r["removed_blocks"] for r in records if r["strategy"] == s}
+                             for s in params["prune_strategies"]},
+        ideal_prefill_speedup={str(k): round(v, 4) for k, v in zip(speed["blocks removed"], speed["ideal speedup"])},
+    ))
 
 
 def check_params(params: dict) -> None:

@@ -77,7 +77,8 @@ def layer_similarity(model, tokenizer, texts: Sequence[str], *, batch_size: int 
     sums = torch.zeros((n_states, n_states), dtype=torch.float64)
     n_tokens = 0
     try:
-        for chunk in tqdm(list(tokens.batched(texts, batch_size)), desc="similarity", disable=not progress, leave=False):
+        chunks = list(tokens.batched(texts, batch_size))
+        for chunk in tqdm(chunks, desc="similarity", disable=not progress, leave=False):
             batch = tokens.to_device(tokens.encode(tokenizer, chunk, max_length, add_eos=False), device)
             # The base model alone: the LM head's output is not needed, and it is the costliest matmul.
             model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)

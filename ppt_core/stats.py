@@ -11,11 +11,13 @@ every comparison, and exact intervals for proportions.
 - `clopper_pearson`: the exact binomial interval, which never collapses to a point at 0 or n hits.
 - `mean_interval`: a Student-t interval for a handful of repeated measurements (timing rounds, one
   number per seed), where a percentile bootstrap of 3 numbers would cover far less than it claims.
+- `perplexity_of_rows`: the statistic every perplexity interval resamples, from per-record rows.
+- `format_interval`: how an estimate reads in a table or a verdict, "v [low, high]".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.stats
@@ -129,3 +131,24 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> dict:
         return {"value": mean, "low": float("nan"), "high": float("nan"), "n": len(values)}
     half = scipy.stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
     return {"value": mean, "low": float(mean - half), "high": float(mean + half), "n": len(values)}
+
+
+def perplexity_of_rows(rows: np.ndarray) -> float:
+    """Token-weighted perplexity of per-record rows [summed log-probability (nats), scored tokens]
+    (evaluation.record_logprob_rows): exp(-total log-probability / total tokens)."""
+    return float(np.exp(-rows[:, 0].sum() / rows[:, 1].sum()))
+
+
+def format_interval(estimate, digits: int = 3) -> str:
+    """"v [low, high]" of a {"value", "low", "high"} (or a plain number); "–" for nothing."""
+    if estimate is None:
+        return "–"
+    if not isinstance(estimate, Mapping):
+        estimate = {"value": estimate}
+    value, low, high = (estimate.get(k) for k in ("value", "low", "high"))
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    text = "∞" if np.isinf(value) else f"{value:.{digits}g}"
+    if low is not None and high is not None and not (np.isnan(low) or np.isnan(high)):
+        text += f" [{low:.{digits}g}, {high:.{digits}g}]"
+    return text

@@ -33,8 +33,7 @@ import copy
 import math
 import time
 import warnings
-from collections import deque
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,51 +42,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from ppt_core import batching, evaluation, privacy, tokens
+from ppt_core import batching, distributed, evaluation, privacy, tokens
+from ppt_core.architectures import lora_target_modules
 from ppt_core.memory import PeakMemory
-from ppt_core.architectures import LORA_TARGET_SETS, lora_target_modules  # noqa: F401 (training.<name> stays importable)
-from ppt_core.privacy import DPConfig, TrainingConfigError
-
-LR_SCHEDULES = ("constant", "linear", "cosine")
-OPTIMIZERS = ("adamw", "sgd")
-
-@dataclass
-class TrainConfig:
-    """LoRA fine-tuning settings shared by the private and the non-private arms (defaults: the quick profile's).
-
-    lora_targets: "query+value", "attention", "attention+mlp", or a list of module names (e.g. ["q_proj"]).
-    optimizer: "adamw" or "sgd" (plain SGD makes an update exactly lr * gradient: the tests use it).
-    lr_schedule: "constant", "linear" or "cosine" decay over the steps, after `warmup_fraction` of them.
-    epochs: passes over the data in expectation (a float: steps = floor(epochs * ceil(N/B))).
-    expected_batch_size: records per logical step in expectation (Poisson sampling, q = 1/ceil(N/B)).
-    physical_batch_size: records per forward/backward pass; larger logical batches are split.
-    max_length: tokens per training record.
-    bf16: bf16 autocast for the forward/backward; LoRA weights, per-record gradients, clipping,
-        noise and the optimizer stay float32.
-    loss_curve_points: held-out loss measured this many times during training (plus once before).
-    loss_curve_records: held-out records each measurement averages over.
-    """
-
-    lora_rank: int = 2
-    lora_alpha: float = 16
-    lora_dropout: float = 0.0
-    lora_targets: str | list[str] = "query+value"
-    epochs: float = 1.0
-    learning_rate: float = 1e-2
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    lr_schedule: str = "linear"
-    warmup_fraction: float = 0.0
-    expected_batch_size: int = 32
-    physical_batch_size: int = 8
-    max_length: int = 128
-    seed: int = 0
-    bf16: bool | str = "auto"  # "auto": bf16 where the device computes it natively (evaluation.bf16_available)
-    loss_curve_points: int = 5
-    loss_curve_records: int = 16
-    device: str | None = None
-    progress: bool = True
-    dp: DPConfig | None = None
+from ppt_core.privacy import DPConfig
+from ppt_core.train_config import TrainConfig, check_config
 
 
 @dataclass
@@ -133,104 +92,6 @@ class TrainResult:
         marks = sorted({max(1, round(self.steps * k / points)) for k in range(1, points + 1)})
         return [(s, privacy.accountant_epsilon(self.noise_multiplier, self.sample_rate, s, self.delta, self.accountant))
                 for s in marks]
-
-
-# --- configuration from a profile, and the checks ------------------------------------------------
-
-
-def config_from_params(params: dict, epsilon: float | None = None, **overrides) -> TrainConfig:
-    """The TrainConfig of a profile's arm: non-private when `epsilon` is None, else DP at `epsilon`."""
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TrainingConfigError(f"unknown TrainConfig setting(s) {unknown}: known are {sorted(known)}")
-    dp = None
-    if epsilon is not None:
-        dp = DPConfig(
-            target_epsilon=float(epsilon), delta=float(params["delta"]), max_grad_norm=float(params["max_grad_norm"]),
-            accountant=params["accountant"], grad_sample_mode=params["grad_sample_mode"],
-            secure_mode=bool(params["secure_mode"]),
-        )
-    config = TrainConfig(
-        lora_rank=int(params["lora_rank"]), lora_alpha=float(params["lora_alpha"]),
-        lora_dropout=float(params["lora_dropout"]), lora_targets=params["lora_targets"],
-        epochs=float(params["epochs"]), learning_rate=float(params["learning_rate"]),
-        optimizer=params["optimizer"], weight_decay=float(params["weight_decay"]),
-        lr_schedule=params["lr_schedule"], warmup_fraction=float(params["warmup_fraction"]),
-        expected_batch_size=int(params["expected_batch_size"]), physical_batch_size=int(params["physical_batch_size"]),
-        max_length=int(params["train_max_length"] or params["max_length"]), seed=int(params["seed"]),
-        bf16=params["bf16"] if params["bf16"] == "auto" else bool(params["bf16"]), loss_curve_points=int(params["loss_curve_points"]),
-        loss_curve_records=int(params["loss_curve_records"]),
-        device=None if params.get("device") in (None, "auto") else params["device"], dp=dp,
-    )
-    for name, value in overrides.items():
-        setattr(config, name, value)
-    return config
-
-
-def check_config(config: TrainConfig, n_records: int, model=None) -> None:
-    """Stop with one clear message on a setting that cannot train (or cannot keep its DP promise)."""
-    if n_records < 2:
-        raise TrainingConfigError(f"fine-tuning needs at least 2 training records (got {n_records})")
-    positive = dict(lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, epochs=config.epochs,
-                    learning_rate=config.learning_rate, expected_batch_size=config.expected_batch_size,
-                    physical_batch_size=config.physical_batch_size, max_length=config.max_length)
-    for name, value in positive.items():
-        if not value > 0:
-            raise TrainingConfigError(f"{name} must be > 0 (got {value})")
-    if config.max_length < 2:
-        raise TrainingConfigError(f"max_length must be >= 2 tokens to have a next token to predict (got {config.max_length})")
-    if not 0 <= config.lora_dropout < 1:
-        raise TrainingConfigError(f"lora_dropout must be in [0, 1) (got {config.lora_dropout})")
-    if not 0 <= config.warmup_fraction < 1:
-        raise TrainingConfigError(f"warmup_fraction must be in [0, 1) (got {config.warmup_fraction})")
-    if config.weight_decay < 0:
-        raise TrainingConfigError(f"weight_decay must be >= 0 (got {config.weight_decay})")
-    if config.loss_curve_points < 0 or config.loss_curve_records < 1:
-        raise TrainingConfigError(f"loss_curve_points must be >= 0 and loss_curve_records >= 1 "
-                                  f"(got {config.loss_curve_points} and {config.loss_curve_records})")
-    if config.optimizer not in OPTIMIZERS:
-        raise TrainingConfigError(f"optimizer must be one of {OPTIMIZERS} (got {config.optimizer!r})")
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise TrainingConfigError(f"lr_schedule must be one of {LR_SCHEDULES} (got {config.lr_schedule!r})")
-    if config.expected_batch_size > n_records:
-        raise TrainingConfigError(
-            f"expected_batch_size ({config.expected_batch_size}) is larger than the {n_records} training records: "
-            f"use expected_batch_size <= {n_records}"
-        )
-    plan = batching.schedule(n_records, config.expected_batch_size, config.epochs)
-    if plan.steps < 1:
-        raise TrainingConfigError(
-            f"epochs={config.epochs} gives no training step at sample rate {plan.sample_rate:.4g}: "
-            f"use epochs >= {plan.sample_rate:.4g}"
-        )
-    if model is not None:
-        lora_target_modules(model, config.lora_targets)
-    if config.dp is not None:
-        privacy.check_dp(config.dp, n_records, plan.sample_rate, plan.steps, bf16=config.bf16)
-
-
-def check_params(params: dict) -> None:
-    """The profile's fine-tuning settings are usable for its training-set size (before anything runs)."""
-    from ppt_core import data
-
-    for arm in params["train_arms"]:
-        if arm not in ("full", "pruned"):
-            raise TrainingConfigError(f"train_arms may hold 'full' and 'pruned' (got {arm!r})")
-    if params["lora_targets"] not in LORA_TARGET_SETS and not isinstance(params["lora_targets"], list):
-        raise TrainingConfigError(
-            f"lora_targets must be one of {LORA_TARGET_SETS} or a list of module names (got {params['lora_targets']!r})"
-        )
-    if params["loss_curve_points"] and params["loss_curve_records"] > params["n_heldout"]:
-        raise TrainingConfigError(f"loss_curve_records ({params['loss_curve_records']}) is larger than n_heldout "
-                                  f"({params['n_heldout']}): use loss_curve_records <= {params['n_heldout']}")
-    n_records = data.train_size(params)
-    for epsilon in [None] + list(params["epsilons"]):
-        check_config(config_from_params(params, epsilon), n_records)
-    if params.get("nproc", 1) != 1:
-        from ppt_core import distributed
-
-        distributed.check_world(params["nproc"], n_records, int(params["expected_batch_size"]))
 
 
 # --- LoRA ----------------------------------------------------------------------------------------
@@ -280,27 +141,6 @@ class RecordLoss(nn.Module):
 # --- the objects one run trains with -------------------------------------------------------------
 
 
-class _VirtualSteps:
-    """The non-private twin of Opacus's DPOptimizer virtual steps: gradients add up over the physical
-    batches of one logical batch (the loop signals each one with `signal_skip_step`) and one step is taken."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.original_optimizer = optimizer
-        self.skip_queue, self.last_step_skipped = deque(), False
-
-    def signal_skip_step(self, do_skip: bool = True) -> None:
-        self.skip_queue.append(do_skip)
-
-    def step(self) -> None:
-        self.last_step_skipped = bool(self.skip_queue.popleft()) if self.skip_queue else False
-        if not self.last_step_skipped:
-            self.original_optimizer.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        if not self.last_step_skipped:
-            self.original_optimizer.zero_grad(set_to_none=set_to_none)
-
-
 def _lr_lambda(config: TrainConfig, steps: int):
     warmup = round(config.warmup_fraction * steps)
 
@@ -323,7 +163,7 @@ class Training:
 
     peft_model: nn.Module
     module: nn.Module  # what the loop calls: Opacus's GradSampleModule under DP, else peft_model
-    optimizer: object  # Opacus DPOptimizer, or _VirtualSteps around the same torch optimizer
+    optimizer: object  # Opacus DPOptimizer, or batching.VirtualSteps around the same torch optimizer
     criterion: object  # RecordLoss, or Opacus's ghost-clipping wrapper of it
     loader: object  # Poisson logical batches (batching.poisson_loader)
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -331,6 +171,7 @@ class Training:
     config: TrainConfig
     plan: batching.Schedule
     engine: object = None  # Opacus PrivacyEngine (its accountant) under DP
+    world: distributed.World | None = None  # this process's place under torchrun; None in one process
 
     @property
     def sample_rate(self) -> float:
@@ -341,24 +182,39 @@ class Training:
         return self.plan.steps
 
 
-def prepare(peft_model, dataset: TensorDataset, config: TrainConfig) -> Training:
-    """Wire a LoRA model, its records and the config into a Training (Opacus's make_private under DP)."""
+def prepare(peft_model, dataset: TensorDataset, config: TrainConfig,
+            world: distributed.World | None = None) -> Training:
+    """Wire a LoRA model, its records and the config into a Training (Opacus's make_private under DP).
+
+    Under torchrun (`world`), the model goes into Opacus's DPDDP, this process draws its share of every
+    Poisson batch, and Opacus gives its DistributedDPOptimizer with the per-process expected batch
+    B / world_size (`ppt_core.distributed` explains why the guarantee is the single-process one).
+    """
     plan = batching.schedule(len(dataset), config.expected_batch_size, config.epochs)
     lora_params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer_class = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.AdamW
     optimizer = optimizer_class(lora_params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, plan.steps))
-    # Its own seeded generator: a DP arm and its non-private twin draw the same logical batches.
-    # (In secure mode Opacus swaps in its cryptographic generator.)
-    loader = batching.poisson_loader(dataset, plan, torch.Generator().manual_seed(config.seed))
+    if world is None:
+        # Its own seeded generator: a DP arm and its non-private twin draw the same logical batches.
+        # (In secure mode Opacus swaps in its cryptographic generator.)
+        loader = batching.poisson_loader(dataset, plan, torch.Generator().manual_seed(config.seed))
+        module, virtual_steps, batch_per_process = peft_model, batching.VirtualSteps, plan.expected_batch_size
+    else:
+        distributed.check_world(world.world_size, len(dataset), config.expected_batch_size)
+        loader = distributed.poisson_loader(dataset, plan, world, config.seed)
+        module, virtual_steps = distributed.wrap_model(peft_model), distributed.SummedVirtualSteps
+        batch_per_process = plan.expected_batch_size / world.world_size
     criterion, dp = RecordLoss("mean"), config.dp
     if dp is None:
-        return Training(peft_model, peft_model, _VirtualSteps(optimizer), criterion, loader, scheduler,
-                        lora_params, config, plan)
-    sigma = privacy.noise_multiplier(dp, plan.sample_rate, plan.steps)
-    private = privacy.make_private(peft_model, optimizer, criterion, loader, dp, sigma, plan.expected_batch_size)
+        return Training(peft_model, module, virtual_steps(optimizer), criterion, loader, scheduler,
+                        lora_params, config, plan, world=world)
+    sigma = privacy.noise_multiplier(dp, plan.sample_rate, plan.steps)  # for the global (q, steps)
+    private = privacy.make_private(module, optimizer, criterion, loader, dp, sigma, batch_per_process)
+    if world is not None:
+        distributed.check_distributed_optimizer(private.optimizer)
     return Training(peft_model, private.module, private.optimizer, private.criterion, private.loader, scheduler,
-                    lora_params, config, plan, private.engine)
+                    lora_params, config, plan, private.engine, world)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -455,6 +311,9 @@ def run_steps(training: Training, steps: int | None = None, heldout: TensorDatas
             bar.set_postfix(_progress(training, log, step, steps))
     bar.close()
     log.seconds, log.peak_mb = time.perf_counter() - started, memory.peak_mb
+    if training.world is not None:  # the run's log from every process's local batches; times stay this process's
+        log.losses, log.batch_sizes, log.sample_counts = distributed.sum_over_processes(
+            log.losses, log.batch_sizes, log.sample_counts)
     return log
 
 
@@ -488,8 +347,6 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None):
     Inside a torchrun process group, each process trains on its share of every Poisson batch
     (`ppt_core.distributed`) and every process returns the same adapter and guarantee.
     """
-    from ppt_core import distributed  # here, not at the top: distributed builds on this module
-
     texts, world = list(texts), distributed.current_world()  # world: None unless started by torchrun
     check_config(config, len(texts), model)
     if world is not None:
@@ -500,14 +357,12 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None):
     torch.manual_seed(config.seed)
     peft_model = _lora_model(model, config, device)
     dataset = batching.record_dataset(tokenizer, texts, config.max_length)
-    training = prepare(peft_model, dataset, config) if world is None else distributed.prepare(
-        peft_model, dataset, config, world)
+    training = prepare(peft_model, dataset, config, world)
     heldout = None if heldout_texts is None or (world and not world.main) else batching.record_dataset(
         tokenizer, list(heldout_texts)[: config.loss_curve_records], config.max_length)
     initial = [p.detach().clone() for p in training.lora_params]
     log = run_steps(training, heldout=heldout)
-    if world is not None:  # every process's local batches make the run's log; the replicas must agree
-        log = distributed.merge_step_log(log)
+    if world is not None:  # every process took every step: the replicas must agree
         distributed.check_replicas_agree(training.lora_params)
     _check_adapter_moved(training.lora_params, initial)
     dp = config.dp

@@ -3,7 +3,7 @@ interval over records, and the per-record rows the verdicts pair across arms), p
 on disk, and inference speed.
 
 Perplexity and sizes are deterministic (results.json); speed is wall-clock (timings.json), measured
-side by side for the distinct architectures by `evaluation.time_inference` (see `arm_speeds`).
+side by side for the distinct architectures by `timing.time_inference` (see `arm_speeds`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ppt_core import arms, artifacts, evaluation, models, stats
+from ppt_core import arms, artifacts, evaluation, models, stats, timing
 from ppt_core.artifacts import rounded
 
-TIMING_BATCH_SIZES = (1, 8)  # one user, and a small server batch
+TIMING_BATCH_SIZES = (1, timing.SPEED_BATCH_SIZE)  # one user, and a small server batch
 
 
 def heldout_rows(model, tokenizer, texts: Sequence[str], *, max_length: int, batch_size: int = 16,
@@ -32,7 +32,7 @@ def heldout_rows(model, tokenizer, texts: Sequence[str], *, max_length: int, bat
 def perplexity_estimate(rows: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """Token-weighted perplexity of heldout_rows and its 95% bootstrap interval over records:
     {"value", "low", "high", "records", "tokens"}."""
-    estimate = stats.estimate(evaluation.perplexity_of_rows, [rows], n_boot=n_boot, seed=seed)
+    estimate = stats.estimate(stats.perplexity_of_rows, [rows], n_boot=n_boot, seed=seed)
     return dict(estimate, records=len(rows), tokens=int(rows[:, 1].sum()))
 
 
@@ -73,11 +73,11 @@ def arm_utility(model, tokenizer, params: dict, arm: str, heldout: Sequence[str]
 
 
 def arm_speeds(starts: dict, tokenizer, params: dict, sizes: dict) -> dict:
-    """Prefill tokens/s and generation ms per token at batch 1 and 8 of every arm in `sizes`, for timings.json.
+    """Prefill tokens/s and generation ms per token at TIMING_BATCH_SIZES of every arm in `sizes`, for timings.json.
 
     A fine-tuned arm is its starting model with LoRA merged in: the same blocks, shapes and operations,
     so the same cost. The starting models (`starts`: base, pruned-noft) are timed once, side by side
-    (evaluation.time_inference), and each arm gets its start's numbers; `sizes` (arm_utility's results)
+    (timing.time_inference), and each arm gets its start's numbers; `sizes` (arm_utility's results)
     must show every arm with its start's parameter count.
     """
     arm_start = {arm: arms.parse(arm).start for arm in sizes}
@@ -85,7 +85,7 @@ def arm_speeds(starts: dict, tokenizer, params: dict, sizes: dict) -> dict:
         if sizes[arm]["parameters"] != sizes[start]["parameters"]:
             raise ValueError(f"arm {arm!r} has {sizes[arm]['parameters']} parameters but its start {start!r} has "
                              f"{sizes[start]['parameters']}: time it on its own")
-    speeds = evaluation.time_inference(
+    speeds = timing.time_inference(
         starts, tokenizer, prompt_tokens=params["timing_prompt_tokens"], new_tokens=params["timing_new_tokens"],
         batch_sizes=TIMING_BATCH_SIZES, repeats=params["timing_repeats"], seed=params["seed"])
     return {arm: speeds[start] for arm, start in arm_start.items()}
@@ -116,7 +116,7 @@ def utility_table(results: dict, timings: dict) -> pd.DataFrame:
             "disk (MB)": r["disk_mb"],
         }
         for batch in TIMING_BATCH_SIZES:
-            key = f"batch{batch}"
+            key = timing.batch_key(batch)
             if key in speed:
                 row[f"prefill tok/s (b{batch})"] = speed[key]["prefill_tokens_per_s"]
                 row[f"ms/token (b{batch})"] = speed[key]["generation_ms_per_token"]

@@ -12,17 +12,14 @@ never supported by absence alone: only an interval that excludes every effect ab
 minimal effect supports it, and a detected effect contradicts it.
 
 Where the numbers come from (one run; `seeds` says how many seeds a verdict rests on):
-- records/pruning.npz  f"{strategy}/{blocks removed}" -> per held-out record [sum log-prob, tokens] (02)
-- records/utility.npz  f"{arm}" -> the same rows for every arm, on the same held-out records (04)
-- timings.json         utility[arm]["batch8"]["prefill_seconds_per_round"], interleaved rounds (04)
+- per-record arrays    held-out rows of every strategy (02) and arm (04), membership scores and canary
+                       exposures of every arm (06): ppt_core.record_files, which writes and reads them
+- timings.json         utility[arm][timing.SPEED_BATCH]["prefill_seconds_per_round"], interleaved rounds (04)
 - results.json         attacks[arm]: membership, canaries, audit summaries (06)
-- attacks/records.npz  per-record membership scores and canary exposures of every arm (06)
 
-Over several seeds (`pool_records`, `pool_attacks`, `pool_timings`), each seed's records are
-concatenated and labelled by their seed; every paired interval then comes from the two-stage
-bootstrap of stats.paired_indices (seeds drawn with replacement, then records within each drawn
-seed), so it carries the spread between seeds (training noise, data draw) and not only between
-records, and a statistic that only means something within one seed (an AUC) is averaged over them.
+Over several seeds, ppt_core.pooling labels each seed's records by their seed; every paired interval
+then resamples seeds, then records within each drawn seed (stats.paired_indices), and an AUC is computed
+within each seed and averaged (`paired_membership`).
 """
 
 from __future__ import annotations
@@ -30,12 +27,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.stats
 
-from ppt_core import arms, artifacts, evaluation, stats
+from ppt_core import arms, record_files, stats, timing
+from ppt_core.record_files import RUN_LABELS
+from ppt_core.roc import roc_auc
+from ppt_core.stats import format_interval
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 OUTCOMES = (SUPPORTED, CONTRADICTED, INCONCLUSIVE)
@@ -45,9 +45,7 @@ MINIMAL_AUC_EFFECT = 0.05  # the smallest membership ΔAUC worth calling a leak 
 CANARY_ALPHA = 0.05  # family-wise error of "some inserted canary is exposed" (Bonferroni over the canaries)
 MIN_PAIRED_RECORDS = 5  # fewer paired records (or canaries) than this give no interval worth deciding on
 MIN_TIMING_ROUNDS = 2  # a Student-t interval needs two rounds at least
-SPEED_BATCH = "batch8"  # prefill of a small server batch
 CALIBRATED_SIGNAL, UNCALIBRATED_SIGNAL = "reference", "loss"  # reference: the score is calibrated by the start
-RECORD_FILES = {"pruning": "records/pruning.npz", "utility": "records/utility.npz", "attacks": "attacks/records.npz"}
 WALL_CLOCK_CLAIMS = ("speedup",)  # verdicts resting on timings: timings.json, never results.json
 
 
@@ -94,21 +92,6 @@ def combine(outcomes: Sequence[str]) -> str:
     return SUPPORTED if outcomes and all(o == SUPPORTED for o in outcomes) else INCONCLUSIVE
 
 
-def format_interval(estimate, digits: int = 3) -> str:
-    """"v [low, high]" of a {"value", "low", "high"} (or a plain number); "–" for nothing."""
-    if estimate is None:
-        return "–"
-    if not isinstance(estimate, Mapping):
-        estimate = {"value": estimate}
-    value, low, high = (estimate.get(k) for k in ("value", "low", "high"))
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "–"
-    text = "∞" if np.isinf(value) else f"{value:.{digits}g}"
-    if low is not None and high is not None and not (np.isnan(low) or np.isnan(high)):
-        text += f" [{low:.{digits}g}, {high:.{digits}g}]"
-    return text
-
-
 def _missing(what: str) -> Verdict:
     return Verdict(INCONCLUSIVE, f"not measured: {what}")
 
@@ -123,7 +106,7 @@ def perplexity_ratio(numerator: np.ndarray, denominator: np.ndarray, *, runs: np
         raise ValueError(f"paired rows must cover the same records (got shapes {numerator.shape} and "
                          f"{denominator.shape})")
     return stats.paired_estimate(
-        lambda a, b: evaluation.perplexity_of_rows(a) / evaluation.perplexity_of_rows(b), [numerator, denominator],
+        lambda a, b: stats.perplexity_of_rows(a) / stats.perplexity_of_rows(b), [numerator, denominator],
         runs=runs, n_boot=n_boot, seed=seed)
 
 
@@ -145,11 +128,11 @@ def pairwise_best(rows_by_strategy: Mapping[str, np.ndarray], *, reference: str 
         return Verdict(INCONCLUSIVE, f"no other strategy removed different blocks{note}")
     if _too_few(ours):
         return Verdict(INCONCLUSIVE, f"{len(ours)} held-out records: too few to pair")
-    perplexity = {s: evaluation.perplexity_of_rows(r) for s, r in others.items()}
+    perplexity = {s: stats.perplexity_of_rows(r) for s, r in others.items()}
     rival = min(perplexity, key=perplexity.get)
     ratio = perplexity_ratio(ours, others[rival], runs=runs, n_boot=n_boot, seed=seed)
     ranking = ", ".join(f"{s} {p:.3g}" for s, p in sorted(
-        {**perplexity, reference: evaluation.perplexity_of_rows(ours)}.items(), key=lambda kv: kv[1]))
+        {**perplexity, reference: stats.perplexity_of_rows(ours)}.items(), key=lambda kv: kv[1]))
     return Verdict(side(ratio, 1.0, "below"),
                    f"perplexity ratio {reference} / {rival} {format_interval(ratio)} ({ranking}{note})",
                    seeds=ratio["seeds"])
@@ -171,7 +154,7 @@ def recovered_fraction(start_rows: np.ndarray, healed_rows: np.ndarray, referenc
     """(perplexity of start - of healed) / (of start - of reference), paired over the same records: the share
     of the way from the unhealed pruned model to the full model fine-tuned alike that healing covers."""
     def fraction(start, healed, reference):
-        s, h, r = (evaluation.perplexity_of_rows(x) for x in (start, healed, reference))
+        s, h, r = (stats.perplexity_of_rows(x) for x in (start, healed, reference))
         return (s - h) / (s - r) if s != r else np.nan
 
     samples = [np.asarray(x, dtype=float) for x in (start_rows, healed_rows, reference_rows)]
@@ -351,10 +334,11 @@ def _membership_samples(records: Mapping[str, np.ndarray], names: Sequence[str],
     return is_member, scores, runs
 
 
-def _paired_membership(statistic, records: Mapping[str, np.ndarray], names: Sequence[str], signal: str, *,
-                       n_boot: int, seed: int) -> dict:
-    """statistic(is_member, *scores of `names`), members and non-members each resampled once for every arm;
-    over several seeds computed within each seed and averaged (stats.within_runs)."""
+def paired_membership(statistic, records: Mapping[str, np.ndarray], names: Sequence[str], signal: str, *,
+                      n_boot: int, seed: int) -> dict:
+    """statistic(is_member, *scores of `names`) on attack records (attacks/records.npz's arrays, one run's or
+    several seeds' pooled), members and non-members each resampled once for every arm; over several seeds
+    computed within each seed and averaged (stats.within_runs)."""
     is_member, scores, runs = _membership_samples(records, names, signal)
     if runs is None:
         return stats.paired_estimate(statistic, [is_member, *scores], strata=is_member, n_boot=n_boot, seed=seed)
@@ -366,13 +350,11 @@ def membership_auc_difference(records: Mapping[str, np.ndarray], arm: str, other
                               signal: str = CALIBRATED_SIGNAL, n_boot: int = 1000, seed: int = 0) -> dict:
     """AUC of `arm` minus AUC of `other` on the same members and non-members (attacks/records.npz),
     members and non-members each resampled once for both arms."""
-    from ppt_core.attacks import roc_auc
-
     def difference(member, a, b):
         member = member == 1
         return roc_auc(a[member], a[~member]) - roc_auc(b[member], b[~member])
 
-    return _paired_membership(difference, records, [arm, other], signal, n_boot=n_boot, seed=seed)
+    return paired_membership(difference, records, [arm, other], signal, n_boot=n_boot, seed=seed)
 
 
 def exposure_difference(records: Mapping[str, np.ndarray], arm: str, other: str, *, n_boot: int = 1000,
@@ -439,115 +421,20 @@ def required_sample_size(auc: float, alpha: float = 0.05, power: float = 0.8) ->
     return high
 
 
-# --- several seeds ------------------------------------------------------------------------------------
-RUN_LABELS = "runs"  # beside pooled per-record arrays: the seed each record comes from
-ATTACK_GROUPS = {"members": "members/ids", "nonmembers": "nonmembers/ids", "canaries": "canaries/ids",
-                 "audit": "audit/included"}  # record groups of attacks/records.npz, and the array that lists each
-
-
-def pool_records(records_by_seed: Mapping[int, Mapping[str, Mapping[str, np.ndarray]]]) -> dict:
-    """load_records over several seeds: per stage, every array all seeds have, concatenated in seed order,
-    with the seed of each record beside them: `RUN_LABELS` for the pruning and utility rows (every key of a
-    stage covers the same held-out records), "<group>/runs" for each group of the attack records."""
-    seeds = list(records_by_seed)
-    pooled = {}
-    for stage in RECORD_FILES:
-        per_seed = [records_by_seed[s].get(stage, {}) for s in seeds]
-        keys = sorted(set.intersection(*(set(r) for r in per_seed)))
-        arrays = {key: np.concatenate([r[key] for r in per_seed]) for key in keys}
-
-        def labels(key):
-            return np.concatenate([np.full(len(r[key]), s) for s, r in zip(seeds, per_seed)])
-
-        if stage == "attacks":
-            arrays.update({f"{group}/{RUN_LABELS}": labels(listed) for group, listed in ATTACK_GROUPS.items()
-                           if listed in arrays})
-        elif keys:
-            arrays[RUN_LABELS] = labels(keys[0])
-        pooled[stage] = arrays
-    return pooled
-
-
-def pooled_membership_auc(records: Mapping[str, np.ndarray], arm: str, signal: str, *, n_boot: int = 1000,
-                          seed: int = 0) -> dict:
-    """The membership AUC of one arm's `signal` over pooled records (pool_records): within each seed (scores
-    of different seeds' models are not comparable), averaged, with the two-stage paired bootstrap."""
-    from ppt_core.attacks import roc_auc
-
-    def auc(member, scores):
-        return roc_auc(scores[member == 1], scores[member == 0])
-
-    return _paired_membership(auc, records, [arm], signal, n_boot=n_boot, seed=seed)
-
-
-def pool_attacks(attacks_by_seed: Mapping[int, Mapping[str, Mapping]], records: Mapping[str, np.ndarray], *,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
-    """results["attacks"] of several seeds as one, for `leak` and `mitigates_memorisation`: per arm every seed
-    measured, the judged membership signal's AUC from the pooled records (pooled_membership_auc; for the
-    calibrated signal ΔAUC vs the start is AUC − 0.5, see membership_delta), every seed's canaries (distinct
-    secrets: canary_threshold's Bonferroni grows with their number) with the widest reference band, and the
-    audit's lowest ε lower bound over the seeds (the least of valid 95% lower bounds is one)."""
-    seeds = list(attacks_by_seed)
-    common = set.intersection(*(set(attacks_by_seed[s] or {}) for s in seeds)) if seeds else set()
-    pooled = {}
-    for arm in sorted(common, key=lambda a: list(attacks_by_seed[seeds[0]]).index(a)):
-        per_seed = [attacks_by_seed[s][arm] for s in seeds]
-        signal = membership_signal(per_seed[0])
-        entry: dict = {}
-        if f"{arm}/members/{signal}" in records:
-            entry["membership"] = {"signals": {signal: {
-                "auc": pooled_membership_auc(records, arm, signal, n_boot=n_boot, seed=seed)}}}
-        canaries = [a.get("canaries") for a in per_seed]
-        if all(canaries):
-            bands = np.array([c.get("reference_band", [0.0, 0.0]) for c in canaries], dtype=float)
-            entry["canaries"] = {"rows": [row for c in canaries for row in c.get("rows", [])],
-                                 "reference_band": [float(bands[:, 0].min()), float(bands[:, 1].max())]}
-        audits = [a.get("audit") or {} for a in per_seed]
-        if all(audits):
-            entry["audit"] = {key: (min(a[key] for a in audits) if all(a.get(key) is not None for a in audits)
-                                    else None) for key in ("epsilon_lower_one_run", "epsilon_lower_fdp")}
-            claimed = [a.get("claimed_epsilon") for a in audits if a.get("claimed_epsilon") is not None]
-            entry["audit"]["claimed_epsilon"] = max(claimed) if claimed else None
-        pooled[arm] = entry
-    return pooled
-
-
-def pool_timings(timings_by_seed: Mapping[int, Mapping]) -> dict:
-    """timings.json's speed over several seeds, for `speedup`: each arm's interleaved prefill rounds of every
-    seed, one after the other (and the mean throughput), where every seed timed them."""
-    utility = {}
-    per_seed = [t.get("utility", {}) for t in timings_by_seed.values()]
-    for arm in set.intersection(*(set(u) for u in per_seed)) if per_seed else ():
-        speeds = [u[arm].get(SPEED_BATCH) or {} for u in per_seed]
-        if all(s.get("prefill_seconds_per_round") for s in speeds):
-            utility[arm] = {SPEED_BATCH: {
-                "prefill_seconds_per_round": [x for s in speeds for x in s["prefill_seconds_per_round"]],
-                "prefill_tokens_per_s": float(np.mean([s["prefill_tokens_per_s"] for s in speeds]))}}
-    return {"utility": utility}
+def leak_table(attacks: Mapping[str, Mapping]) -> pd.DataFrame:
+    """Per fine-tuned arm of results["attacks"]: the leak verdict, its evidence, and the members (and as many
+    non-members) a membership test would need to detect the calibrated signal's observed AUC."""
+    rows = {}
+    for arm, arm_attacks in attacks.items():
+        if arms.parse(arm).trained:
+            verdict = leak(arm_attacks)
+            auc = arm_attacks["membership"]["signals"][CALIBRATED_SIGNAL]["auc"]["value"]
+            rows[arm] = {"leak detected": verdict.outcome, "evidence": verdict.evidence,
+                         "members needed at this AUC": required_sample_size(auc)}
+    return pd.DataFrame(rows).T
 
 
 # --- the paper's claims -------------------------------------------------------------------------------
-def records_file(paths: artifacts.RunPaths, stage: str) -> Path:
-    """Where a stage saves the per-record arrays the verdicts read (see RECORD_FILES)."""
-    if stage not in RECORD_FILES:
-        raise ValueError(f"unknown records stage {stage!r}: choose one of {', '.join(RECORD_FILES)}")
-    return paths.root / RECORD_FILES[stage]
-
-
-def load_attack_records(path: str | Path) -> dict[str, np.ndarray]:
-    """Every array of an npz of per-record data (e.g. attacks/records.npz), by key; {} if there is none."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    with np.load(path, allow_pickle=False) as arrays:
-        return {key: arrays[key] for key in arrays.files}
-
-
-def load_records(paths: artifacts.RunPaths) -> dict[str, dict[str, np.ndarray]]:
-    """{"pruning", "utility", "attacks"} -> that stage's per-record arrays ({} where not saved)."""
-    return {stage: load_attack_records(records_file(paths, stage)) for stage in RECORD_FILES}
-
-
 CLAIMS = {
     "pairwise_best": "Pairwise cosine similarity finds the blocks to remove",
     "keeps_performance": "Structural pruning reduces size without compromising performance",
@@ -567,8 +454,9 @@ def criteria(params: dict) -> dict[str, str]:
                          "(above 1: contradicted)",
         "keeps_performance": f"`pruned-noft` over `base` perplexity, paired per record: interval below {limit} "
                              f"(within {PERFORMANCE_MARGIN:.0%}; above: contradicted)",
-        "speedup": "`base` / `pruned-noft` prefill seconds per interleaved timing round (batch 8): geometric mean's "
-                   "95% Student-t interval above 1 (below 1: contradicted)",
+        "speedup": f"`base` / `pruned-noft` prefill seconds per interleaved timing round (batch "
+                   f"{timing.SPEED_BATCH_SIZE}): geometric mean's 95% Student-t interval above 1 "
+                   "(below 1: contradicted)",
         "heals": "each `pruned-dp<ε>`, paired per record: perplexity over `pruned-noft` below 1 (improves) and over "
                  f"`base` below {limit} (gets back); recovered fraction (pruned-noft − pruned-dp) / (pruned-noft − "
                  "full-dp) shown",
@@ -584,18 +472,17 @@ def criteria(params: dict) -> dict[str, str]:
 
 def paper_claims(params: dict, results: dict, timings: dict, records: Mapping[str, Mapping]) -> list[Verdict]:
     """The paper's claims, each decided by its criterion (see criteria) from one run's results.json,
-    timings.json and per-record arrays (load_records), or from several seeds' pooled (pool_records,
-    pool_attacks, pool_timings); a claim whose inputs are missing is INCONCLUSIVE. Each verdict rests on the
-    profile's seeds, all of them."""
+    timings.json and per-record arrays (record_files.load_records), or from several seeds' pooled
+    (pooling.pool_records, pool_attacks, pool_timings); a claim whose inputs are missing is INCONCLUSIVE.
+    Each verdict rests on the profile's seeds, all of them."""
     boot = dict(n_boot=params["n_bootstrap"], seed=params["seed"])
     pruning = dict(records.get("pruning", {}))
     utility_rows = dict(records.get("utility", {}))
     pruning_boot = dict(boot, runs=pruning.pop(RUN_LABELS, None))
     utility_boot = dict(boot, runs=utility_rows.pop(RUN_LABELS, None))
-    pruning_rows = {key.split("/")[0]: rows for key, rows in pruning.items()
-                    if key.split("/")[1] == str(params["n_remove"])}
-    seconds = {arm: (timings.get("utility", {}).get(arm, {}).get(SPEED_BATCH) or {}).get("prefill_seconds_per_round")
-               for arm in ("base", "pruned-noft")}
+    pruning_rows = record_files.pruning_rows(pruning, params["n_remove"])
+    seconds = {arm: (timings.get("utility", {}).get(arm, {}).get(timing.SPEED_BATCH) or {})
+               .get("prefill_seconds_per_round") for arm in ("base", "pruned-noft")}
     attacks = results.get("attacks") or {}
     decided = {
         "pairwise_best": pairwise_best(pruning_rows, **pruning_boot) if pruning_rows

@@ -8,10 +8,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_training import TEXTS, dp_config, small_config
 
 from ppt_core import arm_training, arms, artifacts, batching, training
-
-from test_training import TEXTS, dp_config, small_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppt_core import attacks, audit, data, profiles, tokens, training
+from ppt_core import audit, data, membership, profiles, tokens, train_config, training
 from ppt_core.models import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,8 +46,8 @@ def audit_data(tmp_path_factory):
 
 
 def _audit_bounds(arm, start, splits, delta):
-    scores = attacks.audit_scores(attacks.audit_logprobs(*arm, splits.audit, progress=False),
-                                  attacks.audit_logprobs(*start, splits.audit, progress=False))
+    scores = membership.audit_scores(membership.audit_logprobs(*arm, splits.audit, progress=False),
+                                     membership.audit_logprobs(*start, splits.audit, progress=False))
     return audit.epsilon_lower_bounds(scores, np.array([r["included"] for r in splits.audit]), delta=delta)
 
 
@@ -73,7 +73,7 @@ def test_a_memorising_non_private_run_is_caught(audit_data, tiny):
 
 def test_a_dp_run_at_epsilon_one_stays_below_its_claim(audit_data, tiny):
     params, splits = audit_data
-    config = training.config_from_params(params, 1.0, progress=False, learning_rate=5e-2)
+    config = train_config.config_from_params(params, 1.0, progress=False, learning_rate=5e-2)
     peft_model, result = training.finetune(*tiny, splits.texts("train"), config)
     bounds = _audit_bounds((peft_model, tiny[1]), tiny, splits, params["delta"])
     assert result.epsilon <= 1.0

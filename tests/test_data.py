@@ -1,13 +1,14 @@
-"""The synthetic corpus: deterministic, disjoint splits, canaries inserted exactly as designed."""
+"""The study's splits: deterministic, disjoint, sized by the profile, canaries inserted exactly as designed."""
 
 import pytest
 
-from ppt_core import data, profiles
+from ppt_core import corpus, data, profiles
 
 
 @pytest.fixture(scope="module")
 def params():
-    return profiles.get_profile("smoke", canary_repetitions=[1, 3, 5], canaries_per_repetition=2, n_reference_canaries=3)
+    return profiles.get_profile("smoke", canary_repetitions=[1, 3, 5], canaries_per_repetition=2,
+                                n_reference_canaries=3)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def test_notes_vary_and_carry_their_pii(splits):
 def test_user_data_replaces_the_notes(params, tiny, tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text("".join(f'{{"body": "record number {i} of my own data"}}\n' for i in range(20)))
-    splits = data.build_dataset(dict(params, data_path=str(path), text_field="body"), tmp_path / "out", tokenizer=tiny[1])
+    user = dict(params, data_path=str(path), text_field="body")
+    splits = data.build_dataset(user, tmp_path / "out", tokenizer=tiny[1])
     mine = [r for r in splits.train + splits.heldout if r["kind"] == "note"]
     assert len(mine) == 20 and all("of my own data" in r["text"] for r in mine)
     assert not any("of my own data" in t for t in splits.texts("public"))  # calibration stays public
@@ -82,21 +84,14 @@ def test_audit_canaries_join_train_exactly_when_included(params, splits):
     train_texts = [r["text"] for r in splits.train if r["kind"] == "audit"]
     for record in splits.audit:
         assert train_texts.count(record["text"]) == int(record["included"]), record["id"]
-    assert list(data.audit_inclusions(params)) == [r["included"] for r in splits.audit]
+    assert list(corpus.audit_inclusions(params)) == [r["included"] for r in splits.audit]
     assert 0 < sum(r["included"] for r in splits.audit) < len(splits.audit)
-
-
-def test_audit_inclusions_come_from_their_own_stream(params):
-    # The coins depend on the seed alone, not on any other setting of the data.
-    same = data.audit_inclusions(dict(params, n_train=params["n_train"] * 2, canary_repetitions=[2, 7]))
-    assert list(same) == list(data.audit_inclusions(params))
-    assert list(data.audit_inclusions(dict(params, seed=params["seed"] + 1))) != list(same)
 
 
 def test_audit_words_are_the_tokens_the_audit_scores(splits, tiny):
     tokenizer = tiny[1]
     for record in splits.audit[:8]:
-        words = record["text"][len(data.AUDIT_PREFIX):].split(" ")[1:]
+        words = record["text"][len(corpus.AUDIT_PREFIX):].split(" ")[1:]
         ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
         assert len(words) == record["secret_tokens"]
         assert ids[-len(words):] == [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]

@@ -8,18 +8,16 @@ adapter loads with plain peft; a world size the batch cannot be split over stops
 """
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-from conftest import REPO, run_all
-from ppt_core import batching, distributed, training
-
+from conftest import REPO, run_all, run_all_in_process
 from test_training import TEXTS, _record_gradient, dp_config, small_config  # noqa: E402
+
+from ppt_core import batching, distributed, errors, training
 
 WORLD_SIZE = 2
 SIGMA, CLIP = 0.7, 0.5
@@ -33,7 +31,7 @@ def _prepared(tiny, config, world):
     model, tokenizer = tiny
     torch.manual_seed(config.seed)
     peft_model = training._lora_model(model, config, torch.device("cpu"))
-    return distributed.prepare(peft_model, batching.record_dataset(tokenizer, TEXTS, config.max_length), config, world)
+    return training.prepare(peft_model, batching.record_dataset(tokenizer, TEXTS, config.max_length), config, world)
 
 
 def _scenarios(rank: int, out_dir: str) -> None:
@@ -52,7 +50,7 @@ def _scenarios(rank: int, out_dir: str) -> None:
     training._lora_model = lambda *a, **k: built.append(1) or original(*a, **k)
     try:
         training.finetune(*tiny, TEXTS, small_config(expected_batch_size=1, dp=dp_config()))
-    except training.TrainingConfigError as err:
+    except errors.TrainingConfigError as err:
         seen["bad_batch_error"] = str(err)
     training._lora_model = original
     seen["bad_batch_built_model"] = bool(built)
@@ -83,7 +81,7 @@ def _scenarios(rank: int, out_dir: str) -> None:
                                            dp=dp_config(max_grad_norm=1e-2)), world)
     clipped.optimizer.noise_multiplier = 0.0
     before = _lora_vector(clipped.lora_params)
-    log = distributed.merge_step_log(training.run_steps(clipped, steps=1))
+    log = training.run_steps(clipped, steps=1)  # the log of every process's local batches
     seen["clipped_before"], seen["clipped_update"] = before, _lora_vector(clipped.lora_params) - before
     seen["clipped_members"] = [i for i, count in enumerate(log.sample_counts) if count]
     seen["clipped_expected_batch"] = clipped.plan.expected_batch_size
@@ -228,7 +226,7 @@ def test_batch_too_small_to_split_stops_before_training(two_processes):
     (4, 30, 3, "expected_batch_size (3) is too small to split over 4 processes"),
 ])
 def test_bad_world_size_names_the_value_and_the_fix(world_size, n_records, batch, message):
-    with pytest.raises(training.TrainingConfigError) as err:
+    with pytest.raises(errors.TrainingConfigError) as err:
         distributed.check_world(world_size, n_records, batch)
     assert message in str(err.value)
     distributed.check_world(2, 30, 6)  # a good one passes
@@ -247,31 +245,24 @@ def test_single_process_has_no_world():
     ("9", "expected_batch_size (8) is too small to split over 9 processes"),
 ])
 def test_run_all_refuses_a_bad_nproc_before_running(run_name, nproc, fragment):
-    result = run_all("--profile", "smoke", "--nproc", nproc, "--run-name", run_name)
+    result = run_all_in_process("--profile", "smoke", "--nproc", nproc, "--run-name", run_name)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert fragment in lines[0]
     assert not (REPO / "runs" / run_name).exists()
 
 
-@pytest.mark.smoke
-def test_smoke_pipeline_in_2_processes_gives_the_single_process_epsilon():
+@pytest.mark.slow
+def test_smoke_pipeline_in_2_processes_gives_the_single_process_epsilon(smoke_run, run_name):
     """run_all --nproc 2 runs every notebook, notebook 03 training each arm with torchrun in 2 processes;
-    each arm's (epsilon, sigma, q, steps) equals the --nproc 1 run's, and its adapter is saved."""
-    names = {1: "pytest-nproc-1", 2: "pytest-nproc-2"}
-    try:
-        for nproc, name in names.items():
-            result = run_all("--profile", "smoke", "--nproc", str(nproc), "--run-name", name, "--force")
-            assert result.returncode == 0, result.stderr[-3000:]
-        trained = {n: json.loads((REPO / "runs" / name / "results.json").read_text())["training"]
-                   for n, name in names.items()}
-        assert sorted(trained[1]) == sorted(trained[2]) and len(trained[1]) == 4
-        for arm, one in trained[1].items():
-            two = trained[2][arm]
-            for key in ("private", "epsilon", "noise_multiplier", "sample_rate", "steps", "expected_batch_size"):
-                assert one[key] == two[key], (arm, key)
-            assert (REPO / "runs" / names[2] / "models" / arm / "adapter" / "adapter_config.json").exists()
-        assert any(one["epsilon"] for one in trained[1].values())
-    finally:
-        for name in names.values():
-            shutil.rmtree(REPO / "runs" / name, ignore_errors=True)
+    each arm's (epsilon, sigma, q, steps) equals the session's one-process smoke run's, and its adapter is saved."""
+    result = run_all("--profile", "smoke", "--nproc", "2", "--run-name", run_name, "--force")
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = json.loads(smoke_run.paths.results.read_text())["training"]
+    two = json.loads((REPO / "runs" / run_name / "results.json").read_text())["training"]
+    assert sorted(one) == sorted(two) and len(one) == 4
+    for arm in one:
+        for key in ("private", "epsilon", "noise_multiplier", "sample_rate", "steps", "expected_batch_size"):
+            assert one[arm][key] == two[arm][key], (arm, key)
+        assert (REPO / "runs" / run_name / "models" / arm / "adapter" / "adapter_config.json").exists()
+    assert any(record["epsilon"] for record in one.values())

@@ -3,8 +3,7 @@ quality and leakage measures on texts whose answers we know."""
 
 import pytest
 
-from ppt_core import data, generation, profiles
-
+from ppt_core import corpus, data, generation, profiles
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +32,7 @@ def test_prompts_are_template_headers_never_training(tiny, tmp_path):
     params = profiles.get_profile("smoke", n_synthetic=7)
     splits = data.build_dataset(params, tmp_path, tokenizer=tokenizer)
     prompts = generation.synthesis_prompts(params, splits, tokenizer)
-    assert len(prompts) == 7 and set(prompts) <= {t.split("{")[0].rstrip() for t in data.TEMPLATES}
+    assert len(prompts) == 7 and set(prompts) <= {t.split("{")[0].rstrip() for t in corpus.TEMPLATES}
     train_pii = {value for r in splits.train for value in r["pii"].values()}
     assert not any(value in p for p in prompts for value in train_pii)
 
@@ -70,7 +69,8 @@ def test_leakage_counts_only_training_only_pii(tiny, tmp_path):
     assert generation.leaked_pii(f"MRN {member['mrn']}.", private) == [member["mrn"]]
     # A name alone is not enough; with its date of birth it is.
     assert generation.leaked_pii(f"{member['name']} came in.", private) == []
-    assert generation.leaked_pii(f"{member['name']}, born {member['dob']}", private) == [f"{member['name']} / {member['dob']}"]
+    named = f"{member['name']}, born {member['dob']}"
+    assert generation.leaked_pii(named, private) == [f"{member['name']} / {member['dob']}"]
     assert generation.leaked_pii(f"MRN {outsider['mrn']}, {outsider['name']} {outsider['dob']}", private) == []
 
 
@@ -103,3 +103,22 @@ def test_synthetic_report_on_user_data_counts_a_copied_ticket_as_a_leak(tiny, us
 
 def test_rounded_keeps_six_significant_digits_and_drops_nan():
     assert generation.rounded({"a": [1.23456789, float("nan")], "b": 7}) == {"a": [1.23457, None], "b": 7}
+
+
+def test_the_preview_shows_base_and_the_profiles_first_fine_tuned_arm_by_name():
+    rows = {arm: [{"text": f"a note by {arm}"}] for arm in ("base", "pruned-noft", "pruned-nodp", "pruned-dp8")}
+    params = profiles.get_profile("smoke", train_arms=["pruned"], epsilons=[8])
+    assert generation.sample_preview(rows, params) == ("--- base ---\na note by base\n\n"
+                                                       "--- pruned-nodp ---\na note by pruned-nodp\n")
+    untrained = profiles.get_profile("smoke", train_arms=[])
+    assert generation.sample_preview(rows, untrained) == "--- base ---\na note by base\n"
+
+
+def test_synthetic_table_has_a_row_per_arm_with_the_leakage_shares():
+    summary = {"distinct_1": 0.5, "distinct_2": 0.8, "mean_tokens": 40.0,
+               "bertscore_nearest_heldout": {"value": 0.7}, "memorisation_share": {"value": 0.55},
+               "pii_leak_share": {"value": 0.0}}
+    table = generation.synthetic_table({"base": summary, "full-nodp": dict(summary, pii_leak_share={"value": 0.25})})
+    assert list(table.index) == ["base", "full-nodp"]
+    assert table.loc["full-nodp", "records with training-only PII"] == 0.25
+    assert table.loc["base", "closer to train than held-out"] == 0.55

@@ -54,7 +54,6 @@ def test_local_folder_round_trip(tiny, tmp_path):
     assert torch.equal(model(**batch).logits, loaded(**batch).logits)
 
 
-@pytest.mark.embedded
 def test_embedded_model_answers_paris(smollm):
     model, tokenizer = smollm
     messages = [{"role": "user", "content": "What is the capital of France?"}]
@@ -64,14 +63,12 @@ def test_embedded_model_answers_paris(smollm):
     assert "Paris" in answer
 
 
-@pytest.mark.embedded
 def test_embedded_model_reads_english(smollm):
     model, tokenizer = smollm
     text = ["The committee will meet on Tuesday to discuss the budget for the coming year."]
     assert perplexity(model, tokenizer, text, progress=False) < 100
 
 
-@pytest.mark.embedded
 def test_embedded_conversion_from_gguf_matches_cache(smollm, tmp_path, monkeypatch):
     """The GGUF -> safetensors conversion, run afresh into an empty cache, gives the cached weights."""
     monkeypatch.setenv("PPT_CACHE_DIR", str(tmp_path))

@@ -1,4 +1,5 @@
-"""Committed notebooks: no outputs, one tagged parameters cell holding the default profile's values."""
+"""Committed notebooks: no outputs, one tagged parameters cell holding the default profile's values, and the
+notebooks whose logic lives in ppt_core keep none of their own."""
 
 import ast
 from pathlib import Path
@@ -36,3 +37,19 @@ def test_parameters_cell_holds_the_default_profile(path):
         name = node.targets[0].id
         assert name in default, f"{path.name}: parameter {name!r} is not a profile key"
         assert ast.literal_eval(node.value) == default[name], f"{path.name}: {name} differs from the default profile"
+
+
+# Every notebook's code cells only call ppt_core and show what it returns: no loop, comprehension, function or
+# lambda of their own (the logic a reader could not test lives in the library, beside its peers).
+LOGIC = (ast.For, ast.While, ast.FunctionDef, ast.Lambda, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_holds_no_logic_of_its_own(path):
+    notebook = nbformat.read(path, as_version=4)
+    name = path.name
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            nodes = ast.walk(ast.parse(cell.source))
+            found = sorted({type(node).__name__ for node in nodes if isinstance(node, LOGIC)})
+            assert not found, f"{name}: a code cell holds {', '.join(found)}: move it into ppt_core\n{cell.source}"

@@ -21,7 +21,8 @@ assert plots.save(fig, "figure", sys.argv[1]) is None  # a notebook cell ending 
 
 
 def test_the_same_figure_gives_the_same_bytes_in_two_processes(tmp_path):
-    """No dates, producer strings or per-process salts in the files: regenerating an unchanged figure changes nothing."""
+    """No dates, producer strings or per-process salts in the files: regenerating an unchanged figure changes
+    nothing."""
     folders = [tmp_path / "a", tmp_path / "b"]
     for folder in folders:
         subprocess.run([sys.executable, "-c", DRAW, str(folder)], check=True, cwd=REPO)

@@ -1,19 +1,16 @@
 """run_all.py as a user runs it: bad input stops at once with one line and writes nothing;
-the smoke profile runs every notebook end to end, deterministically, and resumes."""
+the smoke profile runs every notebook end to end (the session's one smoke run), deterministically, and resumes."""
 
-import importlib.util
 import json
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO, run_all
+from conftest import REPO, load_run_all, run_all, run_all_in_process
 
 from ppt_core import artifacts
-
 
 
 def assert_one_line_error(result, *fragments):
@@ -35,7 +32,7 @@ def assert_quiet(executed):
 
 
 def test_missing_data_file(run_name):
-    result = run_all("--data", "/nonexistent.jsonl", "--run-name", run_name)
+    result = run_all_in_process("--data", "/nonexistent.jsonl", "--run-name", run_name)
     assert_one_line_error(result, "/nonexistent.jsonl", "does not exist")
     assert not (REPO / "runs" / run_name).exists()
 
@@ -43,7 +40,7 @@ def test_missing_data_file(run_name):
 def test_empty_data_file(run_name, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    result = run_all("--data", str(empty), "--run-name", run_name)
+    result = run_all_in_process("--data", str(empty), "--run-name", run_name)
     assert_one_line_error(result, "empty.jsonl", "is empty")
     assert not (REPO / "runs" / run_name).exists()
 
@@ -54,7 +51,7 @@ def test_empty_data_file(run_name, tmp_path):
     (["--only", "42"], "--only '42'"),
 ])
 def test_bad_arguments(run_name, args, fragment):
-    result = run_all(*args, "--run-name", run_name)
+    result = run_all_in_process(*args, "--run-name", run_name)
     assert_one_line_error(result, fragment)
     assert not (REPO / "runs" / run_name).exists()
 
@@ -66,37 +63,37 @@ def test_help_explains_the_options():
         assert option in result.stdout
 
 
-@pytest.mark.smoke
-def test_smoke_profile_end_to_end_is_deterministic_and_resumes():
-    """Two smoke runs give identical results.json; a third run without --force skips everything."""
-    names = ["pytest-smoke-a", "pytest-smoke-b"]
-    try:
-        for name in names:
-            result = run_all("--profile", "smoke", "--run-name", name, "--force")
-            assert result.returncode == 0, result.stderr[-3000:]
-        notebooks = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-        first, second = (artifacts.RunPaths(REPO / "runs" / n) for n in names)
-        assert sorted(p.name for p in first.notebooks.glob("*.ipynb")) == notebooks
-        assert first.results.read_text() == second.results.read_text()
-        assert "without encryption" not in result.stderr  # kernels talk over local sockets
-        for executed in first.notebooks.glob("*.ipynb"):
-            assert_quiet(executed)
-        stages = json.loads(first.results.read_text())
-        assert "data" in stages
-        assert list((first.root / "figures").glob("*.png")), "smoke figures go under runs/<run>/figures"
-        again = run_all("--profile", "smoke", "--run-name", names[0])
-        assert again.returncode == 0
-        assert again.stderr.count("inputs unchanged, skipped") + again.stdout.count("inputs unchanged, skipped") == len(notebooks)
-    finally:
-        for name in names:
-            shutil.rmtree(REPO / "runs" / name, ignore_errors=True)
+def test_smoke_run_executes_every_notebook_quietly(smoke_run):
+    notebooks = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert sorted(p.name for p in smoke_run.paths.notebooks.glob("*.ipynb")) == notebooks
+    assert "without encryption" not in smoke_run.output.stderr  # kernels talk over local sockets
+    for executed in smoke_run.paths.notebooks.glob("*.ipynb"):
+        assert_quiet(executed)
+    stages = json.loads(smoke_run.paths.results.read_text())
+    assert {"data", "training", "summary"} <= set(stages)
+    assert list((smoke_run.paths.root / "figures").glob("*.png")), "smoke figures go under runs/<run>/figures"
 
 
-def load_run_all():
-    spec = importlib.util.spec_from_file_location("run_all_module", REPO / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_a_second_run_resumes_and_a_forced_notebook_gives_the_same_results(smoke_run):
+    """Without --force nothing re-runs; notebook 03 (DP training) forced again writes the same results.json
+    and the same adapters, bit for bit."""
+    notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    again = run_all("--profile", "smoke", "--run-name", smoke_run.name)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stderr + again.stdout).count("inputs unchanged, skipped") == len(notebooks)
+
+    adapters = sorted(smoke_run.paths.models.glob("*/adapter/adapter_model.safetensors"))
+    before = [smoke_run.paths.results.read_bytes()] + [path.read_bytes() for path in adapters]
+    forced = run_all("--profile", "smoke", "--run-name", smoke_run.name, "--only", "03", "--force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert len(adapters) == 4 and [smoke_run.paths.results.read_bytes()] + [p.read_bytes() for p in adapters] == before
+
+
+@pytest.mark.slow
+def test_two_whole_smoke_runs_give_identical_results(smoke_run, run_name):
+    result = run_all("--profile", "smoke", "--run-name", run_name, "--force")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (REPO / "runs" / run_name / "results.json").read_text() == smoke_run.paths.results.read_text()
 
 
 def test_fingerprint_follows_the_content_of_the_data_file_and_the_model_folder(tmp_path):
@@ -118,6 +115,7 @@ def test_fingerprint_follows_the_content_of_the_data_file_and_the_model_folder(t
         driver.inputs_fingerprint({"data_path": None, "model": "smollm2-135m"})
 
 
+@pytest.mark.slow
 def test_replaced_data_file_reruns_notebook_00(run_name, tmp_path):
     """Same path, other records: notebook 00 runs again and writes the new records; unchanged, it is skipped."""
     data_file = tmp_path / "tickets.csv"
@@ -142,7 +140,7 @@ def test_model_folder_without_tokenizer_stops_before_notebook_00(run_name, tmp_p
     """A checkpoint copied without its tokenizer files stops at the check, naming the folder and the fix."""
     folder = tmp_path / "model"
     tiny[0].save_pretrained(folder)
-    result = run_all("--profile", "smoke", "--model", str(folder), "--run-name", run_name)
+    result = run_all_in_process("--profile", "smoke", "--model", str(folder), "--run-name", run_name)
     assert_one_line_error(result, str(folder), "has no usable tokenizer", "save_pretrained(FOLDER)")
     assert not (REPO / "runs" / run_name).exists()
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
-from conftest import REPO, run_all
+from conftest import REPO, run_all, run_all_in_process
 
-from ppt_core import artifacts, cost, profiles, summary, verdicts
+from ppt_core import artifacts, checks, cost, figures, pooling, profiles, report, summary, verdicts
 from ppt_core.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 
 N, TOKENS = 60, 40
@@ -34,7 +34,7 @@ def utility_records(seed, pruned_gap):
 def keeps_performance(gaps, n_boot=300):
     """The keeps_performance verdict over one seed per gap, as notebook 07 reaches it."""
     seeds = list(range(len(gaps)))
-    records = verdicts.pool_records({s: utility_records(s, gap) for s, gap in zip(seeds, gaps)})
+    records = pooling.pool_records({s: utility_records(s, gap) for s, gap in zip(seeds, gaps)})
     params = profiles.get_profile("smoke", seeds=seeds, n_bootstrap=n_boot)
     claims = verdicts.paper_claims(params, {}, {}, records)
     return next(c for c in claims if c.key == "keeps_performance"), claims
@@ -50,7 +50,7 @@ def test_pooled_verdicts_reach_every_outcome_and_say_how_many_seeds():
     split, _ = keeps_performance([-0.1, 0.4, 0.02])
     assert split.outcome == INCONCLUSIVE  # each seed alone is decisive, but they do not agree
     one_seed = [verdicts.paper_claims(profiles.get_profile("smoke", n_bootstrap=300), {}, {},
-                                      verdicts.pool_records({0: utility_records(0, gap)}))
+                                      pooling.pool_records({0: utility_records(0, gap)}))
                 for gap in (-0.1, 0.4)]
     assert [c[1].outcome for c in one_seed] == [SUPPORTED, CONTRADICTED] and one_seed[0][1].seeds == 1
 
@@ -59,7 +59,7 @@ def test_pool_records_labels_every_record_with_its_seed():
     per_seed = {3: utility_records(3, 0.1), 7: utility_records(7, 0.1)}
     per_seed[3]["attacks"] = {"members/ids": np.array(["a", "b"]), "x/members/reference": np.array([1.0, 2.0])}
     per_seed[7]["attacks"] = {"members/ids": np.array(["c"]), "x/members/reference": np.array([3.0])}
-    pooled = verdicts.pool_records(per_seed)
+    pooled = pooling.pool_records(per_seed)
     assert pooled["utility"]["base"].shape == (2 * N, 2)
     assert list(np.unique(pooled["utility"]["runs"], return_counts=True)[1]) == [N, N]
     assert list(pooled["attacks"]["members/runs"]) == [3, 3, 7]
@@ -69,7 +69,7 @@ def test_pool_records_labels_every_record_with_its_seed():
 def test_membership_auc_is_computed_within_each_seed():
     """Seed 1's scores sit far above seed 0's: an AUC over the mixed scores would read that offset as
     membership; within each seed both arms' AUCs are exact and their difference is averaged."""
-    from ppt_core.attacks import roc_auc
+    from ppt_core.roc import roc_auc
 
     rng = np.random.default_rng(0)
     records, per_seed_difference = {}, []
@@ -81,10 +81,10 @@ def test_membership_auc_is_computed_within_each_seed():
                 "f/members/reference": m, "f/nonmembers/reference": n}
         records[seed] = {"attacks": part}
         per_seed_difference.append(roc_auc(a_m, a_n) - roc_auc(m, n))
-    pooled = verdicts.pool_records(records)["attacks"]
+    pooled = pooling.pool_records(records)["attacks"]
     difference = verdicts.membership_auc_difference(pooled, "p", "f", n_boot=100)
     assert difference["value"] == pytest.approx(np.mean(per_seed_difference)) and difference["seeds"] == 2
-    auc = verdicts.pooled_membership_auc(pooled, "f", "reference", n_boot=100)
+    auc = pooling.pooled_membership_auc(pooled, "f", "reference", n_boot=100)
     assert auc["value"] < 0.75  # the 10-unit offset between seeds would give about 0.9 if mixed
 
 
@@ -97,7 +97,7 @@ def test_pooled_attacks_take_every_canary_and_the_lowest_audit_bound():
                              "audit": {"epsilon_lower_one_run": audit, "epsilon_lower_fdp": audit + 0.1,
                                        "claimed_epsilon": 8.0}}}
 
-    pooled = verdicts.pool_attacks({0: attacks(0.4, 2.0), 1: attacks(0.0, 1.0)}, {})["full-dp8"]
+    pooled = pooling.pool_attacks({0: attacks(0.4, 2.0), 1: attacks(0.0, 1.0)}, {})["full-dp8"]
     assert [r["exposure_low"] for r in pooled["canaries"]["rows"]] == [2.0, 1.0]
     assert pooled["canaries"]["reference_band"] == [0.5, 3.4]
     assert pooled["audit"] == {"epsilon_lower_one_run": 0.0, "epsilon_lower_fdp": 0.1, "claimed_epsilon": 8.0}
@@ -130,7 +130,7 @@ def test_pooled_table_gives_the_mean_and_a_t_interval_over_seeds():
     assert two.loc["base", "perplexity_high"] - two.loc["base", "perplexity_low"] > 20  # t with 1 df: honest, wide
     smoke = profiles.get_profile("smoke")
     empty = summary.pooled_table({0: summary.summary_table(smoke, {}, {}), 1: summary.summary_table(smoke, {}, {})})
-    assert "Over 2 seeds (0, 1)" in summary.results_markdown(smoke, empty, [], {}, seeds=[0, 1])
+    assert "Over 2 seeds (0, 1)" in report.results_markdown(smoke, empty, [], {}, seeds=[0, 1])
 
 
 # --- the frontier figure --------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def frontier_table():
 def test_frontier_figure_builds_from_a_table(tmp_path):
     from ppt_core import plots
 
-    fig = summary.frontier_figure(frontier_table())
+    fig = figures.frontier(frontier_table())
     left, right = fig.axes
     labels = left.get_legend_handles_labels()[1]
     assert "pruned (speedup 1.25×)" in labels and "full" in labels
@@ -163,27 +163,11 @@ def test_frontier_figure_builds_from_a_table(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frontier.pdf", "frontier.png"]
 
 
-# --- the cost of a profile ------------------------------------------------------------------------------
-def test_projection_scales_measured_seconds_by_tokens_and_seeds():
-    quick = profiles.get_profile("quick")
-    measured = {"03_dp_lora_finetuning": 600.0, "04_utility_and_inference": 60.0}
-    assert cost.projected_seconds(quick, measured, quick) == pytest.approx(measured)
-    twice = profiles.get_profile("quick", epochs=2.0, n_eval=32)
-    projected = cost.projected_seconds(quick, measured, twice)
-    assert projected["04_utility_and_inference"] == pytest.approx(120.0)
-    assert 1000 < projected["03_dp_lora_finetuning"] < 1200  # twice the steps; the loss curve stays
-    paper = profiles.get_profile("paper")
-    line = cost.estimate_markdown(quick, measured, 1, 135e6, [paper, profiles.get_profile("smoke")])
-    assert "`paper` profile (3 seeds, 10 arms each)" in line and "smoke" not in line and "assumed" in line
-    with pytest.raises(ValueError, match="same model"):
-        cost.projected_seconds(quick, measured, profiles.get_profile("smoke"))
-
-
 # --- profiles and run_all -------------------------------------------------------------------------------
 def test_paper_profile_is_quick_over_the_epsilon_sweep_and_three_seeds():
     quick, paper = profiles.get_profile("quick"), profiles.get_profile("paper")
     assert paper["seeds"] == [0, 1, 2] and paper["epsilons"] == [1, 3, 8]
-    profiles.check_params(paper)
+    checks.check_params(paper)
     # the same model and privacy setting; only sizes shrink (tokens per arm), so it fits 100 minutes on a laptop
     same = ("model", "delta", "max_grad_norm", "accountant", "expected_batch_size", "epochs", "lora_rank",
             "lora_targets", "optimizer", "lr_schedule", "n_remove", "prune_strategy", "secure_mode")
@@ -202,23 +186,15 @@ def test_paper_profile_is_quick_over_the_epsilon_sweep_and_three_seeds():
     assert artifacts.seed_runs(quick) == {0: artifacts.run_paths(quick)}  # one seed: today's layout
 
 
-@pytest.mark.parametrize("seeds,fragment", [([], "non-empty"), ([0, 0], "distinct"), ([-1], "got [-1]"),
-                                            ("0,1", "got '0,1'")])
-def test_bad_seeds_are_refused(seeds, fragment):
-    with pytest.raises(ValueError, match=r"seeds must") as error:
-        profiles.check_seeds(seeds)
-    assert fragment in str(error.value)
-
-
 @pytest.mark.parametrize("value,fragment", [("0,x", "--seeds '0,x'"), ("1,1", "distinct")])
 def test_bad_seeds_on_the_command_line_stop_at_once(run_name, value, fragment):
-    result = run_all("--profile", "smoke", "--seeds", value, "--run-name", run_name)
+    result = run_all_in_process("--profile", "smoke", "--seeds", value, "--run-name", run_name)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
     assert not (REPO / "runs" / run_name).exists()
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_smoke_profile_with_two_seeds_runs_each_seed_and_pools_them():
     name = "pytest-smoke-seeds"
     try:
@@ -249,11 +225,11 @@ def test_smoke_profile_with_two_seeds_runs_each_seed_and_pools_them():
 
 def test_each_committed_run_refreshes_only_its_own_block_of_the_readme(tmp_path):
     readme = tmp_path / "README.md"
-    quick_start, quick_end = summary.readme_markers("quick")
-    paper_start, paper_end = summary.readme_markers("paper")
+    quick_start, quick_end = report.readme_markers("quick")
+    paper_start, paper_end = report.readme_markers("paper")
     readme.write_text(f"intro\n{quick_start}\nold quick\n{quick_end}\nmiddle\n{paper_start}\nold paper\n{paper_end}\n")
-    assert summary.update_readme("new paper\n", readme, run_name="paper")
+    assert report.update_readme("new paper\n", readme, run_name="paper")
     assert readme.read_text() == (f"intro\n{quick_start}\nold quick\n{quick_end}\nmiddle\n"
                                   f"{paper_start}\nnew paper\n{paper_end}\n")
-    assert not summary.update_readme("new paper\n", readme, run_name="paper")  # unchanged: nothing written
-    assert not summary.update_readme("x\n", readme, run_name="full")  # no block for it: left alone
+    assert not report.update_readme("new paper\n", readme, run_name="paper")  # unchanged: nothing written
+    assert not report.update_readme("x\n", readme, run_name="full")  # no block for it: left alone

@@ -22,7 +22,8 @@ def direct_similarity(model, tokenizer, texts, pooling):
         batch = tokens.encode(tokenizer, [text], 64, add_eos=False)
         captured = {}
         # The raw output of the last block is the input of the final norm.
-        handle = model.model.norm.register_forward_pre_hook(lambda m, args: captured.setdefault("last", args[0]))
+        handle = model.model.norm.register_forward_pre_hook(
+            lambda m, args, captured=captured: captured.setdefault("last", args[0]))
         with torch.no_grad():
             out = model.model(input_ids=batch["input_ids"], output_hidden_states=True)
         handle.remove()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from ppt_core import batching, evaluation, privacy, profiles, training
+from ppt_core import batching, errors, evaluation, privacy, train_config, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model runs faster on one thread of a shared CPU
 
@@ -27,19 +27,19 @@ TEXTS = [
 ]  # 30 records
 
 
-def small_config(**overrides) -> training.TrainConfig:
+def small_config(**overrides) -> train_config.TrainConfig:
     """A config that trains the tiny model in about a second."""
     values = dict(lora_rank=4, lora_alpha=8, lora_targets=["q_proj", "v_proj"], epochs=1.0, learning_rate=1e-2,
                   expected_batch_size=6, physical_batch_size=4, max_length=MAX_LENGTH, seed=0, bf16=False,
                   progress=False)
     values.update(overrides)
-    return training.TrainConfig(**values)
+    return train_config.TrainConfig(**values)
 
 
-def dp_config(**overrides) -> training.DPConfig:
+def dp_config(**overrides) -> privacy.DPConfig:
     values = dict(target_epsilon=8.0, delta=1e-3, max_grad_norm=1.0, accountant="rdp", grad_sample_mode="hooks")
     values.update(overrides)
-    return training.DPConfig(**values)
+    return privacy.DPConfig(**values)
 
 
 def prepared(tiny, config, texts=TEXTS) -> training.Training:
@@ -289,32 +289,9 @@ def test_bad_settings_stop_before_training(tiny, monkeypatch, config, message):
         raise AssertionError("training started despite a bad setting")
 
     monkeypatch.setattr(training, "_lora_model", no_training)
-    with pytest.raises(training.TrainingConfigError) as err:
+    with pytest.raises(errors.TrainingConfigError) as err:
         training.finetune(*tiny, TEXTS, config)
     assert message in str(err.value)
-
-
-def test_profile_checks(smoke_params):
-    training.check_params(smoke_params)
-    with pytest.raises(training.TrainingConfigError, match="delta must be in"):
-        training.check_params(dict(smoke_params, delta=0.5))
-    with pytest.raises(training.TrainingConfigError, match="target_epsilon must be > 0"):
-        training.check_params(dict(smoke_params, epsilons=[8, 0]))
-    with pytest.raises(training.TrainingConfigError, match="loss_curve_records"):
-        training.check_params(dict(smoke_params, loss_curve_records=smoke_params["n_heldout"] + 1))
-    with pytest.raises(training.TrainingConfigError, match="lr_schedule must be one of"):
-        training.check_params(dict(smoke_params, lr_schedule="step"))
-    config = training.config_from_params(smoke_params, 8)
-    assert config.dp.target_epsilon == 8 and config.dp.delta == smoke_params["delta"]
-    assert training.config_from_params(smoke_params).dp is None
-
-
-def test_train_config_defaults_are_the_quick_profiles():
-    quick = profiles.get_profile("quick")
-    assert training.config_from_params(quick) == training.TrainConfig()
-    assert training.config_from_params(quick, 8).dp == privacy.DPConfig(target_epsilon=8.0, delta=quick["delta"])
-    with pytest.raises(training.TrainingConfigError, match=r"unknown TrainConfig setting\(s\) \['learning_rat'\]"):
-        training.config_from_params(quick, learning_rat=1e-3)
 
 
 def test_secure_mode_trains_or_refuses_naming_the_fix(tiny, monkeypatch):
@@ -324,7 +301,7 @@ def test_secure_mode_trains_or_refuses_naming_the_fix(tiny, monkeypatch):
     config = small_config(dp=dp_config(secure_mode=True))
     if importlib.util.find_spec("torchcsprng") is None:
         monkeypatch.setattr(training, "_lora_model", lambda *a, **k: pytest.fail("training started"))
-        with pytest.raises(training.TrainingConfigError, match="secure_mode=True needs the torchcsprng package"):
+        with pytest.raises(errors.TrainingConfigError, match="secure_mode=True needs the torchcsprng package"):
             training.finetune(*tiny, TEXTS, config)
         return
     _, result = training.finetune(*tiny, TEXTS, config)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ppt_core import artifacts, profiles, stats, summary, verdicts
+from ppt_core import artifacts, profiles, record_files, report, stats, summary, verdicts
+from ppt_core.timing import SPEED_BATCH
 from ppt_core.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 
 N = 60  # held-out records
@@ -39,37 +40,6 @@ def test_pairing_resolves_a_shift_that_unpaired_intervals_cannot(difficulty):
     # The same holds through the perplexity verdict: a 10% worse model on the same records is resolved.
     ratio = verdicts.perplexity_ratio(rows_of(b), rows_of(a), n_boot=500)
     assert ratio["low"] > 1.0
-
-
-def test_paired_resample_keeps_strata_sizes_and_pools_seeds():
-    rng = np.random.default_rng(0)
-    strata = np.r_[np.ones(5, int), np.zeros(7, int)]
-    runs = np.r_[np.zeros(6, int), np.ones(6, int)]
-    for _ in range(20):
-        index = stats.paired_indices(rng, 12, strata=strata)
-        assert (strata[index] == 1).sum() == 5 and (strata[index] == 0).sum() == 7
-    values = np.r_[np.zeros(6), np.ones(6)]  # the two seeds disagree completely
-    one_run = stats.paired_estimate(np.mean, [values], n_boot=300)
-    two_runs = stats.paired_estimate(np.mean, [values], runs=runs, n_boot=300)
-    assert two_runs["seeds"] == 2 and one_run["seeds"] == 1
-    assert two_runs["high"] - two_runs["low"] > one_run["high"] - one_run["low"]  # seed spread carried
-    same = stats.paired_estimate(np.mean, [values], runs=np.zeros(12, int), n_boot=300, seed=3)
-    assert same == stats.paired_estimate(np.mean, [values], n_boot=300, seed=3)
-    with pytest.raises(ValueError, match="same records"):
-        stats.paired_estimate(np.mean, [values, values[:5]])
-
-
-@pytest.mark.parametrize("k,n", [(0, 16), (1, 16), (8, 16), (16, 16), (3, 200), (0, 1)])
-def test_clopper_pearson_matches_scipy(k, n):
-    exact = scipy.stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
-    assert stats.clopper_pearson(k, n) == pytest.approx((exact.low, exact.high), abs=1e-9)
-
-
-def test_zero_of_sixteen_is_not_zero_zero():
-    share = stats.proportion(0, 16)
-    assert share["value"] == 0 and share["low"] == 0 and share["high"] == pytest.approx(0.2059, abs=1e-4)
-    with pytest.raises(ValueError, match="17 of 16"):
-        stats.proportion(17, 16)
 
 
 def test_side_and_combine():
@@ -246,7 +216,7 @@ def test_few_exact_canaries_leave_the_exposure_part_undecided():
 def test_membership_auc_difference_is_paired_and_exact_on_the_data():
     records = attack_records(0.3, 1.5, 0.0)
     difference = verdicts.membership_auc_difference(records, "pruned-nodp", "full-nodp", n_boot=100)
-    from ppt_core.attacks import roc_auc
+    from ppt_core.roc import roc_auc
 
     auc = {arm: roc_auc(records[f"{arm}/members/reference"], records[f"{arm}/nonmembers/reference"])
            for arm in ("pruned-nodp", "full-nodp")}
@@ -279,17 +249,18 @@ def test_paper_claims_of_a_run_without_attacks_are_inconclusive_not_missing(tmp_
     params = profiles.get_profile("smoke", n_bootstrap=200)
     paths = artifacts.RunPaths(tmp_path)
     n_remove = params["n_remove"]
-    artifacts.write_npz(verdicts.records_file(paths, "pruning"), **{
-        f"pairwise/{n_remove}": rows_of(difficulty + 0.5), f"last/{n_remove}": rows_of(difficulty + 2.0),
-        "pairwise/0": rows_of(difficulty)})
-    artifacts.write_npz(verdicts.records_file(paths, "utility"), **{
+    record_files.save_pruning(paths, [
+        {"strategy": "pairwise", "n_removed": n_remove, "logprob_rows": rows_of(difficulty + 0.5)},
+        {"strategy": "last", "n_removed": n_remove, "logprob_rows": rows_of(difficulty + 2.0)},
+        {"strategy": "pairwise", "n_removed": 0, "logprob_rows": rows_of(difficulty)}])
+    record_files.save(paths, "utility", {
         "base": rows_of(difficulty), "pruned-noft": rows_of(difficulty + 0.5 + noise(0.01)),
         "pruned-dp8": rows_of(difficulty + 0.01 + noise(0.01, seed=2)), "full-dp8": rows_of(difficulty - 0.2)})
     seconds = [1.0, 1.02, 0.99]
-    timings = {"utility": {"base": {"batch8": {"prefill_tokens_per_s": 100.0, "prefill_seconds_per_round": seconds}},
-                           "pruned-noft": {"batch8": {"prefill_tokens_per_s": 130.0,
-                                                      "prefill_seconds_per_round": [s / 1.3 for s in seconds]}}}}
-    claims = verdicts.paper_claims(params, {}, timings, verdicts.load_records(paths))
+    timings = {"utility": {"base": {SPEED_BATCH: {"prefill_tokens_per_s": 100.0, "prefill_seconds_per_round": seconds}},
+                           "pruned-noft": {SPEED_BATCH: {"prefill_tokens_per_s": 130.0,
+                                                         "prefill_seconds_per_round": [s / 1.3 for s in seconds]}}}}
+    claims = verdicts.paper_claims(params, {}, timings, record_files.load_records(paths))
     outcome = {c.key: c.outcome for c in claims}
     assert outcome == {"pairwise_best": SUPPORTED, "keeps_performance": CONTRADICTED, "speedup": SUPPORTED,
                        "heals": SUPPORTED, "mitigates_memorisation": INCONCLUSIVE,
@@ -322,14 +293,14 @@ def test_summary_table_reads_the_attack_contract_with_exact_shares():
     assert row.synthetic_pii_leak_high == pytest.approx(0.2059, abs=1e-4)  # 0 of 16 is not "0 [0, 0]"
     assert row.extraction_hits_high == pytest.approx(0.2059, abs=1e-4)
     assert table.loc["full-dp8", "epsilon"] == 7.9
-    markdown = summary.markdown_table(table)
+    markdown = report.markdown_table(table)
     assert "0 [0, 0.21]" in markdown and "14 at 4×" in markdown
     assert "speedup" not in summary.deterministic_rows(table)[0]
 
 
 # --- the rows notebooks 02 and 04 save ------------------------------------------------------------------
 def test_sweep_and_utility_rows_pair_the_same_records(tiny):
-    from ppt_core import evaluation, pruning, utility
+    from ppt_core import pruning, utility
 
     model, tokenizer = tiny
     texts = ["Patient admitted with chest pain.", "Discharged home on day three.", "No known allergies.",
@@ -341,7 +312,7 @@ def test_sweep_and_utility_rows_pair_the_same_records(tiny):
     unpruned = utility.heldout_rows(model, tokenizer, texts, max_length=32, progress=False)
     for record in records:
         assert record["logprob_rows"].shape == (len(texts), 2)
-        assert record["perplexity"] == pytest.approx(evaluation.perplexity_of_rows(record["logprob_rows"]))
+        assert record["perplexity"] == pytest.approx(stats.perplexity_of_rows(record["logprob_rows"]))
         if record["n_removed"] == 0:
             np.testing.assert_allclose(record["logprob_rows"], unpruned, rtol=1e-6)
     estimate = utility.perplexity_estimate(unpruned, n_boot=50)
@@ -351,8 +322,8 @@ def test_sweep_and_utility_rows_pair_the_same_records(tiny):
 def test_paper_claims_read_the_attack_contract_from_disk(tmp_path):
     params = profiles.get_profile("smoke", n_bootstrap=200)
     paths = artifacts.RunPaths(tmp_path)
-    artifacts.write_npz(verdicts.records_file(paths, "attacks"), **attack_records(0.3, 1.5, -3.0))
-    records = verdicts.load_records(paths)
+    record_files.save(paths, "attacks", attack_records(0.3, 1.5, -3.0))
+    records = record_files.load_records(paths)
     assert records["attacks"]["members/ids"].dtype.kind == "U" and records["pruning"] == {}
     leaking = arm_attacks(delta=(0.3, 0.2, 0.4), exposures=((16, 14.0, 14.0),))
     quiet = arm_attacks(delta=(0.0, -0.04, 0.04), exposures=((16, 1.5, 1.5),))
@@ -360,3 +331,25 @@ def test_paper_claims_read_the_attack_contract_from_disk(tmp_path):
     outcome = {c.key: c.outcome for c in verdicts.paper_claims(params, results, {}, records)}
     assert outcome["mitigates_memorisation"] == SUPPORTED and outcome["complements_privacy"] == SUPPORTED
     assert outcome["pairwise_best"] == outcome["speedup"] == INCONCLUSIVE
+
+
+def test_leak_table_gives_each_fine_tuned_arm_its_verdict_and_the_members_it_would_need():
+    table = verdicts.leak_table({"base": arm_attacks(), "full-nodp": arm_attacks(delta=(0.2, 0.1, 0.3)),
+                                 "full-dp8": arm_attacks(delta=(0.02, -0.15, 0.2))})
+    assert list(table.index) == ["full-nodp", "full-dp8"]  # base is its own start: nothing to calibrate by
+    assert table.loc["full-nodp", "leak detected"] == SUPPORTED
+    assert table.loc["full-dp8", "leak detected"] == INCONCLUSIVE
+    assert table.loc["full-dp8", "members needed at this AUC"] == verdicts.required_sample_size(0.52)
+
+
+# --- the study layer reads without torch ----------------------------------------------------------------
+def test_the_verdicts_and_the_summary_import_without_torch():
+    """Deciding and reporting read saved numbers only: importing them must not load torch (seconds, and a
+    machine that reads a finished run needs no accelerator stack)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ppt_core.verdicts, ppt_core.summary, ppt_core.pooling, ppt_core.report, "
+            "ppt_core.record_files, ppt_core.roc, ppt_core.timing; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,10 +1,14 @@
-"""Train one arm of a run from the command line, in one process or in N under torchrun.
+"""Train a run's arms: in this process, or each in N processes under torchrun; and the torchrun entry point.
 
-    torchrun --standalone --nproc_per_node 4 -m ppt_core.train --run-name quick --arm pruned-dp8   # 4 GPUs
-    torchrun --nproc_per_node 2 -m ppt_core.train --run-name smoke --arm full-dp8                  # 2 CPU processes (gloo)
+`train_arms` is what notebook 03 calls: with nproc 1 each arm trains in the calling process
+(`arm_training.train_arm`); with nproc > 1 `launch` starts torchrun on this module for each arm and
+reads its result back. From the command line:
+
+    torchrun --standalone --nproc_per_node 4 -m ppt_core.launch --run-name quick --arm pruned-dp8  # 4 GPUs
+    torchrun --nproc_per_node 2 -m ppt_core.launch --run-name smoke --arm full-dp8  # 2 CPU processes (gloo)
     torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --rdzv_backend c10d \\
-             --rdzv_endpoint HOST:29500 -m ppt_core.train --run-name full --arm pruned-dp3         # 2 nodes x 8 GPUs
-    python -m ppt_core.train --run-name smoke --arm full-nodp                                      # one process
+             --rdzv_endpoint HOST:29500 -m ppt_core.launch --run-name full --arm pruned-dp3  # 2 nodes x 8 GPUs
+    python -m ppt_core.launch --run-name smoke --arm full-nodp  # one process
 
 The run's data must exist (notebook 00), and for a pruned arm its pruned model (notebook 02). The
 run's parameters come from runs/<run>/params.json, which `launch` writes (notebook 03 with nproc > 1,
@@ -21,10 +25,10 @@ import subprocess
 import sys
 from dataclasses import asdict, fields
 
-from ppt_core import arm_training, arms, artifacts, data, distributed, profiles, training
+from ppt_core import arm_training, arms, artifacts, data, distributed, profiles, train_config, training
 
 RESULT_FILE = "train_result.json"
-RESULT_NOTE = ("trainer-only: the TrainResult of a run launched by ppt_core.train, read back by notebook 03; a DP "
+RESULT_NOTE = ("trainer-only: the TrainResult of a run launched by ppt_core.launch, read back by notebook 03; a DP "
                "arm's training losses and batch sizes are left out, and sample counts live in sample_counts.json")
 
 
@@ -33,8 +37,10 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     # --run-name, as in run_all.py (torchrun would take a bare --run for its own --run-path)
     parser.add_argument("--run-name", required=True, help="the run folder under runs/ (e.g. quick, smoke)")
-    parser.add_argument("--arm", required=True, help="a fine-tuned arm: full-nodp, pruned-nodp, full-dp<ε>, pruned-dp<ε>")
-    parser.add_argument("--profile", help="the profile, when runs/<run>/params.json does not exist (default: --run-name)")
+    parser.add_argument("--arm", required=True,
+                        help="a fine-tuned arm: full-nodp, pruned-nodp, full-dp<ε>, pruned-dp<ε>")
+    parser.add_argument("--profile",
+                        help="the profile, when runs/<run>/params.json does not exist (default: --run-name)")
     return parser.parse_args(argv)
 
 
@@ -60,7 +66,7 @@ def _checked(args):
     splits = data.load_splits(paths.data)
     texts, heldout = splits.texts("train"), splits.texts("heldout", kind="note")
     distributed.check_world(int(os.environ.get("WORLD_SIZE", "1")), len(texts), int(params["expected_batch_size"]))
-    training.check_config(training.config_from_params(params, arm.epsilon), len(texts))
+    train_config.check_config(train_config.config_from_params(params, arm.epsilon), len(texts))
     return params, arm.name, texts, heldout
 
 
@@ -102,6 +108,14 @@ def read_result(params: dict, arm: str) -> training.TrainResult:
     return training.TrainResult(**{k: v for k, v in record.items() if k in known})
 
 
+def train_arms(params: dict, arm_names, texts, heldout_texts) -> dict[str, training.TrainResult]:
+    """{arm: TrainResult} for each of `arm_names`, trained on `texts` (the train split, in order) with its
+    loss curve on `heldout_texts`: in this process when params["nproc"] is 1, else in nproc processes."""
+    if int(params["nproc"]) == 1:
+        return {arm: arm_training.train_arm(params, arm, texts, heldout_texts) for arm in arm_names}
+    return {arm: launch(params, arm) for arm in arm_names}
+
+
 def launch(params: dict, arm: str, *, nproc: int | None = None) -> training.TrainResult:
     """Train `arm` in `nproc` processes (default: params["nproc"]) on this machine with torchrun, and read
     its result back. The run's data (and, for a pruned arm, its pruned model) must exist."""
@@ -112,8 +126,9 @@ def launch(params: dict, arm: str, *, nproc: int | None = None) -> training.Trai
     artifacts.write_json(paths.root / "params.json", params)
     run = params.get("run_name") or params["profile"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "ppt_core.train", "--run-name", run, "--arm", arm]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(artifacts.REPO_ROOT), os.environ.get("PYTHONPATH")])))
+               "-m", "ppt_core.launch", "--run-name", run, "--arm", arm]
+    path = os.pathsep.join(filter(None, [str(artifacts.REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     finished = subprocess.run(command, cwd=artifacts.REPO_ROOT, env=env, capture_output=True, text=True)
     if finished.returncode != 0:

@@ -11,7 +11,7 @@ Each candidate learning rate trains the profile's arm exactly as notebook 03 wou
 steps, σ, LoRA), on the tuning draw's train split; its held-out loss on the tuning draw's held-out
 notes decides. The result goes to figures/tuning/<profile>.json, which the profile cites:
 
-    python -m ppt_core.tuning --profile quick --arm full-dp8 --learning-rates 5e-3,1e-2,2e-2
+    python -m ppt_core.lr_tuning --profile quick --arm full-dp8 --learning-rates 5e-3,1e-2,2e-2
 
 Only the synthetic corpus has an independent draw. For your own data (`data_path`), tune on a
 public stand-in of it, or account for the tuning (the paper above) in the ε you report.
@@ -27,8 +27,9 @@ import time
 
 import matplotlib.pyplot as plt
 
-from ppt_core import arms, artifacts, data, evaluation, models, plots, profiles, summary
-from ppt_core.training import config_from_params, finetune
+from ppt_core import arms, artifacts, checks, data, evaluation, models, plots, profiles, report
+from ppt_core.train_config import config_from_params
+from ppt_core.training import finetune
 
 # Tuning draws use seeds from here up; tuning_params refuses a study whose seeds reach it.
 TUNING_SEED_OFFSET = 1_000_000
@@ -74,7 +75,7 @@ def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 
     if not learning_rates or min(learning_rates) <= 0:
         raise TuningError(f"learning_rates must be positive numbers (got {learning_rates})")
     tuning = tuning_params(params)
-    profiles.check_params(tuning)
+    checks.check_params(tuning)
     tokenizer = models.load_tokenizer(params["model"])
     with tempfile.TemporaryDirectory() as study_dir:  # the study's splits, only to prove the draws share nothing
         study_splits = data.build_dataset(params, study_dir, tokenizer=tokenizer)
@@ -101,7 +102,7 @@ def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 
         "learning_rates": learning_rates, "heldout_loss": [losses[lr] for lr in learning_rates],
         "epsilon": [epsilons[lr] for lr in learning_rates], "seconds": [seconds[lr] for lr in learning_rates],
         "chosen_learning_rate": chosen, "profile_learning_rate": float(params["learning_rate"]),
-        "commit": summary.commit(),
+        "commit": report.commit(),
     })
 
 

@@ -1,0 +1,264 @@
+"""Canary exposure (Carlini et al., "The Secret Sharer", 2019): how much more likely an arm finds a
+secret code it was trained on than the codes it never saw. Exposure = log2|R| - log2 rank of the secret
+among all 10^d codes by the model's likelihood.
+
+The rank is exact up to `canary_rank_cap`: a best-first search over the digit tree, pruning every branch
+whose partial log-probability is already below the secret's (`digit_tree_rank`). Past the cap the search
+brackets the rank, so exposure is an interval with certain ends. Never a point estimate it cannot back.
+Canaries that were never inserted give the null (`reference_band`); greedy decoding from a canary's
+prefix checks whether the secret comes out verbatim (`canary_extraction`).
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import inspect
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ppt_core import stats, tokens
+from ppt_core.generation import generate_ids
+
+TIE_TOLERANCE = 1e-4  # nats: two codes this close in log-likelihood tie (float noise between batch shapes)
+
+
+def digit_tree_rank(next_digit_logprobs: Callable[[list[str]], np.ndarray], secret: str, *, cap: int,
+                    batch_size: int = 64, max_expanded: int | None = None) -> dict:
+    """The rank of `secret` among all codes of its length by log-likelihood: exact if at most `cap`.
+
+    next_digit_logprobs(partial codes) -> array (len, 10): log p(next digit | prefix + partial code).
+    A code's log-likelihood is the sum along its path, and it only falls as digits are added, so a
+    branch whose partial sum is already below the secret's holds no code above it and is never opened:
+    when no open branch is left, every code above the secret has been counted and the rank is exact.
+    Codes within TIE_TOLERANCE of the secret tie and count half: rank = 1 + above + ties / 2.
+
+    Branches are opened `batch_size` at a time, deepest first and, among equally deep ones, most likely
+    first, so whole codes are reached after a few forward passes. It stops early once the codes found
+    ahead of the secret put its rank past `cap`, or after `max_expanded` branches (default 10 cap + 100 d).
+    Then the rank is bracketed: at least 1 + the codes found ahead, at most that plus every code still inside
+    an unopened branch.
+
+    Returns {"exact", "rank" (None unless exact), "rank_at_least", "rank_at_most", "expanded"}.
+    """
+    digits = len(secret)
+    max_expanded = 10 * cap + 100 * digits if max_expanded is None else max_expanded
+    path = next_digit_logprobs([secret[:i] for i in range(digits)])
+    threshold = float(sum(path[i, int(secret[i])] for i in range(digits)))
+    frontier = [(0, -0.0, "")]  # (-depth, -partial log-likelihood, partial code): deepest, then likeliest, first
+    above = ties = expanded = 0
+    while frontier:
+        nodes = [heapq.heappop(frontier) for _ in range(min(batch_size, len(frontier)))]
+        expanded += len(nodes)
+        for (_, negated, partial), row in zip(nodes, next_digit_logprobs([node[2] for node in nodes])):
+            for digit in range(10):
+                code, score = partial + str(digit), float(row[digit]) - negated
+                if len(code) < digits:
+                    if score >= threshold - TIE_TOLERANCE:
+                        heapq.heappush(frontier, (-len(code), -score, code))
+                elif code != secret:
+                    above += score > threshold + TIE_TOLERANCE
+                    ties += abs(score - threshold) <= TIE_TOLERANCE
+        rank_at_least = 1 + above + ties / 2
+        if frontier and (rank_at_least > cap or expanded >= max_expanded):
+            unopened = sum(10 ** (digits - len(code)) for _, _, code in frontier)
+            return {"exact": False, "rank": None, "rank_at_least": rank_at_least,
+                    "rank_at_most": min(1 + above + ties + unopened, 10**digits), "expanded": expanded}
+    rank = 1 + above + ties / 2
+    return {"exact": True, "rank": rank, "rank_at_least": rank, "rank_at_most": rank, "expanded": expanded}
+
+
+class DigitTokenizationError(ValueError):
+    """The tokenizer does not spell a code as the prefix's tokens followed by one token per digit."""
+
+
+class NextDigitScorer:
+    """next_digit_logprobs for one canary prefix under one model (see digit_tree_rank).
+
+    The prefix runs through the model once; each call copies its KV cache across the batch and feeds
+    only the partial codes' digits. Needs a tokenizer that writes each digit as its own token after the
+    prefix (Llama, SmolLM, Qwen, Gemma do; GPT-2-style merges do not: DigitTokenizationError).
+    """
+
+    def __init__(self, model, tokenizer, prefix: str, secret: str):
+        self.model, self.device = model, next(model.parameters()).device
+        self.prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        digit_ids = [tokenizer(str(d), add_special_tokens=False)["input_ids"] for d in range(10)]
+        if any(len(ids) != 1 for ids in digit_ids):
+            raise DigitTokenizationError("a digit is not a single token")
+        self.digit_ids = [ids[0] for ids in digit_ids]
+        spelled = tokenizer(prefix + secret, add_special_tokens=False)["input_ids"]
+        if spelled != self.prefix_ids + [self.digit_ids[int(c)] for c in secret]:
+            raise DigitTokenizationError(f"{prefix + secret!r} is not tokenized as its prefix and one token per digit")
+        with torch.inference_mode():
+            context = model(input_ids=torch.tensor([self.prefix_ids], device=self.device), use_cache=True)
+        self.cache = context.cache
+        self.first = self._digits(context.logits[0, -1])
+        accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.last_only = {"logits_to_keep": 1} if accepts else {}
+
+    def _digits(self, logits: torch.Tensor) -> np.ndarray:
+        return torch.log_softmax(logits.float(), dim=-1)[..., self.digit_ids].cpu().numpy().astype(np.float64)
+
+    @torch.inference_mode()
+    def __call__(self, partials: list[str]) -> np.ndarray:
+        out = np.empty((len(partials), 10))
+        by_length: dict[int, list[int]] = {}
+        for i, partial in enumerate(partials):
+            by_length.setdefault(len(partial), []).append(i)
+        for length, rows in by_length.items():
+            if length == 0:
+                out[rows] = self.first
+                continue
+            # one length per forward: no padding, so positions follow the cache, and one position's logits
+            ids = torch.tensor([[self.digit_ids[int(c)] for c in partials[i]] for i in rows], device=self.device)
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(len(rows))
+            attention = torch.ones((len(rows), len(self.prefix_ids) + length), dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=ids, attention_mask=attention, cache=cache, use_cache=True,
+                                **self.last_only).logits
+            out[rows] = self._digits(logits[:, -1])
+        return out
+
+
+def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    first = sequences[0]
+    length = len(first)
+    for seq in sequences[1:]:
+        length = min(length, len(seq))
+        for i in range(length):
+            if seq[i] != first[i]:
+                length = i
+                break
+    return length
+
+
+@torch.inference_mode()
+def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, batch_size: int = 128) -> np.ndarray:
+    """log p(prefix + secret) - log p(shared prefix) for each secret, in nats: the part of the canary's
+    log-likelihood that depends on the secret, so ranking secrets by it ranks the whole canaries.
+
+    The shared prefix runs through the model once; its KV cache is copied across each batch of
+    candidate secrets, which then cost only their own few tokens. Works for any tokenizer.
+    """
+    device = next(model.parameters()).device
+    ids = tokenizer([prefix + secret for secret in secrets], add_special_tokens=False)["input_ids"]
+    n_prefix = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    # Tokens shared by every candidate; fewer than the prefix's own when a tokenizer merges across
+    # the boundary, in which case those prefix tokens are scored with the secret (still exact).
+    shared = min(n_prefix, _common_prefix_length(ids))
+    if shared < 1:
+        raise ValueError(f"canary prefix {prefix!r} shares no token across candidate secrets")
+    context = model(input_ids=torch.tensor([ids[0][:shared]], device=device), use_cache=True)
+    first_logprobs = torch.log_softmax(context.logits[0, -1].float(), dim=-1)
+    out = []
+    for chunk in tokens.batched([seq[shared:] for seq in ids], batch_size):
+        width = max(len(seq) for seq in chunk)
+        rest = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
+        for row, seq in enumerate(chunk):
+            rest[row, :len(seq)] = torch.tensor(seq, device=device)
+            mask[row, :len(seq)] = 1
+        total = first_logprobs[rest[:, 0]]
+        if width > 1:
+            cache = copy.deepcopy(context.cache)
+            cache.batch_repeat_interleave(len(chunk))
+            # The last token's output would predict what follows the secret: not needed.
+            attention = torch.cat([torch.ones((len(chunk), shared), dtype=torch.long, device=device), mask[:, :-1]], 1)
+            logits = model(input_ids=rest[:, :-1], attention_mask=attention, cache=cache,
+                           use_cache=True).logits.float()
+            targets = rest[:, 1:]
+            picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            total = total + (picked * mask[:, 1:]).sum(dim=1)
+        out.append(total.cpu().numpy().astype(np.float64))
+    return np.concatenate(out)
+
+
+def sampled_secrets(canary: dict, n_samples: int, seed: int) -> list[str]:
+    """n_samples codes drawn uniformly from the secret space, the canary's own secret excluded;
+    seeded per canary, so every arm ranks against the same ones."""
+    digits = int(canary["secret_digits"])
+    rng = np.random.default_rng([seed, int(canary["id"].rsplit("-", 1)[1])])
+    draws = (f"{v:0{digits}d}" for v in rng.integers(0, 10**digits, 2 * n_samples + 1))
+    return [s for s in draws if s != canary["secret"]][:n_samples]
+
+
+def exposure_from_samples(secret_logprob: float, sample_logprobs: np.ndarray, space_size: int, *,
+                          upper_bound: float | None = None, level: float = 0.95) -> tuple[float, float]:
+    """(low, high) exposure in bits from uniform samples of the space: the share p of codes more likely
+    than the secret has a Clopper-Pearson interval, and exposure ~ -log2 p. Clipped to [0, upper_bound]
+    (default log2|R|)."""
+    samples = np.asarray(sample_logprobs, dtype=float)
+    ahead = int((samples > secret_logprob + TIE_TOLERANCE).sum())
+    ahead += int((np.abs(samples - secret_logprob) <= TIE_TOLERANCE).sum()) // 2
+    p_low, p_high = stats.clopper_pearson(ahead, len(samples), level=level)
+    ceiling = float(np.log2(space_size)) if upper_bound is None else upper_bound
+    low = max(0.0, -np.log2(p_high))
+    high = ceiling if p_low <= 0 else min(ceiling, -np.log2(p_low))
+    return float(min(low, ceiling)), float(high)
+
+
+def canary_exposure(model, tokenizer, canary: dict, *, rank_cap: int, n_samples: int, seed: int = 0,
+                    batch_size: int = 16) -> dict:
+    """Exposure (bits) of one canary's secret as an interval [exposure_low, exposure_high].
+
+    method "exact": the digit-tree search ranked the secret (low == high = log2|R| - log2 rank).
+    method "beyond cap": the search stopped with the rank bracketed (digit_tree_rank's rank_at_least
+        and rank_at_most), which brackets the exposure. Both ends are certain, not estimates.
+    method "sampled": the tokenizer does not write one token per digit, so there is no digit tree: the
+        secret's rank among n_samples uniform codes gives a 95% Clopper-Pearson interval instead.
+    """
+    space = 10 ** int(canary["secret_digits"])
+    row = {"id": canary["id"], "repetitions": canary["repetitions"]}
+    try:
+        scorer = NextDigitScorer(model, tokenizer, canary["prefix"], canary["secret"])
+    except DigitTokenizationError:
+        secrets = [canary["secret"]] + sampled_secrets(canary, n_samples, seed)
+        scores = secret_logprobs(model, tokenizer, canary["prefix"], secrets, batch_size=batch_size)
+        low, high = exposure_from_samples(scores[0], scores[1:], space)
+        return dict(row, method="sampled", rank=None, exposure_low=low, exposure_high=high)
+    found = digit_tree_rank(scorer, canary["secret"], cap=rank_cap, batch_size=batch_size)
+    low, high = (float(np.log2(space) - np.log2(found[key])) for key in ("rank_at_most", "rank_at_least"))
+    return dict(row, method="exact" if found["exact"] else "beyond cap", rank=found["rank"],
+                exposure_low=low, exposure_high=high)
+
+
+def reference_band(rows: Sequence[dict]) -> list[float]:
+    """[lowest, highest] exposure any reference canary (never inserted) can have: the null band."""
+    reference = [r for r in rows if r["repetitions"] == 0]
+    if not reference:
+        return [float("nan"), float("nan")]
+    return [min(r["exposure_low"] for r in reference), max(r["exposure_high"] for r in reference)]
+
+
+def canary_extraction(model, tokenizer, canaries: Sequence[dict], *, batch_size: int = 16,
+                      progress: bool = True) -> list[bool]:
+    """For each canary: does greedy decoding from its prefix produce its secret?"""
+    prompts = tokenizer([c["prefix"] for c in canaries], add_special_tokens=False)["input_ids"]
+    longest = max(len(tokenizer(c["secret"], add_special_tokens=False)["input_ids"]) for c in canaries)
+    generated = generate_ids(model, tokenizer, prompts, max_new_tokens=longest + 1, batch_size=batch_size,
+                             progress=progress)
+    return [tokenizer.decode(new).lstrip().startswith(c["secret"]) for c, new in zip(canaries, generated)]
+
+
+def canary_summary(rows: list[dict], *, secret_space: int, rank_cap: int) -> dict:
+    """Every canary's exposure interval, the reference canaries' band, and per repetition count how many
+    canaries lie wholly above the band and how many greedy decoding reproduces."""
+    band = reference_band(rows)
+    by_repetitions = {}
+    for repetitions in sorted({row["repetitions"] for row in rows}):
+        group = [row for row in rows if row["repetitions"] == repetitions]
+        by_repetitions[str(repetitions)] = {
+            "canaries": len(group),
+            "exact": sum(row["method"] == "exact" for row in group),
+            "above_reference_band": sum(row["exposure_low"] > band[1] for row in group),
+            "exposure_low_min": min(row["exposure_low"] for row in group),
+            "exposure_high_max": max(row["exposure_high"] for row in group),
+            "greedy_extracted": float(np.mean([row["greedy_extracted"] for row in group])),
+        }
+    keys = ("id", "repetitions", "method", "rank", "exposure_low", "exposure_high", "greedy_extracted")
+    return {"secret_space": secret_space, "rank_cap": rank_cap, "reference_band": band,
+            "highest_repetitions": max(row["repetitions"] for row in rows),
+            "by_repetitions": by_repetitions, "rows": [{k: row[k] for k in keys} for row in rows]}

@@ -1,0 +1,23 @@
+"""Every stage's parameter checks, composed: the one call that stops an impossible setting before any work.
+
+Each stage's module checks its own parameters (`check_params`); the checks that span two stages
+(how deep the model is against how many blocks pruning removes) are made here, where the stages
+meet, so no stage imports one that comes after it. run_all.py calls `check_params` before notebook 00.
+"""
+
+from __future__ import annotations
+
+from ppt_core import architectures, attacks, data, generation, models, profiles, pruning, similarity, train_config
+
+
+def check_params(params: dict) -> None:
+    """Stop with one clear message on any impossible setting, in the order the stages run."""
+    profiles.check_seeds(params["seeds"])
+    for stage in (models, data, similarity, pruning):
+        stage.check_params(params)
+    # architectures reads the model's config (no weights): an unsupported model stops here, before notebook 00.
+    config = architectures.check_params(params)
+    pruning.check_depth(params, architectures.depth(config))
+    for stage in (train_config, generation, attacks):
+        stage.check_params(params)
+    models.check_tokenizer(params["model"])  # last: it reads the tokenizer's files

@@ -1,0 +1,290 @@
+"""The study's figures, one function per figure, in the order the notebooks draw them: each takes numbers
+a stage already computed (its results, details or table) and returns a matplotlib figure in the style
+of ppt_core.plots, which saves it (`plots.save`). Nothing here computes a number the study reports.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ppt_core import arms
+from ppt_core.plots import arm_color
+from ppt_core.timing import SPEED_BATCH, SPEED_BATCH_SIZE, batch_key
+
+
+# --- 00 data --------------------------------------------------------------------------------------------
+def note_token_lengths(lengths: dict[str, np.ndarray], max_length: int):
+    """Histogram of tokens per note, one per split (data.note_token_lengths), with the scoring length."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for split, values in lengths.items():
+        ax.hist(values, bins=30, alpha=0.55, label=split)
+    ax.axvline(max_length, color="k", ls="--", lw=1, label="max_length")
+    ax.set(xlabel="tokens per note", ylabel="notes", title="Token length of the notes")
+    ax.legend()
+    return fig
+
+
+# --- 01 layer similarity --------------------------------------------------------------------------------
+def similarity_heatmap(similarity: np.ndarray):
+    """The (L+1) x (L+1) cosine similarity of the hidden states at every pair of block boundaries."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6.8, 5.6))
+    sns.heatmap(similarity, ax=ax, cmap="viridis", vmin=min(0.0, similarity.min()), vmax=1.0, square=True,
+                cbar_kws={"label": "cosine similarity"})
+    ax.set(xlabel="boundary j (0 = embeddings, l = output of block l-1)", ylabel="boundary i",
+           title="Pairwise similarity of the hidden states")
+    return fig
+
+
+def block_redundancy(redundancy: np.ndarray, marked, strategy: str):
+    """S[l, l+1] per block, the blocks `strategy` removes in red; the axis zooms in on the top, and each bar
+    it cuts carries its value at the bottom."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    depth = len(redundancy)
+    ax.bar(range(depth), redundancy, color=["#d62728" if block in marked else "#7f7f7f" for block in range(depth)])
+    bottom = max(0.0, np.quantile(redundancy, 0.1) - 0.02)  # zoom in; the few lowest bars are cut
+    ax.set_ylim(bottom, 1.0)
+    for block in np.flatnonzero(redundancy < bottom):
+        ax.annotate(f"{redundancy[block]:.2f}", (block, bottom), xytext=(0, 2), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set(xlabel="block l", ylabel="S[l, l+1]",
+           title=f"Block redundancy; red: the {len(marked)} blocks {strategy} removes")
+    return fig
+
+
+# --- 02 pruning -----------------------------------------------------------------------------------------
+def pruning_perplexity(sweep: pd.DataFrame, depth: int):
+    """Zero-shot held-out perplexity against blocks removed, one line per strategy (pruning.sweep's records)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for strategy, group in sweep.groupby("strategy", sort=False):
+        ax.plot(group["n_removed"], group["perplexity"], marker="o", label=strategy)
+    ax.set_yscale("log")
+    ax.set(xlabel="blocks removed", ylabel="held-out perplexity (log scale)",
+           title=f"Zero-shot perplexity after pruning ({depth} blocks)")
+    ax.legend()
+    return fig
+
+
+def pruning_speed(speed: pd.DataFrame):
+    """Measured prefill speedup against blocks removed, beside the ideal FLOP ratio (flops.pruning_speed's table)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(speed["blocks removed"], speed["ideal speedup"], "k--", label="ideal (FLOP ratio)")
+    ax.plot(speed["blocks removed"], speed["measured speedup"], marker="o", label="measured prefill")
+    ax.set(xlabel="blocks removed", ylabel="speedup over the full model",
+           title=f"Inference speed after pruning (CPU, batch {SPEED_BATCH_SIZE})")
+    ax.legend()
+    return fig
+
+
+# --- 03 fine-tuning -------------------------------------------------------------------------------------
+def training_heldout_loss(results: dict):
+    """The held-out loss curve of every fine-tuned arm (launch.train_arms' results): the one curve a DP arm
+    publishes."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, result in results.items():
+        steps, losses = zip(*result.heldout_losses)
+        ax.plot(steps, losses, marker="o", ms=4, lw=1.5, color=arm_color(arm), label=arm)
+    ax.set(xlabel="optimizer step", ylabel="held-out loss (nats / token)", title="Held-out loss during training")
+    ax.legend()
+    return fig
+
+
+def training_loss(results: dict):
+    """The training loss per step of the non-private arms only: a DP arm's is a noiseless statistic of its
+    training records and is never drawn."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, result in results.items():
+        if not result.private:
+            steps = [s + 1 for s, loss in enumerate(result.losses) if loss is not None]
+            ax.plot(steps, [loss for loss in result.losses if loss is not None], marker="o", ms=3, lw=1.5,
+                    color=arm_color(arm), label=arm)
+    ax.set(xlabel="optimizer step", ylabel="training loss (nats / token)",
+           title="Training loss (non-private arms only)")
+    ax.legend()
+    return fig
+
+
+def training_epsilon(results: dict, delta: float, accountant: str):
+    """The epsilon each DP arm has spent after each step (its own accountant), against its target (dashed)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for arm, result in results.items():
+        if result.private:
+            curve = result.epsilon_curve()
+            ax.plot([s for s, _ in curve], [e for _, e in curve], marker="o", ms=3, color=arm_color(arm), label=arm)
+            ax.axhline(arms.parse(arm).epsilon, color=arm_color(arm), ls="--", lw=1)
+    ax.set(xlabel="optimizer step", ylabel="ε spent", title=f"Privacy spent (δ = {delta:g}, {accountant} accountant)")
+    ax.legend()
+    return fig
+
+
+# --- 04 utility and speed -------------------------------------------------------------------------------
+def utility_and_speed(results: dict, timings: dict):
+    """Three bar panels over the arms, in the order of `results` (utility.measure_arms' results and timings):
+    held-out perplexity with its interval, prefill throughput at timing.SPEED_BATCH_SIZE, and generation
+    latency at batch 1."""
+    arm_names = list(results)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    colors = [arm_color(arm) for arm in arm_names]
+    ppl = [results[arm]["heldout_perplexity"] for arm in arm_names]
+    axes[0].bar(arm_names, [p["value"] for p in ppl], color=colors,
+                yerr=[[p["value"] - p["low"] for p in ppl], [p["high"] - p["value"] for p in ppl]], capsize=3)
+    axes[0].set(ylabel="held-out perplexity", title="Utility (lower is better)")
+    axes[1].bar(arm_names, [timings[arm][SPEED_BATCH]["prefill_tokens_per_s"] for arm in arm_names], color=colors)
+    axes[1].set(ylabel="tokens / s", title=f"Prefill throughput, batch {SPEED_BATCH_SIZE}")
+    axes[2].bar(arm_names, [timings[arm][batch_key(1)]["generation_ms_per_token"] for arm in arm_names], color=colors)
+    axes[2].set(ylabel="ms / new token", title="Generation latency, batch 1")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=40)
+    fig.tight_layout()
+    return fig
+
+
+# --- 05 synthetic data ----------------------------------------------------------------------------------
+def synthetic_nearest_record(rows: dict[str, list[dict]]):
+    """Each synthetic record (generation.synthetic_report's rows, by arm) at its best BERTScore to a held-out
+    note (x) and to a training note (y); above the diagonal it is closer to train."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for arm, arm_rows in rows.items():
+        frame = pd.DataFrame(arm_rows)
+        ax.scatter(frame["best_bertscore_heldout"], frame["best_bertscore_train"], s=16, alpha=0.7,
+                   color=arm_color(arm), label=arm)
+    low, high = ax.get_xlim()
+    ax.plot([low, high], [low, high], "k--", lw=1)
+    ax.set(xlabel="BERTScore F1 to nearest held-out note", ylabel="BERTScore F1 to nearest training note",
+           title="Synthetic records: closer to train or to held-out?")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# --- 06 attacks -----------------------------------------------------------------------------------------
+def membership_roc(results: dict, details: dict):
+    """ROC curves (log-log) of the loss and reference signals of every arm (attacks.attack_arms' results and
+    details), the axes stopping at 1/n, below which this many records resolve no rate."""
+    first = next(iter(results.values()))["membership"]
+    n_members, n_nonmembers = first["members"], first["nonmembers"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, signal in zip(axes, ("loss", "reference")):
+        for name in details:
+            if signal in details[name]["roc"]:
+                fpr, tpr = details[name]["roc"][signal]
+                auc = results[name]["membership"]["signals"][signal]["auc"]["value"]
+                ax.plot(fpr, tpr, color=arm_color(name), label=f"{name} ({auc:.2f})")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set(xscale="log", yscale="log", xlim=(1 / n_nonmembers, 1), ylim=(1 / n_members, 1.05),
+               xlabel="false-positive rate", title=f"ROC, {signal} signal (log-log)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("true-positive rate")
+    return fig
+
+
+def _jitter(canary_id: str) -> float:
+    """A canary's horizontal jitter factor, the same in every process and every arm's panel (seeded by a
+    checksum of its id: Python's str hash is salted per process)."""
+    return float(np.exp(np.random.default_rng(zlib.crc32(canary_id.encode())).uniform(-0.15, 0.15)))
+
+
+def canary_exposure(results: dict):
+    """One panel per fine-tuned arm: each inserted canary's exposure (bits) against its repetitions, a dot when
+    exact and a bar when an interval, over the band the never-inserted reference canaries reach."""
+    trained_names = [name for name in results if arms.parse(name).trained]
+    fig, axes = plt.subplots(1, len(trained_names), figsize=(3.6 * len(trained_names), 3.8), sharey=True,
+                             squeeze=False)
+    for ax, name in zip(axes[0], trained_names):
+        canaries = results[name]["canaries"]
+        low, high = canaries["reference_band"]
+        ax.axhspan(low, high, color="0.85", label="reference canaries")
+        for row in canaries["rows"]:
+            if row["repetitions"] == 0:
+                continue
+            x = row["repetitions"] * _jitter(row["id"])
+            if row["method"] == "exact":
+                ax.plot(x, row["exposure_low"], "o", color=arm_color(name), ms=6)
+            else:
+                ax.vlines(x, row["exposure_low"], row["exposure_high"], color=arm_color(name), lw=3, alpha=0.6)
+        ax.set(xscale="log", xlabel="repetitions in train", title=name,
+               ylim=(0, np.log2(canaries["secret_space"]) + 0.5))
+    axes[0][0].set_ylabel("exposure (bits)")
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    return fig
+
+
+# --- 07 summary -----------------------------------------------------------------------------------------
+def privacy_utility_speed(table: pd.DataFrame):
+    """Two panels: held-out perplexity against membership AUC (calibrated; privacy), and against speedup (speed)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for arm, r in table.iterrows():
+        color, marker = arm_color(arm), "s" if arms.parse(arm).pruned else "o"
+        yerr = [[r.perplexity - r.perplexity_low], [r.perplexity_high - r.perplexity]] \
+            if not np.isnan(r.perplexity_low) else None
+        xerr = [[r.membership_auc - r.membership_auc_low], [r.membership_auc_high - r.membership_auc]] \
+            if not np.isnan(r.membership_auc_low) else None
+        left.errorbar(r.membership_auc, r.perplexity, xerr=xerr, yerr=yerr, fmt=marker, color=color,
+                      capsize=3, ms=8, label=arm)
+        right.errorbar(r.speedup, r.perplexity, yerr=yerr, fmt=marker, color=color, capsize=3, ms=8, label=arm)
+    left.axvline(0.5, color="k", lw=0.8, ls="--")
+    left.set(xlabel="membership AUC, calibrated by the starting model (0.5 = no leakage)",
+             ylabel="held-out perplexity (log scale)", yscale="log", title="Utility vs privacy")
+    right.axvline(1.0, color="k", lw=0.8, ls="--")
+    right.set(xlabel="prefill speedup over base (×)", title="Utility vs speed")
+    right.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def frontier(table: pd.DataFrame):
+    """The privacy–utility–speed frontier. Left: held-out perplexity against the claimed ε of each fine-tuned
+    arm (∞ for the non-private ones, drawn right of the largest ε), one line per family with its intervals
+    (over seeds, or records for one seed), `base` and `pruned-noft` as reference lines, the pruned family's
+    measured speedup in its legend. Right: the audit's ε lower bound against the claimed ε; a sound
+    accountant keeps every point on or below the diagonal (the shaded side is impossible)."""
+    trained = [arm for arm in table.index if arms.parse(arm).trained]
+    finite = [table.loc[a, "epsilon"] for a in trained if np.isfinite(table.loc[a, "epsilon"])]
+    largest = max(finite) if finite else 1.0
+    infinity = largest * 3  # where the non-private arms stand on the log ε axis
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for family in arms.FAMILIES:
+        members = sorted((a for a in trained if arms.parse(a).family == family),
+                         key=lambda a: table.loc[a, "epsilon"] if np.isfinite(table.loc[a, "epsilon"]) else infinity)
+        if not members:
+            continue
+        rows = table.loc[members]
+        x = np.where(np.isfinite(rows.epsilon), rows.epsilon, infinity)
+        yerr = np.vstack([rows.perplexity - rows.perplexity_low, rows.perplexity_high - rows.perplexity])
+        start = "pruned-noft" if family == "pruned" else "base"
+        speedup = table.loc[start, "speedup"] if start in table.index else np.nan
+        label = f"{family} (speedup {speedup:.3g}×)" if family == "pruned" and np.isfinite(speedup) else family
+        left.errorbar(x, rows.perplexity, yerr=np.nan_to_num(yerr), fmt="-s" if family == "pruned" else "-o",
+                      color=arm_color(f"{family}-nodp"), capsize=3, ms=7, label=label)
+    for reference, style in (("base", "--"), ("pruned-noft", ":")):
+        if reference in table.index and np.isfinite(table.loc[reference, "perplexity"]):
+            left.axhline(table.loc[reference, "perplexity"], color=arm_color(reference), ls=style, lw=1.2,
+                         label=f"{reference} (not fine-tuned)")
+    ticks = sorted(set(finite)) + [infinity]
+    left.set(xscale="log", yscale="log", xlabel="claimed ε (accountant; ∞ = non-private)",
+             ylabel="held-out perplexity (log scale)", title="Utility vs privacy budget")
+    left.set_xticks(ticks, [f"{t:.2g}" for t in ticks[:-1]] + ["∞"])
+    left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the arms' ε are ticks
+    left.legend(loc="best", fontsize="small")
+
+    private = [a for a in trained if arms.parse(a).private and np.isfinite(table.loc[a, "epsilon"])]
+    top = max([largest] + [table.loc[a, column] for a in private
+                           for column in ("audit_epsilon_one_run", "audit_epsilon_fdp")
+                           if np.isfinite(table.loc[a, column])]) * 1.1
+    right.fill_between([0, top], [0, top], [top, top], color="#d62728", alpha=0.08,
+                       label="impossible: audit above the claim")
+    right.plot([0, top], [0, top], color="k", lw=0.8, ls="--", label="audit = claimed ε")
+    for arm in private:
+        for column, marker in (("audit_epsilon_one_run", "o"), ("audit_epsilon_fdp", "^")):
+            right.plot(table.loc[arm, "epsilon"], table.loc[arm, column], marker, color=arm_color(arm), ms=8,
+                       label=f"{arm} ({'one run' if marker == 'o' else 'f-DP'})")
+    right.set(xlim=(0, top), ylim=(0, top), xlabel="claimed ε (accountant)", ylabel="audited ε lower bound",
+              title="Audit vs claim")
+    right.legend(loc="upper left", fontsize="x-small")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,158 @@
+"""What the study reports, in Markdown: the arms' table with its intervals, the paper's claims with
+their verdicts (ppt_core.verdicts decides them), what the DP guarantee covers, and where and when a run
+was produced (the commit stamp), as figures/results.md and the README's block of a committed run.
+
+The numbers are summary's table and verdicts' claims; this module only writes them out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ppt_core import artifacts, profiles, verdicts
+from ppt_core.stats import format_interval
+from ppt_core.timing import SPEED_BATCH_SIZE
+
+
+def _fmt(value, low=np.nan, high=np.nan, digits=3) -> str:
+    return format_interval({"value": value, "low": low, "high": high}, digits)
+
+
+def _exposure(r) -> str:
+    if np.isnan(r.exposure_highest_low):
+        return "–"
+    low, high = r.exposure_highest_low, r.exposure_highest_high
+    value = f"{low:.3g}" if low == high else f"[{low:.3g}, {high:.3g}]"
+    return f"{value} at {int(r.canary_repetitions)}× ([{r.reference_band_low:.3g}, {r.reference_band_high:.3g}])"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The summary table as Markdown, intervals in brackets (95%: bootstrap over records, exact for shares)."""
+    header = ("| arm | blocks | params (M) | ε | held-out perplexity | prefill tok/s (speedup) | membership AUC "
+              "| ΔAUC vs start | canary exposure, highest reps (reference band) | audit ε ≥ (one run / f-DP) "
+              "| extraction exact-suffix hits | synthetic PII leak |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for arm, r in table.iterrows():
+        auc = _fmt(r.membership_auc, r.membership_auc_low, r.membership_auc_high, 2)
+        lines.append("| " + " | ".join([
+            f"`{arm}`", _fmt(r.blocks), _fmt(r.parameters_M), _fmt(r.epsilon),
+            _fmt(r.perplexity, r.perplexity_low, r.perplexity_high),
+            f"{_fmt(r.prefill_tokens_per_s, digits=4)} ({_fmt(r.speedup)}×)",
+            f"{auc} ({r.membership_signal})" if r.membership_signal else auc,
+            _fmt(r.delta_auc, r.delta_auc_low, r.delta_auc_high, 2),
+            _exposure(r),
+            f"{_fmt(r.audit_epsilon_one_run)} / {_fmt(r.audit_epsilon_fdp)}",
+            _fmt(r.extraction_hits, r.extraction_hits_low, r.extraction_hits_high, 2),
+            _fmt(r.synthetic_pii_leak, r.synthetic_pii_leak_low, r.synthetic_pii_leak_high, 2),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def commit() -> str:
+    """The short git commit of the code that ran, with "+changes" when the code differs from it."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=artifacts.REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        # figures/ and the README's results are this run's own outputs, not changes to the code that made them.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures",
+                                ":!README.md"], cwd=artifacts.REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def guarantee_markdown(params: dict, group_privacy: dict | None) -> str:
+    """What the DP arms' guarantee covers and what it does not, from the accountant's numbers (notebook 03's
+    group-privacy and composition table, results.json["group_privacy"])."""
+    if not group_privacy:
+        return ""
+    rows = []
+    for row, values in group_privacy.items():
+        sizes = sorted((int(k[2:]), v) for k, v in values.items() if k.startswith("k="))
+        rows.append(f"| {row} | " + " | ".join(_fmt(v) for _, v in sizes) + f" | {values.get('accountant', '')} |")
+    header = "| ε at δ = " + f"{params['delta']:g} | " + " | ".join(f"k = {k}" for k, _ in sizes) + " | accountant |"
+    secure = ("off: the Poisson draws and the noise follow the public seed, so this is a reproducible study, "
+              "not a release" if not params.get("secure_mode") else "on: cryptographic randomness")
+    return "\n".join([
+        "**What the guarantee covers.** Each DP arm is (ε, δ)-DP for one training record — a note, one canary "
+        "copy or one audit canary — with the ε of the table above. A secret held by k records (a canary "
+        "inserted k times, a patient with k notes) is protected only at the group ε below, and releasing "
+        "several DP arms trained on the same records composes (last row). Each value is an upper bound from "
+        f"the accountant (notebook 03). `secure_mode` is {secure}.",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+        *rows,
+    ])
+
+
+def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Verdict],
+                     notebook_seconds: dict, group_privacy: dict | None = None, seeds: list[int] | None = None,
+                     estimate: str = "") -> str:
+    """figures/results.md: the table, the claims with their verdicts, what the guarantee covers, and where
+    and when it was produced (over several `seeds`: the table's intervals are over seeds, and say so);
+    `estimate`: a line of projected costs (cost.estimate_markdown), if any."""
+    total = sum(notebook_seconds.values())
+    times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in sorted(notebook_seconds.items()))
+    seeds = list(seeds or [params["seed"]])
+    over = ("Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares." if len(seeds) == 1 else
+            f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each number is the mean of the seeds' and its "
+            "interval a 95% Student-t interval over the seeds (wide for few seeds); exposure and reference band: "
+            "the range over every seed's canaries; audit ε: the mean of the seeds' lower bounds. The verdicts pool "
+            "the seeds' records (a bootstrap over seeds, then records).")
+    return "\n".join([
+        f"Profile `{params['profile']}` (model `{params['model']}`), commit `{commit()}`, "
+        f"produced {datetime.date.today().isoformat()} by `run_all.py`"
+        + (f", {len(seeds)} seeds." if len(seeds) > 1 else "."),
+        "",
+        markdown_table(table),
+        "",
+        over + " ε = ∞: non-private; "
+        "audit ε: empirical lower bounds (one-run audit), never above the claimed ε. Speed: prefill of a batch "
+        f"of {SPEED_BATCH_SIZE} on the machine that produced this run. Membership AUC: the attack calibrated by the "
+        "arm's starting model (`reference`), the plain loss attack for the untrained arms. Exposure in bits; the "
+        "reference band is the range of canaries never inserted.",
+        "",
+        verdicts.claims_markdown(claims),
+        "",
+        guarantee_markdown(params, group_privacy),
+        "",
+        (f"Notebook wall time{' summed over the seeds' if len(seeds) > 1 else ''}: {times} "
+         f"(total {total / 60:.1f} min).") if notebook_seconds else "",
+        *([""] + [estimate] if estimate else []),
+    ]) + "\n"
+
+
+def study_markdown(params: dict, study, claims: list[verdicts.Verdict], estimate: str = "") -> str:
+    """results_markdown of a study (summary.load_study's Study): its table, the claims, its group-privacy
+    table, seeds and notebook wall times; `estimate` as in results_markdown."""
+    return results_markdown(params, study.table, claims, study.notebook_seconds, study.results.get("group_privacy"),
+                            study.seeds, estimate)
+
+
+def readme_markers(run_name: str = "quick") -> tuple[str, str]:
+    """The README's markers around a committed run's results: `results` for the default profile's run,
+    `results-<run>` for another committed run (the paper profile's)."""
+    name = "results" if run_name == profiles.DEFAULT_PROFILE else f"results-{run_name}"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def update_readme(results_md: str, readme: Path | None = None, run_name: str = profiles.DEFAULT_PROFILE) -> bool:
+    """Replace the README's results section of `run_name` (between its markers) with results.md; True if it
+    changed."""
+    readme = readme or artifacts.REPO_ROOT / "README.md"
+    start, end = readme_markers(run_name)
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return False
+    new = re.sub(f"{re.escape(start)}.*?{re.escape(end)}", lambda _: f"{start}\n{results_md}{end}", text, flags=re.S)
+    if new != text:
+        artifacts.write_text(readme, new)
+    return new != text

@@ -1,0 +1,52 @@
+"""Hyperparameter tuning never reads the study's records: it trains on an independent draw."""
+
+import shutil
+
+import pytest
+
+from ppt_core import artifacts, data, lr_tuning
+
+
+@pytest.fixture
+def params(smoke_params):
+    yield smoke_params
+    shutil.rmtree(artifacts.run_paths(lr_tuning.tuning_params(smoke_params)).root, ignore_errors=True)
+
+
+def test_tuning_draw_has_its_own_seed_and_run_folder(params):
+    tuned = lr_tuning.tuning_params(params)
+    assert tuned["seed"] == lr_tuning.TUNING_SEED_OFFSET + params["seed"]
+    assert tuned["run_name"] == f"tuning-{params['run_name']}"
+    assert artifacts.run_paths(tuned).root != artifacts.run_paths(params).root
+
+
+def test_tuning_refuses_user_data_and_colliding_seeds(params, tmp_path):
+    with pytest.raises(lr_tuning.TuningError, match="data_path"):
+        lr_tuning.tuning_params(dict(params, data_path=str(tmp_path / "notes.jsonl")))
+    with pytest.raises(lr_tuning.TuningError, match="tuning range"):
+        lr_tuning.tuning_params(dict(params, seeds=[0, lr_tuning.TUNING_SEED_OFFSET]))
+    with pytest.raises(lr_tuning.TuningError, match="pruned family"):
+        lr_tuning.tune_learning_rate(params, "pruned-dp8", [1e-2])
+    with pytest.raises(lr_tuning.TuningError, match="positive"):
+        lr_tuning.tune_learning_rate(params, "full-dp8", [0.0])
+
+
+def test_check_disjoint_catches_a_shared_text(tiny, params, tmp_path):
+    study = data.build_dataset(params, tmp_path / "study", tokenizer=tiny[1])
+    drawn = data.build_dataset(lr_tuning.tuning_params(params), tmp_path / "tuning", tokenizer=tiny[1])
+    lr_tuning.check_disjoint(study, drawn)  # independent draws share no text
+    drawn.heldout.append(study.train[0])
+    with pytest.raises(lr_tuning.TuningError, match="shares 1 texts"):
+        lr_tuning.check_disjoint(study, drawn)
+
+
+def test_tuning_trains_each_rate_on_the_draw_and_picks_the_lowest_heldout_loss(params, one_thread):
+    record = lr_tuning.tune_learning_rate(params, "full-dp8", [1e-3, 3e-1], n_eval=8, progress=False)
+    assert record["learning_rates"] == [1e-3, 3e-1]
+    best = min(range(2), key=record["heldout_loss"].__getitem__)
+    assert record["chosen_learning_rate"] == record["learning_rates"][best]
+    assert record["heldout_loss"][0] != record["heldout_loss"][1]
+    assert all(0 < eps <= 8 for eps in record["epsilon"])  # the DP arm's own accountant, not a guess
+    assert record["tuning_seed"] == lr_tuning.TUNING_SEED_OFFSET + params["seed"]
+    assert (artifacts.run_paths(lr_tuning.tuning_params(params)).data / "train.jsonl").exists()
+    assert not artifacts.run_paths(params).root.exists()  # the study's run folder is never written

@@ -1,0 +1,41 @@
+"""results.md: the table's intervals and exposures as Markdown, the claims, and what the guarantee covers."""
+
+import numpy as np
+import pandas as pd
+
+from ppt_core import profiles, report, verdicts
+
+
+def one_row_table():
+    return pd.DataFrame([{
+        "arm": "pruned-dp8", "blocks": 4, "parameters_M": 1.5, "epsilon": 7.9, "perplexity": 31.2,
+        "perplexity_low": 29.0, "perplexity_high": 33.5, "prefill_tokens_per_s": 1234.5, "speedup": 1.25,
+        "membership_signal": "reference", "membership_auc": 0.51, "membership_auc_low": 0.44,
+        "membership_auc_high": 0.58, "delta_auc": 0.01, "delta_auc_low": -0.06, "delta_auc_high": 0.08,
+        "exposure_highest_low": 3.0, "exposure_highest_high": 9.5, "canary_repetitions": 16,
+        "reference_band_low": 0.5, "reference_band_high": 4.0, "audit_epsilon_one_run": 0.0,
+        "audit_epsilon_fdp": np.nan, "extraction_hits": 0.0, "extraction_hits_low": 0.0,
+        "extraction_hits_high": 0.21, "synthetic_pii_leak": np.nan, "synthetic_pii_leak_low": np.nan,
+        "synthetic_pii_leak_high": np.nan}]).set_index("arm")
+
+
+def test_markdown_table_writes_intervals_exposures_and_nothing_for_the_unmeasured():
+    row = report.markdown_table(one_row_table()).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "`pruned-dp8`" and cells[4] == "31.2 [29, 33.5]"
+    assert cells[5] == "1234 (1.25×)"
+    assert cells[6] == "0.51 [0.44, 0.58] (reference)"
+    assert cells[8] == "[3, 9.5] at 16× ([0.5, 4])"  # an interval: the rank lay beyond the cap
+    assert cells[9] == "0 / –" and cells[11] == "–"
+
+
+def test_results_markdown_holds_the_table_the_claims_and_the_guarantee():
+    params = profiles.get_profile("smoke")
+    claim = verdicts.Verdict(verdicts.SUPPORTED, "ratio 0.9 [0.8, 0.95]", key="speedup", claim="Pruning is fast",
+                             criterion="above 1")
+    group = {"pruned-dp8": {"k=1": 7.9, "k=4": 40.0, "accountant": "prv"}}
+    text = report.results_markdown(params, one_row_table(), [claim], {"02_pruning": 60.0}, group, estimate="A guess.")
+    assert "| Pruning is fast | above 1 | ratio 0.9 [0.8, 0.95] | supported (1 seed) |" in text
+    assert "| pruned-dp8 | 7.9 | 40 | prv |" in text and "k = 4" in text
+    assert "prefill of a batch of 8" in text and text.endswith("A guess.\n")
+    assert "02_pruning 60 s (total 1.0 min)" in text
