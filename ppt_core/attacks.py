@@ -9,9 +9,10 @@ that "no leak" has a measured null:
 
 This module is the stage: it checks the settings, draws the attacked records (`attack_records`), runs
 every attack on one arm (`attack_arm`) or on every arm, each calibrated by its starting model's scores
-(`attack_arms`), and saves the per-record outputs (`save_records`). The membership attack is also
-reported on the members the Poisson sampler actually drew (a trusted evaluator's view: `sample_counts`
-never leaves the run folder).
+(`attack_arms`), and saves the per-record outputs (`save_records`). For a non-private arm the membership
+attack is also reported on the members the Poisson sampler actually drew (a trusted evaluator's view:
+`sample_counts` never leaves the run folder); for a DP arm it is not, since which records it drew is a
+statistic of its training data without noise.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
     """(summary for results.json, details for tables, figures and records.npz) of every attack on one arm.
 
     start_scores: score_arm of the arm's starting model (None for base and pruned-noft themselves).
-    sample_counts: draws of each record of splits.train by the Poisson sampler (trained arms).
+    sample_counts: draws of each record of splits.train by the Poisson sampler (trained arms); used for a
+        non-private arm only: which records a DP arm drew is not released (no `sampled_members` for it).
     claimed_epsilon: the accountant's ε of a private arm; its audited lower bound must not exceed it.
     """
     members, nonmembers = attack_records(splits, params)
@@ -121,7 +123,7 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
     inferred, roc = membership.membership_inference(member, nonmember, start_member, start_nonmember, **boot)
     inferred["scored_tokens"] = scoring_length(params)
     drawn = None
-    if sample_counts is not None:
+    if sample_counts is not None and claimed_epsilon is None:  # a DP arm's draws stay with the trainer
         position = {record["id"]: i for i, record in enumerate(splits.train)}
         drawn = np.array([sample_counts[position[r["id"]]] for r in members])
         kept = drawn >= 1
@@ -241,8 +243,9 @@ def membership_table(attacks: dict) -> pd.DataFrame:
 
 
 def sampled_members_table(attacks: dict) -> pd.DataFrame:
-    """Per fine-tuned arm: the reference attack restricted to the members the Poisson sampler drew at least
-    once (attack_arm's `sampled_members`), beside how many members there are."""
+    """Per non-private fine-tuned arm: the reference attack restricted to the members the Poisson sampler drew
+    at least once (attack_arm's `sampled_members`), beside how many members there are. A DP arm has none:
+    which records it drew is trainer-only."""
     rows = {}
     for arm, arm_attacks in attacks.items():
         inferred = arm_attacks["membership"]

@@ -49,6 +49,25 @@ def _auditing():
     return module
 
 
+AUDITOR_API = ("epsilon_one_run", "epsilon_one_run_fdp", "attack_auroc")
+
+
+def check_params(params: dict) -> None:
+    """With audit canaries, jax-privacy's auditor loads and has what the audit calls: a missing or changed
+    package stops before any work, not in notebook 06 after training."""
+    if not int(params["n_audit_canaries"]):
+        return
+    try:
+        auditor = _auditing().CanaryScoreAuditor
+    except (ImportError, AttributeError, OSError) as err:
+        raise ValueError(f"the one-run audit cannot load jax-privacy's auditor ({err}); run `make setup`, or set "
+                         "n_audit_canaries=0 to run without the audit") from None
+    missing = [name for name in AUDITOR_API if not hasattr(auditor, name)]
+    if missing:
+        raise ValueError(f"jax-privacy's CanaryScoreAuditor has no {', '.join(missing)}: the audit needs "
+                         "jax-privacy==2.0.0 (run `make setup`)")
+
+
 def epsilon_lower_bounds(scores: np.ndarray, included: np.ndarray, *, delta: float,
                          significance: float = SIGNIFICANCE) -> dict:
     """Empirical ε lower bounds at confidence 1 - significance from audit-canary scores (higher = more

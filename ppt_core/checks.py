@@ -7,7 +7,18 @@ meet, so no stage imports one that comes after it. run_all.py calls `check_param
 
 from __future__ import annotations
 
-from ppt_core import architectures, attacks, data, generation, models, profiles, pruning, similarity, train_config
+from ppt_core import (
+    architectures,
+    attacks,
+    audit,
+    data,
+    generation,
+    models,
+    profiles,
+    pruning,
+    similarity,
+    train_config,
+)
 
 
 def check_params(params: dict) -> None:
@@ -18,6 +29,6 @@ def check_params(params: dict) -> None:
     # architectures reads the model's config (no weights): an unsupported model stops here, before notebook 00.
     config = architectures.check_params(params)
     pruning.check_depth(params, architectures.depth(config))
-    for stage in (train_config, generation, attacks):
+    for stage in (train_config, generation, attacks, audit):
         stage.check_params(params)
     models.check_tokenizer(params["model"])  # last: it reads the tokenizer's files

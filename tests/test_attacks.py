@@ -1,6 +1,8 @@
 """The attack stage: membership (reference attack included), extraction and canaries against a tiny model that
 memorised a few records, and every arm calibrated by its own starting model."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,10 @@ def test_canary_and_extraction_tables_read_the_summaries():
     table = attacks.extraction_table({"full-nodp": {"extraction": extracted}})
     assert table.loc["full-nodp", "gap [95%]"] == "0.4 [0.4, 0.4]"  # every record alike: no spread to resample
     assert table.loc["full-nodp", "records"] == 4
+
+
+def test_a_dp_arm_publishes_nothing_about_which_records_it_drew(smoke_run):
+    """`sampled_members` (how many members the sampler drew, and the AUC on them) is trainer-only for a DP arm."""
+    results = json.loads(smoke_run.paths.results.read_text())
+    for arm, trained in results["training"].items():
+        assert ("sampled_members" in results["attacks"][arm]["membership"]) == (not trained["private"]), arm

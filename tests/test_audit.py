@@ -79,3 +79,26 @@ def test_a_dp_run_at_epsilon_one_stays_below_its_claim(audit_data, tiny):
     assert result.epsilon <= 1.0
     assert max(bounds["one_run"], bounds["fdp"]) <= 1.0
     audit.check_claim("full-dp1", bounds, result.epsilon)
+
+
+def test_a_missing_or_changed_auditor_stops_before_any_work(monkeypatch):
+    params = profiles.get_profile("smoke")
+    audit.check_params(params)  # the pinned jax-privacy has what the audit calls
+    audit.check_params(dict(params, n_audit_canaries=0))
+
+    class Changed:  # a jax-privacy whose auditor lost a method
+        class CanaryScoreAuditor:
+            def epsilon_one_run(self):
+                return 0.0
+
+    monkeypatch.setattr(audit, "_auditing", lambda: Changed)
+    with pytest.raises(ValueError, match="has no epsilon_one_run_fdp, attack_auroc"):
+        audit.check_params(params)
+
+    def missing():
+        raise ImportError("No module named 'jax_privacy'")
+
+    monkeypatch.setattr(audit, "_auditing", missing)
+    with pytest.raises(ValueError, match="cannot load jax-privacy's auditor .* run `make setup`"):
+        audit.check_params(params)
+    audit.check_params(dict(params, n_audit_canaries=0))  # no audit, nothing to load
