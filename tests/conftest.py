@@ -127,10 +127,12 @@ def run_name(request):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test of the embedded 135M model belongs to the slow tier."""
+    """Every test of the embedded 135M model belongs to the slow tier. The tests that read the session's smoke
+    run go last (in their order), so the run overlaps every other test instead of being waited for."""
     for item in items:
         if "smollm" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: "smoke_run" in getattr(item, "fixturenames", ()))
 
 
 def pytest_collection_finish(session):
