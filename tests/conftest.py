@@ -36,10 +36,15 @@ def one_thread_env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
+def run_all_command(*args) -> list[str]:
+    """The command line of run_all.py with `args`, for a subprocess started from the repository root."""
+    return [sys.executable, "run_all.py", *args]
+
+
 def run_all(*args, timeout=1500):
     """run_all.py in a subprocess from the repository root, as a user runs it (on one thread)."""
-    return subprocess.run([sys.executable, "run_all.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=one_thread_env())
+    return subprocess.run(run_all_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=one_thread_env())
 
 
 def load_run_all():
@@ -82,7 +87,7 @@ def _start_smoke_run() -> None:
     on one thread of the other core; `smoke_run` waits for it."""
     shutil.rmtree(REPO / "runs" / SMOKE_RUN, ignore_errors=True)
     log = tempfile.TemporaryFile(mode="w+")
-    command = [sys.executable, "run_all.py", "--profile", "smoke", "--run-name", SMOKE_RUN, "--force"]
+    command = run_all_command("--profile", "smoke", "--run-name", SMOKE_RUN, "--force")
     process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
                                env=one_thread_env(), start_new_session=True)  # its kernels stop with it
     _smoke_process.update(process=process, log=log, command=command)

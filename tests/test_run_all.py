@@ -4,11 +4,10 @@ the smoke profile runs every notebook end to end (the session's one smoke run), 
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO, load_run_all, run_all, run_all_in_process
+from conftest import REPO, load_run_all, one_thread_env, run_all, run_all_command, run_all_in_process
 
 from ppt_core import artifacts
 
@@ -157,8 +156,9 @@ def test_only_run_all_regenerating_a_committed_run_writes_the_committed_figures(
 
 def test_interrupted_run_names_the_notebook_and_how_to_resume(run_name):
     """Ctrl-C during a notebook: one line saying which one, and that the same command resumes; exit status 130."""
-    command = [sys.executable, "run_all.py", "--profile", "smoke", "--run-name", run_name, "--only", "00", "--force"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = run_all_command("--profile", "smoke", "--run-name", run_name, "--only", "00", "--force")
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=one_thread_env())
     stamps = REPO / "runs" / run_name / "notebooks" / ".stamps.json"
     deadline = time.monotonic() + 120
     while not stamps.exists() and time.monotonic() < deadline:  # written just before the notebook starts
