@@ -25,8 +25,8 @@ $(VENV)/.installed: pyproject.toml
 study: setup
 	$(PY) run_all.py --profile $(PROFILE)
 
-# The learning rate, chosen on an independent draw of the data (never the study's records):
-# figures/tuning/$(PROFILE).json, which the profile cites.
+# One learning rate per family (non-private, DP), each chosen on an independent draw of the data (never the
+# study's records): figures/tuning/$(PROFILE).json, which the profile cites.
 tune: setup
 	$(PY) -m ppt_core.lr_tuning --profile $(PROFILE)
 

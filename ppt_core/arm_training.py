@@ -5,7 +5,8 @@ folder: which model an arm starts from, where its adapter and merged checkpoint 
 run's numbers leave the trainer.
 
 What is published (training.json beside the model, results.json): the guarantee (epsilon, delta,
-sigma, q, steps, C) and the held-out loss curve for every arm; the training losses and per-step
+sigma, q, steps, C), the held-out loss curve and the audit canaries' log-likelihoods after every
+expected pass (audit_curve.json, the one-run audit over training) for every arm; the training losses and per-step
 batch sizes only for the non-private arms, because for a DP arm they are computed from training
 records without noise. sample_counts.json (how many logical batches drew each training record)
 sits beside the arm for the study's attacks and audit, which use it as a trusted evaluator; it is
@@ -29,20 +30,62 @@ SAMPLE_COUNTS_NOTE = ("trainer-only: which records the Poisson sampler drew; use
 GROUP_SIZES = (1, 4, 16, 64)  # records sharing one secret, for the group-privacy table (plus the canary repetitions)
 
 
-def train_arm(params: dict, arm: str, texts, heldout_texts, *, progress: bool = True) -> TrainResult:
+class TrainingDiverged(RuntimeError):
+    """A trained arm whose held-out loss ended above its starting model's: a failed run, not a data point."""
+
+
+def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
+              progress: bool = True) -> TrainResult:
     """Fine-tune one arm (full-nodp, pruned-dp8, ...) from its starting model on `texts` (the train split,
-    in order), measure its loss curve on `heldout_texts`, save it (save_arm) and return its result.
+    in order), measure its loss curve on `heldout_texts` and the log-likelihood of every audit canary in
+    `audit_records` (the audit split) before training and after every expected pass, check that it did not
+    diverge (check_converged), save it (save_arm) and return its result.
     Under torchrun (`ppt_core.launch`), every process trains its share and rank 0 saves."""
     from ppt_core import distributed, models
 
     model, tokenizer = models.load_arm(params, arms.parse(arm).start)
     config = config_from_params(params, arms.parse(arm).epsilon, progress=progress)
-    peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts)
+    probe = audit_probe(tokenizer, list(audit_records), config) if len(audit_records) else None
+    peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts, pass_probe=probe)
+    check_converged(arm, result)
     world = distributed.current_world()
     if world is None or world.main:  # under torchrun every process holds the same adapter: rank 0 writes it
         save_arm(params, arm, peft_model, tokenizer, result, config)
     distributed.barrier()
     return result
+
+
+def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig):
+    """The pass probe of the audit over training: each audit canary's summed log-probability of its random
+    words under the adapter of the moment, scored as training computes (its bf16 setting)."""
+    from ppt_core import membership
+
+    def probe(peft_model):
+        return membership.audit_logprobs(peft_model, tokenizer, audit_records, batch_size=config.physical_batch_size,
+                                         bf16=config.bf16, progress=False)
+
+    return probe
+
+
+def check_converged(arm: str, result: TrainResult) -> None:
+    """Stop, naming the arm, when its held-out loss ended above its starting model's (step 0 of the curve):
+    the run failed (a learning rate too large for this arm, most often) and nothing of it is saved."""
+    if len(result.heldout_losses) < 2:
+        return
+    (_, start), (step, end) = result.heldout_losses[0], result.heldout_losses[-1]
+    if not end <= start:
+        raise TrainingDiverged(
+            f"arm {arm!r} diverged: its held-out loss went from {start:.4g} (its starting model) to {end:.4g} nats "
+            f"per token after {step} steps at learning rate {result.learning_rate:g}; lower its family's learning "
+            "rate (`make tune` picks one per family on an independent draw) and run notebook 03 again")
+
+
+def audit_curve(result: TrainResult) -> dict:
+    """audit_curve.json: per probe point its step, expected passes (step * q) and every audit canary's
+    log-probability (nats), in the audit split's order; step 0 is the starting model."""
+    steps = [step for step, _ in result.pass_probes]
+    return {"steps": steps, "passes": [step / result.batches_per_pass for step in steps],
+            "logprobs": [values for _, values in result.pass_probes]}
 
 
 def training_record(result: TrainResult, *, arm: str, base_model: str, removed_blocks=None, config=None) -> dict:
@@ -98,8 +141,16 @@ def save_arm(params: dict, arm: str, peft_model, tokenizer, result: TrainResult,
     merged = copy.deepcopy(peft_model).merge_and_unload()
     artifacts.save_model(merged, tokenizer, folder / "merged")
     artifacts.write_json(folder / "sample_counts.json", {"counts": result.sample_counts, "note": SAMPLE_COUNTS_NOTE})
+    if result.pass_probes:
+        artifacts.write_json(folder / "audit_curve.json", audit_curve(result))
     artifacts.write_json(folder / "training.json", record)
     return folder
+
+
+def load_audit_curve(params: dict, arm: str) -> dict | None:
+    """The arm's audit_curve.json (see audit_curve), or None when it was trained without audit canaries."""
+    path = artifacts.run_paths(params).model(arm) / "audit_curve.json"
+    return artifacts.read_json(path) if path.exists() else None
 
 
 def load_sample_counts(params: dict, arm: str) -> np.ndarray:

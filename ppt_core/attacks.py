@@ -4,7 +4,8 @@ that "no leak" has a measured null:
 
 - membership inference on the notes, calibrated by the arm's starting model, and the one-run audit's
   scores on the audit canaries (ppt_core.membership; ppt_core.audit turns the latter into ε lower bounds)
-- canary exposure, from the exact rank of the secret among every code (ppt_core.canaries)
+- canaries: each canary's secret gain over the starting model, ranked against the gains of canaries never
+  inserted, and its exposure from the exact rank of the secret among every code (ppt_core.canaries)
 - prefix extraction, scored by BERTScore and exact PII (ppt_core.extraction)
 
 This module is the stage: it checks the settings, draws the attacked records (`attack_records`), runs
@@ -34,6 +35,7 @@ from ppt_core import (
     extraction,
     membership,
     models,
+    privacy,
     record_files,
     stats,
 )
@@ -91,19 +93,23 @@ def attack_records(splits: data.DatasetSplits, params: dict) -> tuple[list[dict]
 
 def score_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, progress: bool = True) -> dict:
     """The forward passes every attack on one arm reads: record_scores of the members and non-members
-    (at the trained length) and the audit canaries' word log-probabilities. A starting model's scores
-    are kept and passed to its fine-tuned arms (the reference attack and the audit compare the two)."""
+    (at the trained length), the audit canaries' word log-probabilities and every canary's secret
+    log-probability ("canary_secrets", in splits.canaries' order). A starting model's scores are kept and
+    passed to its fine-tuned arms (the reference attack, the audit and the canaries' secret gains compare
+    the two)."""
     members, nonmembers = attack_records(splits, params)
     kw = dict(batch_size=params["eval_batch_size"], bf16=use_bf16(params, model), progress=progress)
     score = dict(kw, max_length=scoring_length(params), min_k_percent=params["min_k_percent"])
     return {"members": membership.record_scores(model, tokenizer, [r["text"] for r in members], **score),
             "nonmembers": membership.record_scores(model, tokenizer, [r["text"] for r in nonmembers], **score),
-            "audit": membership.audit_logprobs(model, tokenizer, splits.audit, **kw)}
+            "audit": membership.audit_logprobs(model, tokenizer, splits.audit, **kw),
+            "canary_secrets": canaries.canary_secret_logprobs(model, tokenizer, splits.canaries)}
 
 
 def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, arm: str,
                start_scores: dict | None = None,
                sample_counts: np.ndarray | None = None, claimed_epsilon: float | None = None,
+               audit_curve: dict | None = None, claimed_over_training: list | None = None,
                progress: bool = True) -> tuple[dict, dict]:
     """(summary for results.json, details for tables, figures and records.npz) of every attack on one arm.
 
@@ -111,6 +117,11 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
     sample_counts: draws of each record of splits.train by the Poisson sampler (trained arms); used for a
         non-private arm only: which records a DP arm drew is not released (no `sampled_members` for it).
     claimed_epsilon: the accountant's ε of a private arm; its audited lower bound must not exceed it.
+    audit_curve: the trainer's audit canary log-probabilities before training and after every expected pass
+        (arm_training.audit_curve); the audit is read at every pass, its last point is the arm's audit. Without
+        it, the audit reads the arm against its start once, from the scores above.
+    claimed_over_training: the accountant's ε after each step of audit_curve (a private arm's): no pass's
+        audited bound may exceed its own ε(t).
     """
     members, nonmembers = attack_records(splits, params)
     scores = score_arm(model, tokenizer, splits, params, progress=progress)
@@ -132,16 +143,26 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
             {k: v[kept] for k, v in start_member.items()} if start_member else None, start_nonmember, **boot)
 
     summary = {"membership": inferred}
+    audit_score = None
     if start_scores is not None and len(splits.audit):
         included = np.array([r["included"] for r in splits.audit])
-        audit_score = membership.audit_scores(scores["audit"], start_scores["audit"])
-        bounds = audit.epsilon_lower_bounds(audit_score, included, delta=params["delta"])
-        audit.check_claim(arm, bounds, claimed_epsilon)
-        summary["audit"] = {"m": bounds["m"], "included": bounds["included"], "claimed_epsilon": claimed_epsilon,
-                            "epsilon_lower_one_run": bounds["one_run"], "epsilon_lower_fdp": bounds["fdp"],
+        over_training = audit_curve is not None
+        if not over_training:  # one point: the trained arm against its start, after training
+            audit_curve = {"steps": [0, 1], "passes": [0.0, 1.0], "logprobs": [start_scores["audit"], scores["audit"]]}
+            claimed_over_training = [None, claimed_epsilon]
+        points = audit.bounds_over_training(audit_curve, included, delta=params["delta"],
+                                            claimed=claimed_over_training)
+        for point in points:
+            audit.check_claim(arm, {"one_run": point["epsilon_lower_one_run"], "fdp": point["epsilon_lower_fdp"]},
+                              point["claimed_epsilon"],
+                              when=f"after {point['passes']:g} passes" if over_training else "after training")
+        audit_score = membership.audit_scores(audit_curve["logprobs"][-1], audit_curve["logprobs"][0])
+        summary["audit"] = {"m": len(included), "included": int(included.sum()), "claimed_epsilon": claimed_epsilon,
+                            "epsilon_lower_one_run": points[-1]["epsilon_lower_one_run"],
+                            "epsilon_lower_fdp": points[-1]["epsilon_lower_fdp"],
                             "auc": stats.estimate(roc_auc, [audit_score[included], audit_score[~included]], **boot)}
-    else:
-        audit_score = None
+        if over_training:
+            summary["audit"]["over_training"] = points
 
     n_attack = min(params["n_attack"], len(members))
     extract = dict(prefix_tokens=params["attack_prefix_tokens"], suffix_tokens=params["attack_suffix_tokens"],
@@ -163,8 +184,9 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
                        for canary in tqdm(splits.canaries, desc="canaries", disable=not progress, leave=False)]
         extracted = canaries.canary_extraction(model, tokenizer, splits.canaries,
                                                batch_size=params["generation_batch_size"], progress=progress)
-        for row, hit in zip(canary_rows, extracted):
-            row["greedy_extracted"] = hit
+        gains = scores["canary_secrets"] - start_scores["canary_secrets"]  # nats the arm gained on each secret
+        for row, hit, gain in zip(canary_rows, extracted, gains):
+            row["greedy_extracted"], row["secret_gain"] = hit, float(gain)
         summary["canaries"] = canaries.canary_summary(canary_rows,
                                                       secret_space=10 ** int(splits.canaries[0]["secret_digits"]),
                                                       rank_cap=params["canary_rank_cap"])
@@ -193,14 +215,27 @@ def attack_arms(params: dict, arm_names: Sequence[str], splits: data.DatasetSpli
     for name in tqdm(sorted(arm_names, key=lambda n: arms.parse(n).trained), desc="arms", disable=not progress):
         arm = arms.parse(name)
         model, tokenizer = models.load_arm(params, name)
-        trained = dict(sample_counts=arm_training.load_sample_counts(params, name),
-                       claimed_epsilon=artifacts.read_json(paths.model(name) / "training.json")["epsilon"],
-                       start_scores=start_scores[arm.start]) if arm.trained else {}
+        trained = {}
+        if arm.trained:
+            guarantee = artifacts.read_json(paths.model(name) / "training.json")
+            curve = arm_training.load_audit_curve(params, name)
+            trained = dict(sample_counts=arm_training.load_sample_counts(params, name),
+                           claimed_epsilon=guarantee["epsilon"], start_scores=start_scores[arm.start],
+                           audit_curve=curve, claimed_over_training=claimed_after_steps(guarantee, curve))
         summaries[name], details[name] = attack_arm(model, tokenizer, splits, params, arm=name, progress=False,
                                                     **trained)
         if not arm.trained:
             start_scores[name] = details[name]["scores"]
     return {name: summaries[name] for name in arm_names}, {name: details[name] for name in arm_names}
+
+
+def claimed_after_steps(guarantee: dict, curve: dict | None) -> list | None:
+    """The accountant's ε after each step of an arm's audit curve, from its training.json (None for a
+    non-private arm, or without a curve): a fresh accountant per step count, as privacy.accountant_epsilon."""
+    if curve is None or not guarantee["private"]:
+        return None
+    return [privacy.accountant_epsilon(guarantee["noise_multiplier"], guarantee["sample_rate"], step,
+                                       guarantee["delta"], guarantee["accountant"]) for step in curve["steps"]]
 
 
 def save_records(paths: artifacts.RunPaths, splits: data.DatasetSplits, params: dict,
@@ -222,8 +257,8 @@ def save_records(paths: artifacts.RunPaths, splits: data.DatasetSplits, params: 
                 arrays[f"{arm}/{group}/{signal}"] = values
         if d["sample_counts"] is not None:
             arrays[f"{arm}/members/sampled"] = d["sample_counts"]
-        for end in ("exposure_low", "exposure_high") if d["canary_rows"] else ():
-            arrays[f"{arm}/canaries/{end}"] = np.array([row[end] for row in d["canary_rows"]])
+        for key in ("exposure_low", "exposure_high", "secret_gain") if d["canary_rows"] else ():
+            arrays[f"{arm}/canaries/{key}"] = np.array([row[key] for row in d["canary_rows"]])
         if d["audit_scores"] is not None:
             arrays[f"{arm}/audit/scores"] = d["audit_scores"]
     record_files.save(paths, "attacks", arrays)
@@ -259,15 +294,20 @@ def sampled_members_table(attacks: dict) -> pd.DataFrame:
 
 
 def canary_table(attacks: dict) -> pd.DataFrame:
-    """Per arm with canaries in results["attacks"]: per repetition count, how many canaries lie above the
-    reference band, how many were ranked exactly, of how many; and greedy extraction at the highest count."""
+    """Per arm with canaries in results["attacks"]: per repetition count, how many canaries gain more over the
+    starting model on their secret than every reference canary (above the null), how many were ranked exactly
+    (exposure), of how many; the reference canaries and their highest gain (nats); and greedy extraction at the
+    highest count. The test that decides is the leak verdict's (verdicts.leak_table)."""
     rows = {}
     for arm, arm_attacks in attacks.items():
         if "canaries" in arm_attacks:
-            by_repetitions = arm_attacks["canaries"]["by_repetitions"]
-            highest = by_repetitions[str(arm_attacks["canaries"]["highest_repetitions"])]
-            rows[arm] = {f"{k} reps: above band / exact / of": f"{v['above_reference_band']} / {v['exact']} / "
-                                                                f"{v['canaries']}" for k, v in by_repetitions.items()}
+            summary = arm_attacks["canaries"]
+            highest = summary["by_repetitions"][str(summary["highest_repetitions"])]
+            rows[arm] = {f"{k} reps: above null / exact / of": f"{v['above_reference_band']} / {v['exact']} / "
+                                                               f"{v['canaries']}"
+                         for k, v in summary["by_repetitions"].items() if k != "0"}
+            rows[arm]["reference canaries"] = summary["n_reference"]
+            rows[arm]["reference gain max (nats)"] = summary["reference_gain_max"]
             rows[arm]["greedy extraction at highest reps"] = highest["greedy_extracted"]
     return pd.DataFrame(rows).T
 
@@ -287,6 +327,22 @@ def extraction_table(attacks: dict) -> pd.DataFrame:
             "records": extracted["records"]["members"],
         }
     return pd.DataFrame(rows).T
+
+
+def audit_over_training_table(attacks: dict) -> pd.DataFrame:
+    """Per fine-tuned arm and expected pass: the accountant's ε after it (∞: non-private) and the audit's lower
+    bounds (f-DP, the verdicts' one; one-run), with the audit AUC."""
+    rows = {}
+    for arm, arm_attacks in attacks.items():
+        for point in (arm_attacks.get("audit") or {}).get("over_training", []):
+            claimed = point["claimed_epsilon"]
+            rows[(arm, point["passes"])] = {"claimed ε(t)": np.inf if claimed is None else claimed,
+                                            "lower bound, f-DP": point["epsilon_lower_fdp"],
+                                            "lower bound, one-run": point["epsilon_lower_one_run"],
+                                            "audit AUC": point["auc"]}
+    table = pd.DataFrame(rows).T
+    table.index.names = ["arm", "passes"]
+    return table
 
 
 def audit_table(attacks: dict) -> pd.DataFrame:

@@ -18,6 +18,13 @@ module needs only dp-accounting, numpy and scipy; the package's `__init__` impor
 jax-privacy, jax included (about 600 MB that nothing here would use), so the package is installed
 without its dependencies and that one module is loaded from its file, unchanged.
 
+Over training (`bounds_over_training`): the trainer scores the audit canaries before training and after
+every expected pass (ppt_core.arm_training.audit_curve), so the same auditor reads the arm after t passes
+beside the accountant's ε after those steps. A non-private arm's bounds climb with t; a DP arm's must stay
+under its own ε(t) at every t. The last point is the arm's audit; the curve is descriptive (its maximum
+over passes is not itself a 95% bound). The verdicts read one pre-registered bound, the f-DP one
+(`DECIDING_BOUND`); the one-run bound is reported beside it.
+
 A lower bound above the ε an arm claims is not a finding: it means the guarantee is broken (or the
 audit is), and `check_claim` stops the study there.
 """
@@ -31,6 +38,7 @@ from functools import cache
 import numpy as np
 
 SIGNIFICANCE = 0.05  # the lower bounds hold with 95% confidence
+DECIDING_BOUND = "epsilon_lower_fdp"  # the one bound a leak verdict reads (pre-registered, not the max of two)
 
 
 @cache
@@ -88,17 +96,39 @@ def epsilon_lower_bounds(scores: np.ndarray, included: np.ndarray, *, delta: flo
     }
 
 
+def bounds_over_training(curve: dict, included, *, delta: float, claimed=None) -> list[dict]:
+    """The audit after every expected pass of an arm's training, from its audit curve (`steps`, `passes`,
+    `logprobs`: arm_training.audit_curve; point 0 is the starting model): per point after training started,
+    {"step", "passes", "claimed_epsilon", "epsilon_lower_one_run", "epsilon_lower_fdp", "auc"}, each score
+    the canary's log-likelihood gain since step 0. `claimed[i]` is the accountant's ε after `steps[i]` steps
+    (None, or no list: a non-private arm)."""
+    logprobs = np.asarray(curve["logprobs"], dtype=float)
+    if not len(logprobs) or curve["steps"][0] != 0:
+        raise ValueError("an audit curve starts with the starting model's scores (step 0)")
+    claimed = claimed if claimed is not None else [None] * len(logprobs)
+    points = []
+    for step, passes, scores, epsilon in zip(curve["steps"][1:], curve["passes"][1:], logprobs[1:] - logprobs[0],
+                                             claimed[1:]):
+        bounds = epsilon_lower_bounds(scores, included, delta=delta)
+        points.append({"step": int(step), "passes": float(passes), "claimed_epsilon": epsilon,
+                       "epsilon_lower_one_run": bounds["one_run"], "epsilon_lower_fdp": bounds["fdp"],
+                       "auc": bounds["auc"]})
+    return points
+
+
 class GuaranteeViolation(RuntimeError):
     """An audited lower bound above the ε the accountant claims: a broken guarantee, not a result."""
 
 
-def check_claim(arm: str, bounds: dict, claimed_epsilon: float | None) -> None:
-    """Stop when a private arm's audited lower bound exceeds its claimed ε."""
+def check_claim(arm: str, bounds: dict, claimed_epsilon: float | None, *, when: str = "") -> None:
+    """Stop when a private arm's audited lower bound (either of them: a safety stop, not a verdict) exceeds its
+    claimed ε; `when` says at which point of training (e.g. "after 3 passes")."""
     if claimed_epsilon is None:
         return
     worst = max(bounds["one_run"], bounds["fdp"])
     if worst > claimed_epsilon:
         raise GuaranteeViolation(
-            f"arm {arm!r}: the one-run audit bounds ε from below by {worst:.3f} at {1 - SIGNIFICANCE:.0%} confidence, "
-            f"above the ε = {claimed_epsilon:.3f} the accountant claims. DP-SGD did not keep its guarantee "
-            "(or the audit's canaries leaked outside training): stop and find the bug before reading any result")
+            f"arm {arm!r}{' ' + when if when else ''}: the one-run audit bounds ε from below by {worst:.3f} at "
+            f"{1 - SIGNIFICANCE:.0%} confidence, above the ε = {claimed_epsilon:.3f} the accountant claims. DP-SGD "
+            "did not keep its guarantee (or the audit's canaries leaked outside training): stop and find the bug "
+            "before reading any result")

@@ -66,6 +66,20 @@ def collate(dataset: TensorDataset, indices) -> tuple:
     return input_ids[:, :width], attention_mask[:, :width], labels[:, :width]
 
 
+# The Poisson draws' own random streams: one for the private arms, another for the non-private ones.
+SAMPLING_STREAMS = {True: 0x5A3B1, False: 0x5A3B0}
+
+
+def sampling_seed(seed: int, private: bool) -> int:
+    """The seed of an arm's Poisson draws: independent streams for the private and the non-private arms.
+
+    A non-private twin publishes its batch sizes and per-step losses; were its batches the DP arm's (one
+    seeded generator for both), it would publish the DP arm's sampling, which is trainer-only. Different
+    streams of one seed keep the study reproducible and the twins' draws independent.
+    """
+    return int(np.random.SeedSequence([SAMPLING_STREAMS[bool(private)], int(seed)]).generate_state(1)[0])
+
+
 def poisson_loader(dataset: TensorDataset, plan: Schedule, generator: torch.Generator | None) -> DataLoader:
     """A loader of Poisson logical batches: Opacus's sampler at exactly q, `batches_per_pass` batches per pass."""
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler

@@ -1,12 +1,20 @@
-"""Canary exposure (Carlini et al., "The Secret Sharer", 2019): how much more likely an arm finds a
-secret code it was trained on than the codes it never saw. Exposure = log2|R| - log2 rank of the secret
-among all 10^d codes by the model's likelihood.
+"""Canaries (Carlini et al., "The Secret Sharer", 2019): does an arm find a secret code it was trained
+on more likely than codes it never saw? Two measures of each canary, against canaries of the same form that
+were never inserted (the reference canaries):
 
-The rank is exact up to `canary_rank_cap`: a best-first search over the digit tree, pruning every branch
-whose partial log-probability is already below the secret's (`digit_tree_rank`). Past the cap the search
-brackets the rank, so exposure is an interval with certain ends. Never a point estimate it cannot back.
-Canaries that were never inserted give the null (`reference_band`); greedy decoding from a canary's
-prefix checks whether the secret comes out verbatim (`canary_extraction`).
+- secret gain (what the verdicts decide from): log p_arm(secret | prefix) - log p_start(secret | prefix) in
+  nats, the arm's gain over its starting model on the canary's secret (`canary_secret_logprobs`). Training
+  raises it on every canary alike by as much as it generalises to the form; only memorisation raises an
+  inserted canary's further. The reference canaries' gains are the null: a canary's rank p-value against
+  them (`rank_p_value`) is exact whatever the model, and "above the reference band" means a gain above
+  every reference canary's (p = 1 / (n_reference + 1): a level of 0.05 or less with 20 references or more).
+- exposure (descriptive): log2|R| - log2 rank of the secret among all 10^d codes by the model's likelihood.
+  The rank is exact up to `canary_rank_cap`: a best-first search over the digit tree, pruning every branch
+  whose partial log-probability is already below the secret's (`digit_tree_rank`). Past the cap the search
+  brackets the rank, so exposure is an interval with certain ends, never a point estimate it cannot back;
+  but past the cap every canary reads the same interval, so exposure shows memorisation and decides nothing.
+
+Greedy decoding from a canary's prefix checks whether the secret comes out verbatim (`canary_extraction`).
 """
 
 from __future__ import annotations
@@ -145,10 +153,10 @@ def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, ba
     """
     device = next(model.parameters()).device
     ids = tokenizer([prefix + secret for secret in secrets], add_special_tokens=False)["input_ids"]
-    n_prefix = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
-    # Tokens shared by every candidate; fewer than the prefix's own when a tokenizer merges across
-    # the boundary, in which case those prefix tokens are scored with the secret (still exact).
-    shared = min(n_prefix, _common_prefix_length(ids))
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    # Tokens shared by every candidate and the prefix alone; fewer than the prefix's own when a tokenizer
+    # merges across the boundary, in which case those prefix tokens are scored with the secret (still exact).
+    shared = _common_prefix_length([*ids, prefix_ids])
     if shared < 1:
         raise ValueError(f"canary prefix {prefix!r} shares no token across candidate secrets")
     context = model(input_ids=torch.tensor([ids[0][:shared]], device=device), use_cache=True)
@@ -174,6 +182,21 @@ def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, ba
             total = total + (picked * mask[:, 1:]).sum(dim=1)
         out.append(total.cpu().numpy().astype(np.float64))
     return np.concatenate(out)
+
+
+def canary_secret_logprobs(model, tokenizer, canaries: Sequence[dict]) -> np.ndarray:
+    """log p(secret | prefix) of each canary's own secret under `model`, in nats (secret_logprobs of one
+    candidate per canary: the prefixes differ, so each runs on its own). An arm's minus its starting model's
+    is the canary's secret gain."""
+    return np.array([secret_logprobs(model, tokenizer, c["prefix"], [c["secret"]])[0] for c in canaries])
+
+
+def rank_p_value(gain: float, null_gains: Sequence[float]) -> float:
+    """One-sided rank p-value of a secret gain against the null gains of canaries never inserted:
+    (1 + #null gains >= gain) / (n_null + 1). Exact under the null (a never-inserted canary's gain ranks
+    uniformly among the others'), and never below 1 / (n_null + 1)."""
+    null_gains = np.asarray(null_gains, dtype=float)
+    return float((1 + np.sum(null_gains >= gain)) / (len(null_gains) + 1))
 
 
 def sampled_secrets(canary: dict, n_samples: int, seed: int) -> list[str]:
@@ -226,7 +249,8 @@ def canary_exposure(model, tokenizer, canary: dict, *, rank_cap: int, n_samples:
 
 
 def reference_band(rows: Sequence[dict]) -> list[float]:
-    """[lowest, highest] exposure any reference canary (never inserted) can have: the null band."""
+    """[lowest, highest] exposure (bits) any reference canary (never inserted) can have: where the null
+    reaches on the exposure figure (descriptive: past the rank cap its top is the cap's, not the null's)."""
     reference = [r for r in rows if r["repetitions"] == 0]
     if not reference:
         return [float("nan"), float("nan")]
@@ -244,21 +268,29 @@ def canary_extraction(model, tokenizer, canaries: Sequence[dict], *, batch_size:
 
 
 def canary_summary(rows: list[dict], *, secret_space: int, rank_cap: int) -> dict:
-    """Every canary's exposure interval, the reference canaries' band, and per repetition count how many
-    canaries lie wholly above the band and how many greedy decoding reproduces."""
-    band = reference_band(rows)
+    """Every canary's secret gain (nats), its rank p-value against the reference canaries' gains (an inserted
+    canary against all of them, a reference canary against the others) and its exposure interval (bits); the
+    reference canaries' number, highest gain and exposure band; and per repetition count how many canaries
+    gain more than every reference canary (`above_reference_band`), how many were ranked exactly and how many
+    greedy decoding reproduces. The verdict's test over these gains is ppt_core.verdicts' (canary_rank_test)."""
+    reference = [i for i, row in enumerate(rows) if row["repetitions"] == 0]
+    top_gain = max((rows[i]["secret_gain"] for i in reference), default=float("nan"))
+    null_of = [[rows[j]["secret_gain"] for j in reference if j != i] for i in range(len(rows))]
+    p_values = [rank_p_value(row["secret_gain"], null) if null else None for row, null in zip(rows, null_of)]
     by_repetitions = {}
     for repetitions in sorted({row["repetitions"] for row in rows}):
         group = [row for row in rows if row["repetitions"] == repetitions]
         by_repetitions[str(repetitions)] = {
             "canaries": len(group),
             "exact": sum(row["method"] == "exact" for row in group),
-            "above_reference_band": sum(row["exposure_low"] > band[1] for row in group),
+            "above_reference_band": sum(row["secret_gain"] > top_gain for row in group),
             "exposure_low_min": min(row["exposure_low"] for row in group),
             "exposure_high_max": max(row["exposure_high"] for row in group),
             "greedy_extracted": float(np.mean([row["greedy_extracted"] for row in group])),
         }
-    keys = ("id", "repetitions", "method", "rank", "exposure_low", "exposure_high", "greedy_extracted")
-    return {"secret_space": secret_space, "rank_cap": rank_cap, "reference_band": band,
+    keys = ("id", "repetitions", "secret_gain", "method", "rank", "exposure_low", "exposure_high", "greedy_extracted")
+    return {"secret_space": secret_space, "rank_cap": rank_cap, "n_reference": len(reference),
+            "reference_gain_max": top_gain, "reference_band": reference_band(rows),
             "highest_repetitions": max(row["repetitions"] for row in rows),
-            "by_repetitions": by_repetitions, "rows": [{k: row[k] for k in keys} for row in rows]}
+            "by_repetitions": by_repetitions,
+            "rows": [dict({k: row[k] for k in keys}, p_value=p) for row, p in zip(rows, p_values)]}

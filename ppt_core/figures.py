@@ -191,7 +191,9 @@ def _jitter(canary_id: str) -> float:
 
 def canary_exposure(results: dict):
     """One panel per fine-tuned arm: each inserted canary's exposure (bits) against its repetitions, a dot when
-    exact and a bar when an interval, over the band the never-inserted reference canaries reach."""
+    exact and a bar when an interval, over the band the never-inserted reference canaries reach. Descriptive:
+    past the rank cap every canary reads the same interval, so the verdicts rank secret gains instead
+    (verdicts.canary_rank_test; the counts above that null are attacks.canary_table's)."""
     trained_names = [name for name in results if arms.parse(name).trained]
     fig, axes = plt.subplots(1, len(trained_names), figsize=(3.6 * len(trained_names), 3.8), sharey=True,
                              squeeze=False)
@@ -215,6 +217,27 @@ def canary_exposure(results: dict):
 
 
 # --- 07 summary -----------------------------------------------------------------------------------------
+def audit_over_training(results: dict):
+    """Per fine-tuned arm of results["attacks"], the audit's ε lower bounds after every expected pass (solid:
+    f-DP, the one the verdicts read; dotted: one-run) and, for a DP arm, the accountant's ε after those steps
+    (dashed): a non-private arm's bounds climb, a DP arm's stay under its own dashed line."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for arm, attacks in results.items():
+        points = (attacks.get("audit") or {}).get("over_training") or []
+        if not points:
+            continue
+        passes = [p["passes"] for p in points]
+        color = arm_color(arm)
+        ax.plot(passes, [p["epsilon_lower_fdp"] for p in points], marker="o", color=color, label=arm)
+        ax.plot(passes, [p["epsilon_lower_one_run"] for p in points], ls=":", color=color)
+        if points[0]["claimed_epsilon"] is not None:
+            ax.plot(passes, [p["claimed_epsilon"] for p in points], ls="--", color=color, lw=1)
+    ax.set(xlabel="expected passes over the training records", ylabel="ε",
+           title="Audit over training: lower bounds (solid f-DP, dotted one-run), claimed ε (dashed)")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def privacy_utility_speed(table: pd.DataFrame):
     """Two panels: held-out perplexity against membership AUC (calibrated; privacy), and against speedup (speed)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)

@@ -53,7 +53,7 @@ def run_params(run: str, profile: str | None = None) -> dict:
 
 
 def _checked(args):
-    """(params, arm, train texts, held-out texts), or one clear error before any model is loaded."""
+    """(params, arm, train texts, held-out texts, audit canaries), or one clear error before any model is loaded."""
     params = run_params(args.run_name, args.profile)
     arm = arms.parse(args.arm)
     if not arm.trained:
@@ -67,24 +67,24 @@ def _checked(args):
     texts, heldout = splits.texts("train"), splits.texts("heldout", kind="note")
     distributed.check_world(int(os.environ.get("WORLD_SIZE", "1")), len(texts), int(params["expected_batch_size"]))
     train_config.check_config(train_config.config_from_params(params, arm.epsilon), len(texts))
-    return params, arm.name, texts, heldout
+    return params, arm.name, texts, heldout, splits.audit
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     try:
-        params, arm, texts, heldout = _checked(args)
+        params, arm, texts, heldout, audit_records = _checked(args)
     except (ValueError, OSError) as err:
         if rank == 0:  # one message, not one per process
             print(f"error: {err}", file=sys.stderr)
         return 2
     if "RANK" not in os.environ:
-        result = arm_training.train_arm(params, arm, texts, heldout)
+        result = arm_training.train_arm(params, arm, texts, heldout, audit_records)
         write_result(params, arm, result)
         return 0
     with distributed.process_group(params.get("device")) as world:
-        result = arm_training.train_arm(params, arm, texts, heldout, progress=world.main)
+        result = arm_training.train_arm(params, arm, texts, heldout, audit_records, progress=world.main)
         if world.main:
             write_result(params, arm, result)
         distributed.barrier()
@@ -103,16 +103,18 @@ def read_result(params: dict, arm: str) -> training.TrainResult:
     """The TrainResult of an arm trained by this command (sample counts from sample_counts.json)."""
     record = artifacts.read_json(artifacts.run_paths(params).model(arm) / RESULT_FILE)["result"]
     record["heldout_losses"] = [tuple(point) for point in record["heldout_losses"]]
+    record["pass_probes"] = [tuple(point) for point in record.get("pass_probes", [])]
     record["sample_counts"] = arm_training.load_sample_counts(params, arm).tolist()
     known = {f.name for f in fields(training.TrainResult)}
     return training.TrainResult(**{k: v for k, v in record.items() if k in known})
 
 
-def train_arms(params: dict, arm_names, texts, heldout_texts) -> dict[str, training.TrainResult]:
+def train_arms(params: dict, arm_names, texts, heldout_texts, audit_records=()) -> dict[str, training.TrainResult]:
     """{arm: TrainResult} for each of `arm_names`, trained on `texts` (the train split, in order) with its
-    loss curve on `heldout_texts`: in this process when params["nproc"] is 1, else in nproc processes."""
+    loss curve on `heldout_texts` and the audit over training on `audit_records` (the audit split): in this
+    process when params["nproc"] is 1, else in nproc processes (which read the run's own splits)."""
     if int(params["nproc"]) == 1:
-        return {arm: arm_training.train_arm(params, arm, texts, heldout_texts) for arm in arm_names}
+        return {arm: arm_training.train_arm(params, arm, texts, heldout_texts, audit_records) for arm in arm_names}
     return {arm: launch(params, arm) for arm in arm_names}
 
 

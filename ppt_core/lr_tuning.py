@@ -1,4 +1,5 @@
-"""Hyperparameters chosen without the private records: tuning runs on an independent draw of the data.
+"""Hyperparameters chosen without the private records: tuning runs on an independent draw of the data,
+one learning rate per family (the non-private arms and the DP arms).
 
 DP-SGD's ε covers one training run on the training records. It does not cover choosing a setting by
 how several runs on those same records turned out: the choice is itself a function of the records
@@ -9,9 +10,13 @@ nothing with the study's own splits. The study's records are never read.
 
 Each candidate learning rate trains the profile's arm exactly as notebook 03 would (same N, q,
 steps, σ, LoRA), on the tuning draw's train split; its held-out loss on the tuning draw's held-out
-notes decides. The result goes to figures/tuning/<profile>.json, which the profile cites:
+notes decides. The two families are tuned apart: clipping and noise change which rate is best, and a
+rate tuned on a DP arm can make its non-private twin diverge (the paper profile's seed 1 did, at 2e-2).
+`full-nodp` picks `nodp_learning_rate` and `full-<ε>` (the profile's first ε) `dp_learning_rate`; the
+pruned family uses its family's rate. The result goes to figures/tuning/<profile>.json, which the
+profile cites (`make tune`):
 
-    python -m ppt_core.lr_tuning --profile quick --arm full-dp8 --learning-rates 5e-3,1e-2,2e-2
+    python -m ppt_core.lr_tuning --profile quick --nodp-learning-rates 1e-3,2e-3,4e-3 --dp-learning-rates 2e-3,5e-3,1e-2
 
 Only the synthetic corpus has an independent draw. For your own data (`data_path`), tune on a
 public stand-in of it, or account for the tuning (the paper above) in the ε you report.
@@ -28,7 +33,7 @@ import time
 import matplotlib.pyplot as plt
 
 from ppt_core import arms, artifacts, checks, data, evaluation, models, plots, profiles, report
-from ppt_core.train_config import config_from_params
+from ppt_core.train_config import config_from_params, family_learning_rate
 from ppt_core.training import finetune
 
 # Tuning draws use seeds from here up; tuning_params refuses a study whose seeds reach it.
@@ -70,7 +75,7 @@ def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 
     spec = arms.parse(arm)
     if not spec.trained or spec.pruned:
         raise TuningError(f"arm {arm!r}: tune a full-family trained arm (full-nodp or full-dp<ε>); "
-                          "the pruned family uses the same learning rate")
+                          "the pruned arms use their family's learning rate")
     learning_rates = sorted(float(lr) for lr in learning_rates)
     if not learning_rates or min(learning_rates) <= 0:
         raise TuningError(f"learning_rates must be positive numbers (got {learning_rates})")
@@ -101,9 +106,26 @@ def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 
         "n_train_records": len(train), "n_eval_records": len(eval_texts), "eval_max_length": config.max_length,
         "learning_rates": learning_rates, "heldout_loss": [losses[lr] for lr in learning_rates],
         "epsilon": [epsilons[lr] for lr in learning_rates], "seconds": [seconds[lr] for lr in learning_rates],
-        "chosen_learning_rate": chosen, "profile_learning_rate": float(params["learning_rate"]),
+        "chosen_learning_rate": chosen, "profile_learning_rate": family_learning_rate(params, spec.epsilon),
         "commit": report.commit(),
     })
+
+
+def tune_families(params: dict, learning_rates: dict[str, list[float]], *, n_eval: int = 64,
+                  progress: bool = True) -> dict:
+    """One tuning record per family: {"profile", "families": {"nodp": record, "dp": record}}, the non-private
+    family tuned on full-nodp and the DP family on full-dp<first ε>, each over its own candidates
+    (learning_rates["nodp"], learning_rates["dp"]); a family without candidates is left out."""
+    unknown = sorted(set(learning_rates) - set(FAMILY_ARMS))
+    if unknown:
+        raise TuningError(f"unknown famil(ies) {unknown}: tune 'nodp' and/or 'dp'")
+    families = {family: tune_learning_rate(params, FAMILY_ARMS[family](params), rates, n_eval=n_eval, progress=progress)
+                for family, rates in learning_rates.items() if rates}
+    return {"profile": params["profile"], "families": families}
+
+
+FAMILY_ARMS = {"nodp": lambda params: "full-nodp",
+               "dp": lambda params: arms.trained_name("full", params["epsilons"][0])}
 
 
 def record_path(profile: str):
@@ -112,14 +134,17 @@ def record_path(profile: str):
 
 
 def tuning_figure(record: dict):
-    """Held-out loss against learning rate on the tuning draw, the chosen rate marked."""
+    """Held-out loss against learning rate on the tuning draw, one line per family, each chosen rate marked."""
     plots.use_style()
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(record["learning_rates"], record["heldout_loss"], marker="o", color=plots.arm_color(record["arm"]))
-    ax.axvline(record["chosen_learning_rate"], color="grey", linestyle=":", label="chosen")
+    for family in record["families"].values():
+        color = plots.arm_color(family["arm"])
+        ax.plot(family["learning_rates"], family["heldout_loss"], marker="o", color=color, label=family["arm"])
+        ax.axvline(family["chosen_learning_rate"], color=color, linestyle=":")
+    seeds = {family["tuning_seed"] for family in record["families"].values()}
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel="held-out loss (nats/token)",
-           title=f"{record['arm']} on an independent draw (seed {record['tuning_seed']})")
+           title=f"tuning on an independent draw (seed {', '.join(map(str, sorted(seeds)))}); dotted: chosen")
     ax.legend()
     return fig
 
@@ -127,23 +152,26 @@ def tuning_figure(record: dict):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=profiles.DEFAULT_PROFILE)
-    parser.add_argument("--arm", default=None, help="the arm to tune (default: full-dp<first ε of the profile>)")
-    parser.add_argument("--learning-rates", default="5e-3,1e-2,2e-2", help="comma-separated candidates")
+    parser.add_argument("--nodp-learning-rates", default="1e-3,2e-3,4e-3",
+                        help="comma-separated candidates for the non-private family (tuned on full-nodp; '' skips it)")
+    parser.add_argument("--dp-learning-rates", default="2e-3,5e-3,1e-2",
+                        help="comma-separated candidates for the DP family (tuned on full-dp<first ε>; '' skips it)")
     parser.add_argument("--n-eval", type=int, default=64, help="held-out notes of the tuning draw that score a rate")
     args = parser.parse_args(argv)
     try:
         params = profiles.get_profile(args.profile)
-        arm = args.arm or arms.trained_name("full", params["epsilons"][0])
-        rates = [float(x) for x in args.learning_rates.split(",") if x.strip()]
-        record = tune_learning_rate(params, arm, rates, n_eval=args.n_eval)
+        rates = {family: [float(x) for x in text.split(",") if x.strip()]
+                 for family, text in (("nodp", args.nodp_learning_rates), ("dp", args.dp_learning_rates))}
+        record = tune_families(params, rates, n_eval=args.n_eval)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     path = record_path(args.profile)
     artifacts.write_json(path, record)
     plots.save(tuning_figure(record), path.stem, path.parent)
-    print(f"{path.relative_to(artifacts.REPO_ROOT)}: chosen learning rate {record['chosen_learning_rate']:g} "
-          f"(the profile has {record['profile_learning_rate']:g})")
+    for family, chosen in record["families"].items():
+        print(f"{path.relative_to(artifacts.REPO_ROOT)}: {family}_learning_rate {chosen['chosen_learning_rate']:g} "
+              f"(the profile has {chosen['profile_learning_rate']:g})")
     return 0
 
 

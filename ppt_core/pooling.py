@@ -56,9 +56,11 @@ def pool_attacks(attacks_by_seed: Mapping[int, Mapping[str, Mapping]], records: 
                  n_boot: int = 1000, seed: int = 0) -> dict:
     """results["attacks"] of several seeds as one, for `leak` and `mitigates_memorisation`: per arm every seed
     measured, the judged membership signal's AUC from the pooled records (pooled_membership_auc; for the
-    calibrated signal ΔAUC vs the start is AUC − 0.5, see verdicts.membership_delta), every seed's canaries
-    (distinct secrets: canary_threshold's Bonferroni grows with their number) with the widest reference band,
-    and the audit's lowest ε lower bound over the seeds (the least of valid 95% lower bounds is one)."""
+    calibrated signal ΔAUC vs the start is AUC − 0.5, see verdicts.membership_delta), every seed's canary rows
+    (distinct secrets, each with its secret gain and its rank p-value within its own seed: the canary rank test
+    takes every seed's inserted and reference canaries together, see verdicts.canary_rank_test) with the
+    widest exposure band, and the audit's lowest ε lower bound over the seeds (the least of valid 95% lower
+    bounds is one)."""
     seeds = list(attacks_by_seed)
     common = set.intersection(*(set(attacks_by_seed[s] or {}) for s in seeds)) if seeds else set()
     pooled = {}

@@ -152,7 +152,9 @@ def composed_epsilon(mechanisms, delta: float, accountant: str) -> float:
 
 
 def accountant_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
-    """Epsilon of `steps` Poisson-subsampled Gaussian steps, from a fresh Opacus accountant."""
+    """Epsilon of `steps` Poisson-subsampled Gaussian steps, from a fresh Opacus accountant (0 before any step)."""
+    if int(steps) == 0:
+        return 0.0
     return composed_epsilon([(noise_multiplier, sample_rate, steps)], delta, accountant)
 
 

@@ -28,16 +28,23 @@ _QUICK = dict(
     # --- data (00) -------------------------------------------------------------------------
     data_path=None,  # None: the synthetic clinical-notes corpus; else a .jsonl/.csv/.txt file
     text_field="text",  # JSONL key or CSV column holding the text of a user record
-    n_train=240,  # training notes; the membership attack takes n_membership of them
+    # The memorisation regime (issue 21): a study of what DP mitigates needs non-private twins that leak,
+    # measurably. Few short records seen several times, by an adapter with the capacity to memorise: 100
+    # notes cut to max_length tokens, canaries up to 32 copies, 256 single-copy audit canaries, 6 expected
+    # passes (each included record drawn about 6 times), LoRA rank 16 on every linear projection of the
+    # blocks (value, output and MLP matter most for memorisation: Savine 2025, arXiv 2507.21009), a constant
+    # learning rate. Its probe on this model (non-private, 6 passes over ~40k tokens) took the audit AUC from
+    # 0.52 after one pass to 0.99 after six; one pass at rank 2 on q/v memorised nothing any attack saw.
+    n_train=100,  # training notes; the membership attack takes n_membership of them
     n_heldout=200,  # never trained on: the attacks' non-members and the held-out perplexity
     n_public=200,
-    canary_repetitions=[1, 4, 16],  # copies of each inserted canary in train
+    canary_repetitions=[1, 8, 32],  # copies of each inserted canary in train
     canaries_per_repetition=4,  # canaries per repetition count: a point each in the exposure figure
-    n_reference_canaries=8,  # same form, never inserted: the exposure null band
+    n_reference_canaries=20,  # same form, never inserted: the null of the canary test (20 give a level of 1/21)
     n_audit_canaries=256,  # one-run audit: each included in train with probability 1/2 (its own random stream)
     audit_canary_tokens=10,  # random single-token words per audit canary, the tokens its score reads
     secret_digits=6,  # canary secrets are drawn uniformly from 10**secret_digits codes
-    max_length=192,  # tokens per record, everywhere (training, scoring, similarity)
+    max_length=48,  # tokens per record, everywhere (training, scoring, similarity): a note's opening, with its PII
     # --- layer similarity and pruning (01, 02) -----------------------------------------------
     n_calibration=64,  # public records used to measure layer similarity
     similarity_pooling="mean",  # "mean" over real tokens, or "last" token
@@ -46,7 +53,7 @@ _QUICK = dict(
     prune_strategies=["pairwise", "block", "iterative", "last", "random"],
     prune_sweep=[0, 4, 8, 12],  # blocks removed in the perplexity/speed sweep
     n_calibration_iterative=8,  # public records for each re-measurement of S by the iterative strategy
-    n_eval=16,  # held-out records for perplexity (02 scores 5 strategies x 5 levels on 2 CPU cores)
+    n_eval=64,  # held-out records for perplexity (02 scores 5 strategies x 4 levels on 2 CPU cores)
     eval_batch_size=16,
     timing_prompt_tokens=64,  # inference timing: prompt length, generated tokens, timed runs per setting
     timing_new_tokens=8,
@@ -58,25 +65,28 @@ _QUICK = dict(
     max_grad_norm=1.0,
     accountant="prv",
     grad_sample_mode="hooks",
-    expected_batch_size=32,  # records per optimizer step in expectation (Poisson sampling)
-    physical_batch_size=8,  # records per forward/backward; larger logical batches are split
-    epochs=1.0,  # expected passes over train (a float): steps = floor(epochs * ceil(N / expected_batch_size))
-    train_max_length=128,  # tokens per record while training (None: max_length); scoring keeps max_length
-    learning_rate=1e-2,  # chosen by `make tune` (ppt_core/lr_tuning.py) on an independent draw of the data, never
-    #                      the study's records (the candidates' losses: figures/tuning/quick.json)
-    lora_rank=2,  # few trainable parameters: DP noise per coordinate meets more signal (see notebook 03)
+    expected_batch_size=16,  # records per optimizer step in expectation (Poisson sampling)
+    physical_batch_size=16,  # records per forward/backward; larger logical batches are split
+    epochs=6.0,  # expected passes over train (a float): steps = floor(epochs * ceil(N / expected_batch_size))
+    train_max_length=None,  # tokens per record while training (None: max_length); scoring reads the same length
+    # One learning rate per family, each chosen by `make tune` (ppt_core/lr_tuning.py) on an independent draw of
+    # the data, never the study's records (figures/tuning/quick.json): held-out loss of full-dp8 at 2e-3, 5e-3,
+    # 1e-2: 3.40, 3.05, 5.53 (the start: 3.92); of full-nodp at 1e-3, 2e-3, 4e-3: 1.46, 1.56, 1.53
+    dp_learning_rate=5e-3,  # the DP arms'
+    nodp_learning_rate=1e-3,  # the non-private arms'
+    lora_rank=16,  # the capacity to memorise (see the regime above); rank 2 on q/v memorised nothing
     lora_alpha=16,
     lora_dropout=0.0,
-    lora_targets="query+value",  # "query+value", "attention", "attention+mlp", or a list of module names
+    lora_targets="attention+mlp",  # "query+value", "attention", "attention+mlp", or a list of module names
     bf16="auto",  # bf16 autocast for the forward/backward where the device has native bf16 (else float32,
     # which is faster than emulated bf16); per-sample clipping and noise stay float32 either way
     optimizer="adamw",  # "adamw", or "sgd" (an update is exactly lr * the noised mean gradient)
     weight_decay=0.0,  # the optimizer's (decoupled for adamw)
-    lr_schedule="linear",  # "constant", "linear" or "cosine" decay of the learning rate over the steps
+    lr_schedule="constant",  # "constant", "linear" or "cosine" decay of the learning rate over the steps
     warmup_fraction=0.0,  # share of the steps whose learning rate ramps up linearly before the decay
     secure_mode=False,  # False: Poisson draws and DP noise come from the seed (reproducible study, not a
     #                     release); True: Opacus's cryptographic generator (needs torchcsprng), for a release
-    loss_curve_points=5,  # held-out loss measured this many times during training (and once before): the
+    loss_curve_points=6,  # held-out loss measured this many times during training (and once before): the
     #                       only loss curve a DP arm publishes
     loss_curve_records=16,  # held-out notes each held-out-loss measurement averages over
     # --- synthetic data (05) -----------------------------------------------------------------
@@ -89,11 +99,12 @@ _QUICK = dict(
     n_synthetic_references=32,  # train and held-out notes each, for "nearest record" BERTScore
     # --- attacks (06) ------------------------------------------------------------------------
     n_attack=12,  # members and as many held-out records for prefix extraction (the first of n_membership)
-    attack_prefix_tokens=32,
-    attack_suffix_tokens=32,
-    n_membership=200,  # members and as many non-members: AUC intervals of about +-0.06
+    attack_prefix_tokens=24,
+    attack_suffix_tokens=24,
+    n_membership=100,  # members (every training note) and as many non-members: AUC intervals of about +-0.08
     min_k_percent=20,
-    canary_rank_cap=100,  # exact rank of a secret up to this (exposure above 13.3 of 19.9 bits); past it an interval
+    canary_rank_cap=100,  # exact rank up to this (exposure above 13.3 of 19.9 bits; past it an interval): descriptive,
+    #                      the verdicts test each canary's secret gain against the reference canaries instead
     n_secret_samples=64,  # only for tokenizers that merge digits: uniform codes that bound the rank instead
     secret_batch_size=16,  # digit-tree branches (or sampled codes) scored per forward pass
     bf16_scoring="auto",  # bf16 autocast for scoring where the CPU or GPU has native bf16 ("auto"), or True/False
@@ -111,7 +122,7 @@ _SMOKE = dict(
     n_public=24,
     canary_repetitions=[1, 4],
     canaries_per_repetition=2,
-    n_reference_canaries=3,
+    n_reference_canaries=20,
     n_audit_canaries=32,
     max_length=64,
     n_calibration=8,
@@ -125,8 +136,8 @@ _SMOKE = dict(
     timing_repeats=1,
     expected_batch_size=8,
     physical_batch_size=4,
-    epochs=1,
-    train_max_length=64,
+    epochs=2,
+    lora_rank=4,
     delta=1e-3,
     n_synthetic=4,
     synthetic_max_new_tokens=16,
@@ -185,6 +196,15 @@ _FULL = dict(
 _PAPER = dict(
     _QUICK,
     profile="paper",
+    # the settings of its last run (figures/paper/), before quick's memorisation regime; issue 24 re-runs it there
+    canary_repetitions=[1, 4, 16],
+    n_eval=16,
+    expected_batch_size=32,
+    physical_batch_size=8,
+    epochs=1.0,
+    lora_rank=2,
+    lora_targets="query+value",
+    lr_schedule="linear",
     n_train=100,
     n_heldout=100,
     n_public=100,
@@ -195,8 +215,9 @@ _PAPER = dict(
     prune_strategies=["pairwise", "block", "last", "random"],  # iterative chose pairwise's blocks in quick
     prune_sweep=[0, 4],
     train_max_length=40,
-    learning_rate=2e-2,  # `python -m ppt_core.lr_tuning --profile paper --learning-rates 5e-3,1e-2,2e-2,4e-2,8e-2`
+    dp_learning_rate=2e-2,  # `python -m ppt_core.lr_tuning --profile paper --learning-rates 5e-3,1e-2,2e-2,4e-2,8e-2`
     #                      on full-dp1 (figures/tuning/paper.json); its few short steps want a larger rate than quick
+    nodp_learning_rate=2e-2,  # tuned on full-dp1 too, then (seed 1's full-nodp diverged at it: issue 24 tunes it apart)
     loss_curve_points=2,
     loss_curve_records=8,
     n_synthetic=8,

@@ -10,7 +10,8 @@ record's number, not only their mean. One .npz per stage (`RECORD_FILES`), under
 - attacks/records.npz  which records were attacked (`ATTACK_GROUPS`: members/ids, nonmembers/ids,
                        canaries/ids with canaries/repetitions, audit/included), and per arm
                        f"{arm}/{members|nonmembers}/{signal}" membership scores, f"{arm}/members/sampled"
-                       Poisson draws, f"{arm}/canaries/exposure_{low|high}" and f"{arm}/audit/scores"
+                       Poisson draws, f"{arm}/canaries/exposure_{low|high}", f"{arm}/canaries/secret_gain" and
+                       f"{arm}/audit/scores"
                        (notebook 06, attacks.save_records)
 
 Several seeds' arrays pooled (ppt_core.pooling) carry the seed of each record beside them: `RUN_LABELS`

@@ -24,18 +24,19 @@ def _fmt(value, low=np.nan, high=np.nan, digits=3) -> str:
     return format_interval({"value": value, "low": low, "high": high}, digits)
 
 
-def _exposure(r) -> str:
-    if np.isnan(r.exposure_highest_low):
+def _canaries(r) -> str:
+    """"k of n at R× (p = …)": of the n canaries inserted R times, k gain more than every reference canary, and
+    the rank test of their gains against the references' gives p."""
+    if np.isnan(r.canaries_highest):
         return "–"
-    low, high = r.exposure_highest_low, r.exposure_highest_high
-    value = f"{low:.3g}" if low == high else f"[{low:.3g}, {high:.3g}]"
-    return f"{value} at {int(r.canary_repetitions)}× ([{r.reference_band_low:.3g}, {r.reference_band_high:.3g}])"
+    p = "–" if np.isnan(r.canary_p_value) else f"{r.canary_p_value:.2g}"
+    return f"{_fmt(r.canaries_above_null)} of {int(r.canaries_highest)} at {int(r.canary_repetitions)}× (p = {p})"
 
 
 def markdown_table(table: pd.DataFrame) -> str:
     """The summary table as Markdown, intervals in brackets (95%: bootstrap over records, exact for shares)."""
     header = ("| arm | blocks | params (M) | ε | held-out perplexity | prefill tok/s (speedup) | membership AUC "
-              "| ΔAUC vs start | canary exposure, highest reps (reference band) | audit ε ≥ (one run / f-DP) "
+              "| ΔAUC vs start | canaries above null, highest reps (rank test) | audit ε ≥ (one run / f-DP) "
               "| extraction exact-suffix hits | synthetic PII leak |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for arm, r in table.iterrows():
@@ -46,7 +47,7 @@ def markdown_table(table: pd.DataFrame) -> str:
             f"{_fmt(r.prefill_tokens_per_s, digits=4)} ({_fmt(r.speedup)}×)",
             f"{auc} ({r.membership_signal})" if r.membership_signal else auc,
             _fmt(r.delta_auc, r.delta_auc_low, r.delta_auc_high, 2),
-            _exposure(r),
+            _canaries(r),
             f"{_fmt(r.audit_epsilon_one_run)} / {_fmt(r.audit_epsilon_fdp)}",
             _fmt(r.extraction_hits, r.extraction_hits_low, r.extraction_hits_high, 2),
             _fmt(r.synthetic_pii_leak, r.synthetic_pii_leak_low, r.synthetic_pii_leak_high, 2),
@@ -104,8 +105,8 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
     seeds = list(seeds or [params["seed"]])
     over = ("Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares." if len(seeds) == 1 else
             f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each number is the mean of the seeds' and its "
-            "interval a 95% Student-t interval over the seeds (wide for few seeds); exposure and reference band: "
-            "the range over every seed's canaries; audit ε: the mean of the seeds' lower bounds. The verdicts pool "
+            "interval a 95% Student-t interval over the seeds (wide for few seeds); canaries above the null and the "
+            "rank test's p: the means of the seeds'; audit ε: the mean of the seeds' lower bounds. The verdicts pool "
             "the seeds' records (a bootstrap over seeds, then records).")
     return "\n".join([
         f"Profile `{params['profile']}` (model `{params['model']}`), commit `{commit()}`, "
@@ -117,8 +118,10 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
         over + " ε = ∞: non-private; "
         "audit ε: empirical lower bounds (one-run audit), never above the claimed ε. Speed: prefill of a batch "
         f"of {SPEED_BATCH_SIZE} on the machine that produced this run. Membership AUC: the attack calibrated by the "
-        "arm's starting model (`reference`), the plain loss attack for the untrained arms. Exposure in bits; the "
-        "reference band is the range of canaries never inserted.",
+        "arm's starting model (`reference`), the plain loss attack for the untrained arms. Canaries: of those "
+        "inserted most often, how many gain more log-likelihood over the starting model on their secret than "
+        "every never-inserted reference canary, and the one-sided Mann–Whitney p of their gains against the "
+        "references'.",
         "",
         verdicts.claims_markdown(claims),
         "",

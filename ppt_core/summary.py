@@ -42,26 +42,31 @@ def _share(value, trials) -> dict | None:
 
 
 def _canaries(arm_attacks: dict) -> dict:
-    """Exposure interval (bits) of the highest-repetition canaries (lowest low to highest high), their
-    repetitions, and the reference band."""
+    """Of the canaries inserted most often: their repetitions and number, how many gain more over the start on
+    their secret than every reference canary, the rank test's p-value (verdicts.canary_rank_test), and their
+    exposure interval in bits (lowest low to highest high; descriptive)."""
     canaries = _get(arm_attacks, "canaries", default={}) or {}
     inserted = [row for row in canaries.get("rows", []) if row["repetitions"] > 0]
-    band = canaries.get("reference_band") or [np.nan, np.nan]
     if not inserted:
-        return {"exposure_highest_low": np.nan, "exposure_highest_high": np.nan, "canary_repetitions": np.nan,
-                "reference_band_low": band[0], "reference_band_high": band[1]}
+        return {"canary_repetitions": np.nan, "canaries_highest": np.nan, "canaries_above_null": np.nan,
+                "canary_p_value": np.nan, "exposure_highest_low": np.nan, "exposure_highest_high": np.nan}
     highest = max(row["repetitions"] for row in inserted)
     top = [row for row in inserted if row["repetitions"] == highest]
-    return {"exposure_highest_low": min(row["exposure_low"] for row in top),
-            "exposure_highest_high": max(row["exposure_high"] for row in top), "canary_repetitions": highest,
-            "reference_band_low": band[0], "reference_band_high": band[1]}
+    test = verdicts.canary_rank_test(canaries)
+    return {"canary_repetitions": highest, "canaries_highest": len(top),
+            "canaries_above_null": _get(canaries, "by_repetitions", str(highest), "above_reference_band",
+                                        default=np.nan),
+            "canary_p_value": test["p_value"] if test else np.nan,
+            "exposure_highest_low": min(row["exposure_low"] for row in top),
+            "exposure_highest_high": max(row["exposure_high"] for row in top)}
 
 
 def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
     """One row per arm: blocks kept, parameters (M), claimed ε (inf = non-private), held-out perplexity,
     prefill throughput (tokens/s) and speedup over base, membership AUC of the judged signal (calibrated by
-    the start; loss for base and pruned-noft) and its ΔAUC vs the start, exposure (bits) of the
-    highest-repetition canaries against the reference band, audit ε lower bounds (one run, f-DP), the share
+    the start; loss for base and pruned-noft) and its ΔAUC vs the start, of the highest-repetition canaries
+    how many gain more than every reference canary and the rank test's p-value (and their exposure in bits,
+    descriptive), audit ε lower bounds (one run, f-DP), the share
     of members' extraction attempts reproducing the exact suffix, and of synthetic records leaking
     training-only PII (exact intervals); intervals in *_low / *_high."""
     base_speed = _get(timings, "utility", "base", SPEED_BATCH, "prefill_tokens_per_s")
@@ -104,7 +109,7 @@ def pooled_table(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
     """Several seeds' summary tables (one per seed, the same arms) as one: per arm, every number that has an
     interval per seed (X with X_low, X_high) becomes the mean over seeds with a Student-t 95% interval over
     seeds (stats.mean_interval: honest for a handful of seeds, wide for two); an interval without a value
-    (canary exposure, reference band) the envelope of the seeds'; any other number the mean; a label the
+    (canary exposure) the envelope of the seeds'; any other number the mean; a label the
     first seed's. Column `seeds`: how many seeds measured the arm's perplexity."""
     frames = list(tables.values())
     columns = list(frames[0].columns)

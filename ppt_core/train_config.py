@@ -21,7 +21,8 @@ OPTIMIZERS = ("adamw", "sgd")
 
 @dataclass
 class TrainConfig:
-    """LoRA fine-tuning settings shared by the private and the non-private arms (defaults: the quick profile's).
+    """LoRA fine-tuning settings shared by the private and the non-private arms (defaults: the quick profile's
+    non-private arms').
 
     lora_targets: "query+value", "attention", "attention+mlp", or a list of module names (e.g. ["q_proj"]).
     optimizer: "adamw" or "sgd" (plain SGD makes an update exactly lr * gradient: the tests use it).
@@ -36,22 +37,22 @@ class TrainConfig:
     loss_curve_records: held-out records each measurement averages over.
     """
 
-    lora_rank: int = 2
+    lora_rank: int = 16
     lora_alpha: float = 16
     lora_dropout: float = 0.0
-    lora_targets: str | list[str] = "query+value"
-    epochs: float = 1.0
-    learning_rate: float = 1e-2
+    lora_targets: str | list[str] = "attention+mlp"
+    epochs: float = 6.0
+    learning_rate: float = 1e-3
     optimizer: str = "adamw"
     weight_decay: float = 0.0
-    lr_schedule: str = "linear"
+    lr_schedule: str = "constant"
     warmup_fraction: float = 0.0
-    expected_batch_size: int = 32
-    physical_batch_size: int = 8
-    max_length: int = 128
+    expected_batch_size: int = 16
+    physical_batch_size: int = 16
+    max_length: int = 48
     seed: int = 0
     bf16: bool | str = "auto"  # "auto": bf16 where the device computes it natively (evaluation.bf16_available)
-    loss_curve_points: int = 5
+    loss_curve_points: int = 6
     loss_curve_records: int = 16
     device: str | None = None
     progress: bool = True
@@ -59,8 +60,15 @@ class TrainConfig:
 
 
 
+def family_learning_rate(params: dict, epsilon: float | None) -> float:
+    """The learning rate of an arm's family: `nodp_learning_rate` for the non-private arms (epsilon None),
+    `dp_learning_rate` for the DP arms; each tuned on an independent draw (ppt_core.lr_tuning)."""
+    return float(params["nodp_learning_rate"] if epsilon is None else params["dp_learning_rate"])
+
+
 def config_from_params(params: dict, epsilon: float | None = None, **overrides) -> TrainConfig:
-    """The TrainConfig of a profile's arm: non-private when `epsilon` is None, else DP at `epsilon`."""
+    """The TrainConfig of a profile's arm: non-private when `epsilon` is None, else DP at `epsilon`; the
+    learning rate is its family's (family_learning_rate)."""
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -75,7 +83,7 @@ def config_from_params(params: dict, epsilon: float | None = None, **overrides) 
     config = TrainConfig(
         lora_rank=int(params["lora_rank"]), lora_alpha=float(params["lora_alpha"]),
         lora_dropout=float(params["lora_dropout"]), lora_targets=params["lora_targets"],
-        epochs=float(params["epochs"]), learning_rate=float(params["learning_rate"]),
+        epochs=float(params["epochs"]), learning_rate=family_learning_rate(params, epsilon),
         optimizer=params["optimizer"], weight_decay=float(params["weight_decay"]),
         lr_schedule=params["lr_schedule"], warmup_fraction=float(params["warmup_fraction"]),
         expected_batch_size=int(params["expected_batch_size"]), physical_batch_size=int(params["physical_batch_size"]),

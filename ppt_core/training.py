@@ -11,9 +11,9 @@ sigma * max_grad_norm on the summed gradient once per logical batch, and its acc
 (`ppt_core.batching`) is cut into physical batches that fit in memory; the loop tells the optimizer
 which physical batch ends its logical batch with Opacus's public `signal_skip_step`.
 
-Without `dp` the very same loader (Poisson, same seed, same batches), physical batching and loop run
-with no clipping and no noise, so the only difference between a DP arm and its non-private twin is
-the mechanism.
+Without `dp` the same loader (Poisson at the same q and steps, on an independent stream:
+`batching.sampling_seed`), physical batching and loop run with no clipping and no noise, so the only
+difference between a DP arm and its non-private twin is the mechanism and its own draw of batches.
 
 Privacy unit: one record (one note or one canary copy). Each record's loss is the mean next-token
 loss over its own real tokens (padding carries label -100 and never counts), so a record's gradient
@@ -66,6 +66,7 @@ class TrainResult:
     sample_rate: float
     expected_batch_size: int
     n_records: int
+    learning_rate: float = 0.0
     epsilon: float | None = None
     delta: float | None = None
     noise_multiplier: float | None = None
@@ -77,21 +78,29 @@ class TrainResult:
     trainable_parameters: int = 0
     seconds_per_step: float = 0.0
     seconds_total: float = 0.0
-    seconds_heldout_loss: float = 0.0  # of seconds_total: measuring the held-out loss curve
+    seconds_heldout_loss: float = 0.0  # of seconds_total: measuring the held-out loss curve and the pass probes
     peak_memory_mb: float = 0.0
     bf16: bool = False
+    batches_per_pass: int = 0  # logical batches in one expected pass over the records (1 / q)
+    pass_probes: list[tuple[int, list[float]]] = field(default_factory=list)  # (step, pass_probe's values) at
+    #                                   step 0 and after every expected pass: publishable (a function of the model)
 
     @property
     def private(self) -> bool:
         return self.noise_multiplier is not None
+
+    def epsilon_after(self, steps: int) -> float | None:
+        """The accountant's epsilon after the first `steps` steps of this run (None without DP)."""
+        if not self.private:
+            return None
+        return privacy.accountant_epsilon(self.noise_multiplier, self.sample_rate, steps, self.delta, self.accountant)
 
     def epsilon_curve(self, points: int = 20) -> list[tuple[int, float]]:
         """(step, epsilon spent after that step) at up to `points` steps, from the same accountant."""
         if not self.private:
             return []
         marks = sorted({max(1, round(self.steps * k / points)) for k in range(1, points + 1)})
-        return [(s, privacy.accountant_epsilon(self.noise_multiplier, self.sample_rate, s, self.delta, self.accountant))
-                for s in marks]
+        return [(s, self.epsilon_after(s)) for s in marks]
 
 
 # --- LoRA ----------------------------------------------------------------------------------------
@@ -191,18 +200,19 @@ def prepare(peft_model, dataset: TensorDataset, config: TrainConfig,
     B / world_size (`ppt_core.distributed` explains why the guarantee is the single-process one).
     """
     plan = batching.schedule(len(dataset), config.expected_batch_size, config.epochs)
+    seed = batching.sampling_seed(config.seed, private=config.dp is not None)
     lora_params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer_class = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.AdamW
     optimizer = optimizer_class(lora_params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, plan.steps))
     if world is None:
-        # Its own seeded generator: a DP arm and its non-private twin draw the same logical batches.
-        # (In secure mode Opacus swaps in its cryptographic generator.)
-        loader = batching.poisson_loader(dataset, plan, torch.Generator().manual_seed(config.seed))
+        # A seeded generator of its own, on the private or the non-private stream: a DP arm and its
+        # non-private twin draw independent batches. (In secure mode Opacus swaps in its cryptographic one.)
+        loader = batching.poisson_loader(dataset, plan, torch.Generator().manual_seed(seed))
         module, virtual_steps, batch_per_process = peft_model, batching.VirtualSteps, plan.expected_batch_size
     else:
         distributed.check_world(world.world_size, len(dataset), config.expected_batch_size)
-        loader = distributed.poisson_loader(dataset, plan, world, config.seed)
+        loader = distributed.poisson_loader(dataset, plan, world, seed)
         module, virtual_steps = distributed.wrap_model(peft_model), distributed.SummedVirtualSteps
         batch_per_process = plan.expected_batch_size / world.world_size
     criterion, dp = RecordLoss("mean"), config.dp
@@ -270,13 +280,17 @@ class StepLog:
     batch_sizes: list  # trainer-only under DP
     sample_counts: list  # per record: logical batches that drew it; trainer-only
     heldout_losses: list  # (step, held-out loss)
+    pass_probes: list  # (step, values of the pass probe): step 0 and after every expected pass
     seconds: float
     seconds_heldout: float
     peak_mb: float
 
 
-def run_steps(training: Training, steps: int | None = None, heldout: TensorDataset | None = None) -> StepLog:
-    """Train `steps` logical steps (default: the schedule's), measuring the held-out loss curve on `heldout`.
+def run_steps(training: Training, steps: int | None = None, heldout: TensorDataset | None = None,
+              pass_probe=None) -> StepLog:
+    """Train `steps` logical steps (default: the schedule's), measuring the held-out loss curve on `heldout`
+    and calling `pass_probe(peft_model)` (eval mode, no gradient) before the first step and after every
+    expected pass (every `batches_per_pass` steps, and the last step).
 
     Each Poisson logical batch is cut into physical batches; every physical batch is signalled to the
     optimizer (skip: not the last of its logical batch), so it clips and sums them and steps once per
@@ -286,12 +300,15 @@ def run_steps(training: Training, steps: int | None = None, heldout: TensorDatas
     steps = training.steps if steps is None else steps
     points = config.loss_curve_points if heldout is not None else 0
     curve_at = {round(steps * k / points) for k in range(points + 1)} if points else set()
-    log = StepLog([], [], [0] * training.plan.n_records, [], 0.0, 0.0, 0.0)
+    probe_at = {0, steps} | set(range(0, steps + 1, training.plan.batches_per_pass)) if pass_probe else set()
+    log = StepLog([], [], [0] * training.plan.n_records, [], [], 0.0, 0.0, 0.0)
     bar = tqdm(total=steps, desc="DP-LoRA" if config.dp else "LoRA", disable=not config.progress, leave=False)
     started = time.perf_counter()
     with PeakMemory(training.lora_params[0].device) as memory:
         if 0 in curve_at:
             _measure_heldout(training, heldout, 0, log)
+        if 0 in probe_at:
+            _probe(training, pass_probe, 0, log)
         training.module.train()
         for step, indices in enumerate(batching.logical_batches(training.loader, steps), start=1):
             loss_sum, chunks = 0.0, batching.physical_batches(indices, config.physical_batch_size)
@@ -307,6 +324,8 @@ def run_steps(training: Training, steps: int | None = None, heldout: TensorDatas
             log.batch_sizes.append(len(indices))
             if step in curve_at:
                 _measure_heldout(training, heldout, step, log)
+            if step in probe_at:
+                _probe(training, pass_probe, step, log)
             bar.update()
             bar.set_postfix(_progress(training, log, step, steps))
     bar.close()
@@ -320,6 +339,18 @@ def run_steps(training: Training, steps: int | None = None, heldout: TensorDatas
 def _measure_heldout(training: Training, heldout: TensorDataset, step: int, log: StepLog) -> None:
     started = time.perf_counter()
     log.heldout_losses.append((step, heldout_loss(training, heldout)))
+    log.seconds_heldout += time.perf_counter() - started
+
+
+def _probe(training: Training, pass_probe, step: int, log: StepLog) -> None:
+    """pass_probe's values on the current adapter, in eval mode without gradients (its time counts with the
+    held-out curve's: neither is training)."""
+    started = time.perf_counter()
+    training.peft_model.eval()
+    with torch.no_grad():
+        values = [float(v) for v in pass_probe(training.peft_model)]
+    training.module.train()
+    log.pass_probes.append((step, values))
     log.seconds_heldout += time.perf_counter() - started
 
 
@@ -338,12 +369,14 @@ def _progress(training: Training, log: StepLog, step: int, steps: int) -> dict:
     return postfix
 
 
-def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None):
+def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, pass_probe=None):
     """(peft_model, TrainResult): LoRA fine-tuned copy of `model` on `texts` (`model` is left untouched).
 
     With `config.dp`, DP-SGD through Opacus at (target_epsilon, delta); else the same loop without
     clipping or noise. The held-out loss curve is measured on the first `config.loss_curve_records` of
-    `heldout_texts` (none when None). Losses in nats per token; seconds per logical step; peak memory in MB.
+    `heldout_texts` (none when None). `pass_probe(peft_model) -> values` (e.g. the audit canaries' scores) is
+    called before training and after every expected pass: TrainResult.pass_probes.
+    Losses in nats per token; seconds per logical step; peak memory in MB.
     Inside a torchrun process group, each process trains on its share of every Poisson batch
     (`ppt_core.distributed`) and every process returns the same adapter and guarantee.
     """
@@ -361,7 +394,8 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None):
     heldout = None if heldout_texts is None or (world and not world.main) else batching.record_dataset(
         tokenizer, list(heldout_texts)[: config.loss_curve_records], config.max_length)
     initial = [p.detach().clone() for p in training.lora_params]
-    log = run_steps(training, heldout=heldout)
+    probe = pass_probe if world is None or world.main else None
+    log = run_steps(training, heldout=heldout, pass_probe=probe)
     if world is not None:  # every process took every step: the replicas must agree
         distributed.check_replicas_agree(training.lora_params)
     _check_adapter_moved(training.lora_params, initial)
@@ -373,7 +407,8 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None):
     result = TrainResult(
         losses=log.losses, batch_sizes=log.batch_sizes, sample_counts=log.sample_counts,
         heldout_losses=log.heldout_losses, steps=len(log.losses), sample_rate=training.sample_rate,
-        expected_batch_size=training.plan.expected_batch_size, n_records=len(texts), epsilon=epsilon,
+        expected_batch_size=training.plan.expected_batch_size, n_records=len(texts),
+        learning_rate=config.learning_rate, epsilon=epsilon,
         delta=dp.delta if dp else None, noise_multiplier=float(training.optimizer.noise_multiplier) if dp else None,
         max_grad_norm=dp.max_grad_norm if dp else None, accountant=dp.accountant if dp else None,
         grad_sample_mode=dp.grad_sample_mode if dp else None, secure_mode=dp.secure_mode if dp else None,
@@ -381,6 +416,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None):
         trainable_parameters=sum(p.numel() for p in training.lora_params),
         seconds_per_step=log.seconds / max(1, len(log.losses)), seconds_total=log.seconds,
         seconds_heldout_loss=log.seconds_heldout, peak_memory_mb=log.peak_mb, bf16=config.bf16,
+        batches_per_pass=training.plan.batches_per_pass, pass_probes=log.pass_probes,
     )
     return peft_model, result
 

@@ -12,10 +12,16 @@ never supported by absence alone: only an interval that excludes every effect ab
 minimal effect supports it, and a detected effect contradicts it.
 
 Where the numbers come from (one run; `seeds` says how many seeds a verdict rests on):
-- per-record arrays    held-out rows of every strategy (02) and arm (04), membership scores and canary
-                       exposures of every arm (06): ppt_core.record_files, which writes and reads them
+- per-record arrays    held-out rows of every strategy (02) and arm (04); membership scores, audit scores
+                       and canary secret gains of every arm (06): ppt_core.record_files, which writes and reads them
 - timings.json         utility[arm][timing.SPEED_BATCH]["prefill_seconds_per_round"], interleaved rounds (04)
 - results.json         attacks[arm]: membership, canaries, audit summaries (06)
+
+The privacy claims rest on measures that keep their power when the non-private arms memorise strongly
+(membership AUCs near 1, canary ranks past the cap): whether an arm leaks, from three pre-registered tests
+(`leak`); whether DP mitigates and whether pruning complements privacy, from the audit memorisation gain,
+paired per audit canary (`mitigates_memorisation`, `complements_privacy`). Neither is an absolute "nothing
+leaks" claim: what one would cost in members is `null_support_sample_size`, shown in `leak_table`.
 
 Over several seeds, ppt_core.pooling labels each seed's records by their seed; every paired interval
 then resamples seeds, then records within each drawn seed (stats.paired_indices), and an AUC is computed
@@ -42,7 +48,8 @@ OUTCOMES = (SUPPORTED, CONTRADICTED, INCONCLUSIVE)
 
 PERFORMANCE_MARGIN = 0.10  # "without compromising performance": perplexity at most 10% above the reference
 MINIMAL_AUC_EFFECT = 0.05  # the smallest membership ΔAUC worth calling a leak (AUC 0.55: a weak attack)
-CANARY_ALPHA = 0.05  # family-wise error of "some inserted canary is exposed" (Bonferroni over the canaries)
+CANARY_ALPHA = 0.05  # level of the canary rank test (most-repeated canaries' secret gains vs the references')
+MIN_REFERENCE_CANARIES = 20  # the null of the canary test: with 20, one canary above them all has p = 1/21 < 0.05
 MIN_PAIRED_RECORDS = 5  # fewer paired records (or canaries) than this give no interval worth deciding on
 MIN_TIMING_ROUNDS = 2  # a Student-t interval needs two rounds at least
 CALIBRATED_SIGNAL, UNCALIBRATED_SIGNAL = "reference", "loss"  # reference: the score is calibrated by the start
@@ -229,36 +236,49 @@ def membership_delta(arm_attacks: Mapping) -> dict | None:
     return None
 
 
-def canary_threshold(canaries: Mapping) -> float:
-    """Exposure (bits) above which an inserted canary counts as exposed: the top of the reference band,
-    and at least log2(m / CANARY_ALPHA) for m inserted canaries. A secret the model never saw has
-    P(exposure >= x) = 2^-x (its rank is uniform), so this bounds the chance that any of the m is
-    called exposed by luck at CANARY_ALPHA, which the band of a few reference canaries cannot."""
-    inserted = [row for row in canaries.get("rows", []) if row["repetitions"] > 0]
-    band_top = canaries.get("reference_band", [0.0, 0.0])[1]
-    return max(float(band_top), math.log2(max(len(inserted), 1) / CANARY_ALPHA))
+def canary_rank_test(canaries: Mapping | None, *, n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """The canary test of a leak, on results["attacks"][arm]["canaries"] (one run's, or several seeds' rows
+    pooled): the secret gains (nats over the starting model) of the canaries inserted most often against the
+    gains of the reference canaries, which were never inserted and so are the null.
+
+    {"repetitions", "inserted", "reference" (canaries in each group), "p_value": one-sided Mann–Whitney U
+    (inserted gains larger), "auc": P(an inserted canary gains more than a reference one) with its 95%
+    bootstrap interval, each group resampled on its own}; None unless every row has its secret gain and
+    both groups are there. Over several seeds every seed's canaries are taken together: each seed brings the
+    same numbers of inserted and of reference canaries, so a seed's offset shifts both groups alike and the
+    test stays valid (conservative, as a stratified sample is less variable than the test assumes)."""
+    rows = (canaries or {}).get("rows", [])
+    if not rows or any(row.get("secret_gain") is None for row in rows):
+        return None
+    highest = max(row["repetitions"] for row in rows)
+    inserted = np.array([row["secret_gain"] for row in rows if row["repetitions"] == highest > 0], dtype=float)
+    reference = np.array([row["secret_gain"] for row in rows if row["repetitions"] == 0], dtype=float)
+    if not len(inserted) or not len(reference):
+        return None
+    return {"repetitions": highest, "inserted": len(inserted), "reference": len(reference),
+            "p_value": float(scipy.stats.mannwhitneyu(inserted, reference, alternative="greater").pvalue),
+            "auc": stats.estimate(roc_auc, [inserted, reference], n_boot=n_boot, seed=seed)}
 
 
 def _canary_test(canaries: Mapping | None) -> tuple[str | None, str]:
-    """("detected" | "excluded" | None, evidence): some inserted canary's exposure interval above the
-    threshold, every one below it, or neither."""
-    inserted = [row for row in (canaries or {}).get("rows", []) if row["repetitions"] > 0]
-    if not inserted:
-        return None, "canaries not measured"
-    threshold = canary_threshold(canaries)
-    top = max(inserted, key=lambda row: (row["repetitions"], row["exposure_high"]))
-    text = (f"highest-repetition canary ({top['repetitions']}×) exposure "
-            f"{_exposure_text(top['exposure_low'], top['exposure_high'])} bits, exposed above {threshold:.3g}")
-    exposed = [row for row in inserted if row["exposure_low"] > threshold]
-    if exposed:
-        return "detected", text + f" ({len(exposed)} of {len(inserted)} canaries)"
-    if all(row["exposure_high"] <= threshold for row in inserted):
-        return "excluded", text + f" (none of {len(inserted)})"
-    return None, text + " (an interval straddles it)"
-
-
-def _exposure_text(low: float, high: float) -> str:
-    return f"{low:.3g}" if low == high else f"[{low:.3g}, {high:.3g}]"
+    """("detected" | "excluded" | None, evidence) of canary_rank_test: detected when its p-value is below
+    CANARY_ALPHA; excluded in the membership test's sense, when the interval of the canaries' AUC excludes
+    every effect above the minimal one (upper end at most 0.5 + MINIMAL_AUC_EFFECT: an attacker ranking canaries
+    by their secret gain tells the inserted ones from never-inserted ones no better than a weak membership
+    attack); None otherwise, and with fewer than MIN_REFERENCE_CANARIES reference canaries (too small a null)."""
+    test = canary_rank_test(canaries)
+    if test is None:
+        return None, "canary secret gains not measured"
+    if test["reference"] < MIN_REFERENCE_CANARIES:
+        return None, (f"canaries not measured: {test['reference']} reference canaries, fewer than the "
+                      f"{MIN_REFERENCE_CANARIES} the rank test needs (raise n_reference_canaries)")
+    text = (f"secret gain of the {test['inserted']} canaries inserted {test['repetitions']}× vs {test['reference']} "
+            f"reference canaries: Mann–Whitney p = {test['p_value']:.2g}, AUC {format_interval(test['auc'], 2)}")
+    if test["p_value"] < CANARY_ALPHA:
+        return "detected", text
+    if test["auc"]["high"] <= 0.5 + MINIMAL_AUC_EFFECT:
+        return "excluded", text
+    return None, text
 
 
 def _membership_test(arm_attacks: Mapping) -> tuple[str | None, str]:
@@ -274,53 +294,34 @@ def _membership_test(arm_attacks: Mapping) -> tuple[str | None, str]:
 
 
 def leak(arm_attacks: Mapping | None) -> Verdict:
-    """Was a leak detected on this arm? SUPPORTED (leak detected) if the judged membership ΔAUC interval
-    lies above 0, or some inserted canary is exposed (canary_threshold), or an audit ε lower bound is
-    above 0. CONTRADICTED (no leak larger than the minimal effect) only if the ΔAUC interval lies below
-    MINIMAL_AUC_EFFECT and every inserted canary lies below the threshold; else INCONCLUSIVE."""
+    """Was a leak detected on this arm? Three pre-registered tests, each at its own level:
+    - membership: the judged ΔAUC vs the start, 95% interval above 0 (one-sided 2.5%) detects, below
+      MINIMAL_AUC_EFFECT excludes;
+    - canaries (_canary_test): the rank test of the most-repeated canaries' secret gains against the reference
+      canaries', p < CANARY_ALPHA detects, an AUC interval below 0.5 + MINIMAL_AUC_EFFECT excludes;
+    - audit: the f-DP ε lower bound (95%) above 0 detects. The one-run bound is shown beside it but does not
+      decide (the larger of two bounds, each at 5%, would be wrong about 10% of the time).
+    SUPPORTED (leak detected) if any test detects: on an arm that leaks nothing, at most 2.5% + 5% + 5% =
+    12.5% of the time. CONTRADICTED (no leak larger than the minimal effect) only if membership and canaries
+    both exclude; else INCONCLUSIVE."""
     if not arm_attacks:
         return _missing("attacks")
     membership, membership_text = _membership_test(arm_attacks)
     canaries, canary_text = _canary_test(arm_attacks.get("canaries"))
     audit = arm_attacks.get("audit") or {}
-    bounds = [audit.get(k) for k in ("epsilon_lower_one_run", "epsilon_lower_fdp") if audit.get(k) is not None]
+    fdp, one_run = audit.get("epsilon_lower_fdp"), audit.get("epsilon_lower_one_run")
     evidence = [membership_text, canary_text]
-    if bounds:
+    if fdp is not None or one_run is not None:
         claimed = audit.get("claimed_epsilon")
-        evidence.append(f"audit ε ≥ {max(bounds):.3g}"
-                        + (f" (claimed {claimed:.3g})" if claimed is not None else ""))
-    if "detected" in (membership, canaries) or (bounds and max(bounds) > 0):
+        evidence.append(f"audit ε ≥ {format_interval(fdp)} (f-DP; one-run {format_interval(one_run)})"
+                        + (f", claimed {claimed:.3g}" if claimed is not None else ""))
+    if "detected" in (membership, canaries) or (fdp is not None and fdp > 0):
         outcome = SUPPORTED
     elif membership == canaries == "excluded":
         outcome = CONTRADICTED
     else:
         outcome = INCONCLUSIVE
     return Verdict(outcome, "; ".join(evidence))
-
-
-def mitigates_memorisation(attacks: Mapping[str, Mapping] | None) -> Verdict:
-    """Does DP mitigate memorisation? Per DP arm: its non-private twin must leak (else INCONCLUSIVE: nothing
-    to mitigate); then the DP arm's judged ΔAUC interval below MINIMAL_AUC_EFFECT and every inserted canary
-    below the threshold support, a leak detected on either contradicts."""
-    if not attacks:
-        return _missing("attacks")
-    private = sorted(a for a in attacks if arms.parse(a).private)
-    if not private:
-        return _missing("attacks on a DP arm")
-    parts = []
-    for arm in private:
-        twin = arms.parse(arm).twin
-        twin_leak = leak(attacks.get(twin))
-        if twin_leak.outcome != SUPPORTED:
-            parts.append(Verdict(INCONCLUSIVE,
-                                 f"{arm}: its twin {twin} shows no leak to mitigate ({twin_leak.evidence})"))
-            continue
-        tests = [_membership_test(attacks[arm]), _canary_test(attacks[arm].get("canaries"))]
-        outcomes = [CONTRADICTED if found == "detected" else SUPPORTED if found == "excluded" else INCONCLUSIVE
-                    for found, _ in tests]
-        parts.append(Verdict(combine(outcomes), f"{arm}: {'; '.join(text for _, text in tests)} "
-                                                f"(twin {twin} leaks: {twin_leak.evidence})"))
-    return _conjunction(parts)
 
 
 def _membership_samples(records: Mapping[str, np.ndarray], names: Sequence[str], signal: str):
@@ -357,48 +358,153 @@ def membership_auc_difference(records: Mapping[str, np.ndarray], arm: str, other
     return paired_membership(difference, records, [arm, other], signal, n_boot=n_boot, seed=seed)
 
 
-def exposure_difference(records: Mapping[str, np.ndarray], arm: str, other: str, *, n_boot: int = 1000,
-                        seed: int = 0) -> dict | None:
-    """Mean exposure (bits) of `arm` minus `other` over the inserted canaries both measure exactly, paired
-    per canary; None when fewer than MIN_PAIRED_RECORDS such canaries."""
-    exact = [(records[f"{name}/canaries/exposure_low"] == records[f"{name}/canaries/exposure_high"])
-             for name in (arm, other)]
-    keep = (np.asarray(records["canaries/repetitions"]) > 0) & exact[0] & exact[1]
-    if keep.sum() < MIN_PAIRED_RECORDS:
+def audit_memorisation_gain(included: np.ndarray, scores: np.ndarray) -> float:
+    """Mean audit score (nats: the arm's log-likelihood gain over its start on an audit canary's random words)
+    of the included audit canaries minus that of the excluded ones: what training on a canary added beyond
+    what training on the others taught about canaries of its form."""
+    included = np.asarray(included, dtype=bool)
+    return float(np.mean(scores[included]) - np.mean(scores[~included]))
+
+
+def audit_gain_difference(records: Mapping[str, np.ndarray] | None, arm: str, other: str, *, n_boot: int = 1000,
+                          seed: int = 0) -> dict | None:
+    """audit_memorisation_gain of `arm` minus `other` on the same audit canaries and coin flips
+    (attacks/records.npz), paired per canary: included and excluded canaries resampled as strata (after the
+    seeds, when pooled). With "included" and "excluded" (counts); None unless both arms' audit scores are
+    there, with at least MIN_PAIRED_RECORDS canaries on each side."""
+    keys = ("audit/included", f"{arm}/audit/scores", f"{other}/audit/scores")
+    if not records or any(key not in records for key in keys):
         return None
-    diff = records[f"{arm}/canaries/exposure_low"][keep] - records[f"{other}/canaries/exposure_low"][keep]
+    included = np.asarray(records["audit/included"], dtype=bool)
+    if min(included.sum(), (~included).sum()) < MIN_PAIRED_RECORDS:
+        return None
+
+    def difference(included, a, b):
+        return audit_memorisation_gain(included, a) - audit_memorisation_gain(included, b)
+
+    samples = [included, records[f"{arm}/audit/scores"], records[f"{other}/audit/scores"]]
+    estimate = stats.paired_estimate(difference, samples, strata=included.astype(int),
+                                     runs=records.get(f"audit/{RUN_LABELS}"), n_boot=n_boot, seed=seed)
+    return dict(estimate, included=int(included.sum()), excluded=int((~included).sum()))
+
+
+def secret_gain_difference(records: Mapping[str, np.ndarray] | None, arm: str, other: str, *, n_boot: int = 1000,
+                           seed: int = 0) -> dict | None:
+    """Mean secret gain (nats, each arm's over its own start) of `arm` minus `other` over the inserted canaries,
+    paired per canary, with "canaries" (their number); None unless both arms' gains are there, on at least
+    MIN_PAIRED_RECORDS inserted canaries."""
+    keys = ("canaries/repetitions", f"{arm}/canaries/secret_gain", f"{other}/canaries/secret_gain")
+    if not records or any(key not in records for key in keys):
+        return None
+    inserted = np.asarray(records["canaries/repetitions"]) > 0
+    if inserted.sum() < MIN_PAIRED_RECORDS:
+        return None
+    diff = (records[f"{arm}/canaries/secret_gain"] - records[f"{other}/canaries/secret_gain"])[inserted]
     runs = records.get(f"canaries/{RUN_LABELS}")
-    return dict(stats.paired_estimate(np.mean, [diff], runs=None if runs is None else runs[keep], n_boot=n_boot,
-                                      seed=seed), canaries=int(keep.sum()))
+    return dict(stats.paired_estimate(np.mean, [diff], runs=None if runs is None else runs[inserted],
+                                      n_boot=n_boot, seed=seed), canaries=int(inserted.sum()))
+
+
+def _audit_gain_text(gain: dict, arm: str, other: str) -> str:
+    return (f"audit memorisation gain {arm} − {other} {format_interval(gain)} nats ({gain['included']} included, "
+            f"{gain['excluded']} excluded audit canaries)")
+
+
+def _membership_difference_text(records: Mapping[str, np.ndarray], arm: str, other: str, **boot) -> str:
+    needed = [f"{name}/{group}/{CALIBRATED_SIGNAL}" for name in (arm, other) for group in ("members", "nonmembers")]
+    if any(key not in records for key in needed):
+        return f"calibrated membership AUC {arm} − {other} not measured"
+    difference = membership_auc_difference(records, arm, other, **boot)
+    return f"calibrated membership AUC {arm} − {other} {format_interval(difference, 2)}"
+
+
+def mitigates_memorisation(attacks: Mapping[str, Mapping] | None, records: Mapping[str, np.ndarray] | None, *,
+                           n_boot: int = 1000, seed: int = 0) -> Verdict:
+    """Does DP mitigate memorisation? Per DP arm (attacks: results["attacks"]; records: attacks/records.npz's
+    arrays): its non-private twin must leak (leak SUPPORTED; else INCONCLUSIVE: nothing to mitigate); then
+    the decision is the audit memorisation gain of the DP arm minus its twin's, paired per audit canary
+    (audit_gain_difference; the two arms share a start, which cancels): 95% interval below 0
+    supports (DP memorised less), above 0 contradicts, containing 0 is inconclusive. Beside it, not deciding:
+    the calibrated membership AUC difference DP − twin on the notes, and the DP arm's own leak evidence.
+
+    A relative claim, on purpose: "the DP arm leaks nothing above a margin" in absolute terms needs the
+    members null_support_sample_size gives (524 per side for ΔAUC 0.05), more than these profiles attack."""
+    if not attacks:
+        return _missing("attacks")
+    private = sorted(a for a in attacks if arms.parse(a).private)
+    if not private:
+        return _missing("attacks on a DP arm")
+    boot = dict(n_boot=n_boot, seed=seed)
+    parts = []
+    for arm in private:
+        twin = arms.parse(arm).twin
+        twin_leak = leak(attacks.get(twin))
+        if twin_leak.outcome != SUPPORTED:
+            parts.append(Verdict(INCONCLUSIVE,
+                                 f"{arm}: its twin {twin} shows no leak to mitigate ({twin_leak.evidence})"))
+            continue
+        gain = audit_gain_difference(records, arm, twin, **boot)
+        if gain is None:
+            parts.append(Verdict(INCONCLUSIVE, f"{arm}: not measured: audit scores of {arm} and {twin}"))
+            continue
+        own = leak(attacks[arm])
+        parts.append(Verdict(side(gain, 0.0, "below"),
+                             f"{arm}: {_audit_gain_text(gain, arm, twin)}; beside it: "
+                             f"{_membership_difference_text(records, arm, twin, **boot)}; {arm}'s own leak test "
+                             f"{own.outcome} ({own.evidence}); its twin {twin} leaks", seeds=gain["seeds"]))
+    return _conjunction(parts)
 
 
 def complements_privacy(records: Mapping[str, np.ndarray] | None, *, pruned: str = "pruned-nodp",
                         full: str = "full-nodp", n_boot: int = 1000, seed: int = 0) -> Verdict:
-    """Does a pruned model memorise less? `pruned` vs `full`, paired on the same records: the calibrated
-    membership AUC difference and the mean exact canary-exposure difference, both below 0 support,
-    either above 0 contradicts, an interval containing 0 is inconclusive."""
-    needed = [f"{arm}/{group}/{CALIBRATED_SIGNAL}" for arm in (pruned, full) for group in ("members", "nonmembers")]
-    if not records or any(key not in records for key in needed):
-        return _missing(f"per-record attack scores of {pruned} and {full}")
-    auc = membership_auc_difference(records, pruned, full, n_boot=n_boot, seed=seed)
-    parts = [Verdict(side(auc, 0.0, "below"), f"calibrated AUC {pruned} − {full} {format_interval(auc, 2)}")]
-    canary_keys = [f"{arm}/canaries/exposure_{end}" for arm in (pruned, full) for end in ("low", "high")]
-    exposure = exposure_difference(records, pruned, full, n_boot=n_boot, seed=seed) \
-        if all(key in records for key in canary_keys + ["canaries/repetitions"]) else None
-    parts.append(Verdict(side(exposure, 0.0, "below"),
-                         f"exact exposure {pruned} − {full} {format_interval(exposure)} bits over "
-                         f"{exposure['canaries']} canaries") if exposure else
-                 Verdict(INCONCLUSIVE, f"fewer than {MIN_PAIRED_RECORDS} inserted canaries measured exactly on both"))
-    return _conjunction(parts)
+    """Does a pruned model memorise less? Decided by one pre-registered measure: the audit memorisation gain
+    of `pruned` minus `full`, paired per audit canary (audit_gain_difference): 95% interval below 0 supports,
+    above 0 contradicts, containing 0 is inconclusive. Beside it, not deciding: the calibrated membership AUC
+    difference on the notes and the mean secret-gain difference over the inserted canaries, each paired.
+
+    Why the gain and not the AUC: when both non-private arms memorise (several passes, a large rank), both
+    membership AUCs sit near 1 and their difference is pinned near 0 however much more one arm memorised; a
+    gain in nats does not saturate. And not exposure: past the rank cap every canary reads the same interval."""
+    gain = audit_gain_difference(records, pruned, full, n_boot=n_boot, seed=seed)
+    if gain is None:
+        return _missing(f"audit scores of {pruned} and {full}, with at least {MIN_PAIRED_RECORDS} included and "
+                        "excluded audit canaries")
+    secret = secret_gain_difference(records, pruned, full, n_boot=n_boot, seed=seed)
+    secret_text = (f"secret gain {pruned} − {full} {format_interval(secret)} nats over {secret['canaries']} inserted "
+                   "canaries" if secret else f"secret gain {pruned} − {full} not measured")
+    beside = [_membership_difference_text(records, pruned, full, n_boot=n_boot, seed=seed), secret_text]
+    return Verdict(side(gain, 0.0, "below"), f"{_audit_gain_text(gain, pruned, full)}; beside it: {'; '.join(beside)}",
+                   seeds=gain["seeds"])
 
 
 # --- sample size --------------------------------------------------------------------------------------
+def _smallest_n(holds) -> int:
+    """The smallest n >= 1 for which holds(n), for a condition that, once true, stays true as n grows."""
+    high = 1
+    while not holds(high):
+        high *= 2
+    low = high // 2  # holds(low) is False (or low == 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if holds(middle) else (middle, high)
+    return high
+
+
+def _null_sd(n: int) -> float:
+    """The sd of an AUC over n members and n non-members whose scores are alike (Mann–Whitney's null)."""
+    return math.sqrt((2 * n + 1) / (12 * n * n))
+
+
+def _check_levels(alpha: float, power: float) -> None:
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha and power must lie in (0, 1) (got alpha={alpha}, power={power})")
+
+
 def required_sample_size(auc: float, alpha: float = 0.05, power: float = 0.8) -> float:
     """Members (= non-members) a one-sided test of AUC > 0.5 at level `alpha` needs to detect `auc` with
     `power`: the smallest n with z_(1-α)·sd0(n) + z_power·sd1(n) <= auc - 0.5, where sd0 is the Mann–Whitney
     null sd, sqrt((2n+1)/(12 n²)), and sd1 Hanley & McNeil's (1982) sd at `auc`. inf when auc <= 0.5."""
-    if not 0 < alpha < 1 or not 0 < power < 1:
-        raise ValueError(f"alpha and power must lie in (0, 1) (got alpha={alpha}, power={power})")
+    _check_levels(alpha, power)
     if not 0 <= auc <= 1:
         raise ValueError(f"auc must lie in [0, 1] (got {auc})")
     if auc <= 0.5:
@@ -407,30 +513,40 @@ def required_sample_size(auc: float, alpha: float = 0.05, power: float = 0.8) ->
     q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
 
     def detects(n: int) -> bool:
-        null_var = (2 * n + 1) / (12 * n * n)
         alt_var = (auc * (1 - auc) + (n - 1) * (q1 - auc**2) + (n - 1) * (q2 - auc**2)) / (n * n)
-        return z_alpha * math.sqrt(null_var) + z_power * math.sqrt(max(alt_var, 0.0)) <= auc - 0.5
+        return z_alpha * _null_sd(n) + z_power * math.sqrt(max(alt_var, 0.0)) <= auc - 0.5
 
-    high = 1
-    while not detects(high):
-        high *= 2
-    low = high // 2  # detects(low) is False (or low == 0)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if detects(middle) else (middle, high)
-    return high
+    return _smallest_n(detects)
+
+
+def null_support_sample_size(margin: float, power: float = 0.8, alpha: float = 0.05) -> int:
+    """Members (= non-members) an *absolute* "no leak above `margin`" claim needs: the smallest n at which an
+    arm that leaks nothing (true ΔAUC 0) has the upper end of its two-sided (1 - alpha) ΔAUC interval at or
+    below `margin` with probability `power`: (z_(1-α/2) + z_power)·sd0(n) <= margin, sd0 the Mann–Whitney null
+    sd. 524 for margin 0.05; at 200 per side such a claim holds only about 40% of the time when it is true."""
+    _check_levels(alpha, power)
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0 (got {margin})")
+    z = scipy.stats.norm.ppf(1 - alpha / 2) + scipy.stats.norm.ppf(power)
+    return _smallest_n(lambda n: z * _null_sd(n) <= margin)
 
 
 def leak_table(attacks: Mapping[str, Mapping]) -> pd.DataFrame:
-    """Per fine-tuned arm of results["attacks"]: the leak verdict, its evidence, and the members (and as many
-    non-members) a membership test would need to detect the calibrated signal's observed AUC."""
+    """Per fine-tuned arm of results["attacks"]: the leak verdict, its evidence, the members (and as many
+    non-members) a membership test would need to detect the calibrated signal's observed AUC, and those an
+    absolute "no leak above MINIMAL_AUC_EFFECT" claim would need (null_support_sample_size: the same for every
+    arm, beside the members this run has)."""
     rows = {}
     for arm, arm_attacks in attacks.items():
         if arms.parse(arm).trained:
             verdict = leak(arm_attacks)
-            auc = arm_attacks["membership"]["signals"][CALIBRATED_SIGNAL]["auc"]["value"]
+            membership = arm_attacks["membership"]
             rows[arm] = {"leak detected": verdict.outcome, "evidence": verdict.evidence,
-                         "members needed at this AUC": required_sample_size(auc)}
+                         "members": membership.get("members"),
+                         "members needed at this AUC": required_sample_size(
+                             membership["signals"][CALIBRATED_SIGNAL]["auc"]["value"]),
+                         f"members needed for no leak > {MINIMAL_AUC_EFFECT:g}":
+                             null_support_sample_size(MINIMAL_AUC_EFFECT)}
     return pd.DataFrame(rows).T
 
 
@@ -460,13 +576,15 @@ def criteria(params: dict) -> dict[str, str]:
         "heals": "each `pruned-dp<ε>`, paired per record: perplexity over `pruned-noft` below 1 (improves) and over "
                  f"`base` below {limit} (gets back); recovered fraction (pruned-noft − pruned-dp) / (pruned-noft − "
                  "full-dp) shown",
-        "mitigates_memorisation": "each DP arm: its non-private twin leaks (else inconclusive); the DP arm's "
-                                  "calibrated membership ΔAUC vs its start below "
-                                  f"{MINIMAL_AUC_EFFECT:g} and no inserted canary exposed (above the reference "
-                                  f"band and log2(canaries / {CANARY_ALPHA:g}) bits); a detected leak contradicts",
-        "complements_privacy": "`pruned-nodp` − `full-nodp`, paired on the same records: calibrated membership "
-                               "AUC and exact canary exposure, both intervals below 0 (above 0: contradicted; "
-                               "containing 0: inconclusive)",
+        "mitigates_memorisation": "each DP arm: its non-private twin leaks (else inconclusive); then the audit "
+                                  "memorisation gain (mean audit score of included minus excluded audit canaries, "
+                                  "nats) of the DP arm minus its twin's, paired per audit canary: 95% interval below "
+                                  "0 (above 0: contradicted; containing 0: inconclusive); the calibrated membership "
+                                  "AUC difference and the DP arm's own leak test shown",
+        "complements_privacy": "audit memorisation gain (mean audit score of included minus excluded audit "
+                               "canaries, nats) of `pruned-nodp` minus `full-nodp`, paired per audit canary: 95% "
+                               "interval below 0 (above 0: contradicted; containing 0: inconclusive); calibrated "
+                               "membership AUC and mean canary secret-gain differences shown",
     }
 
 
@@ -492,7 +610,7 @@ def paper_claims(params: dict, results: dict, timings: dict, records: Mapping[st
         "speedup": speedup(seconds["base"], seconds["pruned-noft"]) if all(seconds.values())
         else _missing("per-round prefill seconds"),
         "heals": heals(utility_rows, **utility_boot),
-        "mitigates_memorisation": mitigates_memorisation(attacks),
+        "mitigates_memorisation": mitigates_memorisation(attacks, records.get("attacks"), **boot),
         "complements_privacy": complements_privacy(records.get("attacks"), **boot),
     }
     stated = criteria(params)

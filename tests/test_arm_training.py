@@ -1,13 +1,16 @@
 """Saving a study arm: a standard checkpoint, the guarantee beside it, and nothing noiseless of a DP arm
-published; the per-record sample counts kept beside it for the attacks, never in the published files."""
+published; the per-record sample counts kept beside it for the attacks, never in the published files; the audit
+canaries scored after every pass; an arm that diverged stops the study, named, with nothing saved."""
 
 import copy
+import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_all_in_process
 from test_training import TEXTS, dp_config, small_config
 
 from ppt_core import arm_training, arms, artifacts, batching, training
@@ -36,13 +39,15 @@ def test_sample_counts_are_the_samplers_draws(tiny, trained_pair):
     config = small_config()
     dataset = batching.record_dataset(tiny[1], TEXTS, config.max_length)
     plan = batching.schedule(len(TEXTS), config.expected_batch_size, config.epochs)
-    loader = batching.poisson_loader(dataset, plan, torch.Generator().manual_seed(config.seed))
-    replay = np.zeros(len(TEXTS), dtype=int)
-    for batch in batching.logical_batches(loader, plan.steps):
-        replay[batch] += 1
-    assert dp.sample_counts == replay.tolist()
+    for result, private in ((dp, True), (plain, False)):
+        generator = torch.Generator().manual_seed(batching.sampling_seed(config.seed, private=private))
+        replay = np.zeros(len(TEXTS), dtype=int)
+        for batch in batching.logical_batches(batching.poisson_loader(dataset, plan, generator), plan.steps):
+            replay[batch] += 1
+        assert result.sample_counts == replay.tolist()
     assert 0 in dp.sample_counts  # 5 steps at q = 1/5: some record is never drawn
-    assert plain.sample_counts == dp.sample_counts  # the twins draw the same batches
+    # The twins draw independently: the non-private twin's published batch sizes say nothing of the DP arm's.
+    assert plain.sample_counts != dp.sample_counts and plain.batch_sizes != dp.batch_sizes
 
 
 def test_heldout_curve_is_measured_without_touching_training(trained_pair):
@@ -103,3 +108,42 @@ def test_group_privacy_table(smoke_params, trained_pair):
     assert table["a-dp"]["k=1"] == pytest.approx(dp.epsilon, rel=1e-6)
     assert table["all DP arms together"]["k=1"] > table["a-dp"]["k=1"]
     assert table["a-dp"]["accountant"] == "rdp (k = 1, 4, 16, 64)"
+
+
+def test_the_audit_curve_scores_every_audit_canary_before_training_and_after_each_pass(tiny, smoke_params):
+    from ppt_core import corpus, membership
+
+    model, tokenizer = tiny
+    audit = corpus.audit_canary_records(dict(smoke_params, n_audit_canaries=6), tokenizer)
+    config = small_config(epochs=3.0)
+    peft_model, result = training.finetune(model, tokenizer, TEXTS, config,
+                                           pass_probe=arm_training.audit_probe(tokenizer, audit, config))
+    curve = arm_training.audit_curve(result)
+    per_pass = result.batches_per_pass
+    assert curve["steps"] == [0, per_pass, 2 * per_pass, 3 * per_pass] and curve["passes"] == [0, 1, 2, 3]
+    assert all(len(values) == len(audit) for values in curve["logprobs"])
+    # point 0 is the starting model (LoRA starts at zero), the last one the returned adapter
+    assert np.allclose(curve["logprobs"][0], membership.audit_logprobs(model, tokenizer, audit, progress=False))
+    assert np.allclose(curve["logprobs"][-1], membership.audit_logprobs(peft_model, tokenizer, audit, progress=False))
+    _, without = training.finetune(model, tokenizer, TEXTS, config)
+    assert without.sample_counts == result.sample_counts and without.pass_probes == []  # probing draws nothing
+
+
+def test_a_diverged_arm_stops_with_its_name():
+    result = training.TrainResult(losses=[], batch_sizes=[], sample_counts=[], steps=10, sample_rate=0.1,
+                                  expected_batch_size=3, n_records=30, learning_rate=1e3,
+                                  heldout_losses=[(0, 3.2), (5, 2.0), (10, 3.3)])
+    with pytest.raises(arm_training.TrainingDiverged, match=r"'full-nodp' diverged.*3\.2 .* 3\.3 .*1000"):
+        arm_training.check_converged("full-nodp", result)
+    arm_training.check_converged("full-nodp", dataclasses.replace(result, heldout_losses=[(0, 3.2), (10, 3.1)]))
+    with pytest.raises(arm_training.TrainingDiverged, match="nan"):
+        arm_training.check_converged("pruned-dp8", dataclasses.replace(result, heldout_losses=[(0, 3.2), (10, np.nan)]))
+
+
+def test_a_planted_learning_rate_stops_notebook_03_naming_the_arm(smoke_run, copy_run, run_name):
+    paths = copy_run(smoke_run, "data", "models/pruned-noft")
+    result = run_all_in_process("--profile", "smoke", "--run-name", run_name, "--only", "03",
+                                "--set", "nodp_learning_rate=1000")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "TrainingDiverged" in result.stderr and "'full-nodp' diverged" in result.stderr, result.stderr[-2000:]
+    assert not (paths.models / "full-nodp").exists()  # nothing of the failed arm is saved

@@ -74,7 +74,7 @@ def test_membership_auc_near_one_on_memorised_records_and_near_half_on_unseen(me
         assert abs(unseen["signals"][signal]["auc"]["value"] - 0.5) < 0.25, signal
 
 
-def test_extraction_and_canaries_succeed_on_memorised_data_only(memorised):
+def test_extraction_and_canaries_succeed_on_memorised_data_only(memorised, tiny):
     model, tokenizer, splits, notes, canary, _ = memorised
     kw = dict(prefix_tokens=8, suffix_tokens=MEMORISED_TOKENS - 9, progress=False)  # suffix stays in the trained span
     member_rows = extraction.extraction_attack(model, tokenizer, notes, **kw)
@@ -91,6 +91,11 @@ def test_extraction_and_canaries_succeed_on_memorised_data_only(memorised):
     band = canaries.reference_band([dict(never, repetitions=0)])
     assert inserted["exposure_low"] > band[1]
     assert canaries.canary_extraction(model, tokenizer, [canary, reference], progress=False) == [True, False]
+    # The secret gain over the starting model (what the verdicts rank): large on the trained secret only.
+    references = splits.reference_canaries
+    gains = (canaries.canary_secret_logprobs(model, tokenizer, [canary, *references])
+             - canaries.canary_secret_logprobs(*tiny, [canary, *references]))
+    assert gains[0] > 10 and canaries.rank_p_value(gains[0], gains[1:]) == pytest.approx(1 / (len(references) + 1))
 
 
 # --- every arm ------------------------------------------------------------------------------------
@@ -126,6 +131,25 @@ def test_audit_table_reads_a_non_private_claim_as_infinite():
     assert table.loc["full-dp8", "m (included)"] == "32 (15)"
 
 
+def test_the_claim_after_each_pass_is_a_fresh_accountants_and_the_table_reads_it():
+    from ppt_core import privacy
+
+    guarantee = {"private": True, "noise_multiplier": 0.9, "sample_rate": 0.04, "delta": 1e-5, "accountant": "prv"}
+    curve = {"steps": [0, 25, 50], "passes": [0, 1, 2], "logprobs": [[0.0], [0.0], [0.0]]}
+    claimed = attacks.claimed_after_steps(guarantee, curve)
+    assert claimed[0] == 0.0 and claimed[2] == privacy.accountant_epsilon(0.9, 0.04, 50, 1e-5, "prv") > claimed[1] > 0
+    assert attacks.claimed_after_steps(dict(guarantee, private=False), curve) is None
+    assert attacks.claimed_after_steps(guarantee, None) is None
+    points = [{"step": 25 * t, "passes": float(t), "claimed_epsilon": c, "epsilon_lower_one_run": 0.0,
+               "epsilon_lower_fdp": 0.1 * t, "auc": 0.5} for t, c in ((1, claimed[1]), (2, claimed[2]))]
+    table = attacks.audit_over_training_table({"base": {}, "full-dp8": {"audit": {"over_training": points}},
+                                               "full-nodp": {"audit": {"over_training": [dict(points[0],
+                                                                                             claimed_epsilon=None)]}}})
+    assert list(table.index) == [("full-dp8", 1.0), ("full-dp8", 2.0), ("full-nodp", 1.0)]
+    assert table.loc[("full-dp8", 2.0), "claimed ε(t)"] == claimed[2]
+    assert table.loc[("full-nodp", 1.0), "claimed ε(t)"] == np.inf
+
+
 # --- what notebook 06 shows -------------------------------------------------------------------------
 def test_membership_tables_show_every_signal_and_no_delta_for_the_starts():
     auc = {"value": 0.61, "low": 0.52, "high": 0.7}
@@ -145,14 +169,17 @@ def test_membership_tables_show_every_signal_and_no_delta_for_the_starts():
 
 def test_canary_and_extraction_tables_read_the_summaries():
     rows = [{"id": f"c{i}", "repetitions": reps, "method": method, "rank": None, "exposure_low": low,
-             "exposure_high": high, "greedy_extracted": hit}
-            for i, (reps, method, low, high, hit) in enumerate([
-                (0, "exact", 2.5, 2.5, False), (4, "exact", 6.0, 6.0, True), (4, "beyond cap", 2.0, 9.0, False)])]
+             "exposure_high": high, "greedy_extracted": hit, "secret_gain": gain}
+            for i, (reps, method, low, high, hit, gain) in enumerate([
+                (0, "exact", 2.5, 2.5, False, 0.2), (0, "exact", 1.0, 1.0, False, -0.1),
+                (4, "exact", 6.0, 6.0, True, 3.0), (4, "beyond cap", 2.0, 9.0, False, 0.1)])]
     summary = canaries.canary_summary(rows, secret_space=10**6, rank_cap=100)
     table = attacks.canary_table({"full-nodp": {"canaries": summary}, "base": {}})
     assert list(table.index) == ["full-nodp"]  # an arm without canaries has no row
-    assert table.loc["full-nodp", "0 reps: above band / exact / of"] == "0 / 1 / 1"
-    assert table.loc["full-nodp", "4 reps: above band / exact / of"] == "1 / 1 / 2"
+    assert "0 reps: above null / exact / of" not in table.columns  # the reference canaries are the null itself
+    assert table.loc["full-nodp", "4 reps: above null / exact / of"] == "1 / 1 / 2"
+    assert table.loc["full-nodp", "reference canaries"] == 2
+    assert table.loc["full-nodp", "reference gain max (nats)"] == 0.2
     assert table.loc["full-nodp", "greedy extraction at highest reps"] == 0.5
     row = {"bertscore_f1": 0.9, "exact_suffix": True, "pii_in_suffix": ["MRN"], "pii_extracted": ["MRN"]}
     heldout = dict(row, bertscore_f1=0.5, exact_suffix=False, pii_extracted=[])

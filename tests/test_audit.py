@@ -1,12 +1,11 @@
-"""The one-run audit: jax-privacy's bounds behave as the theory says, a memorising non-private run is caught
-(lower bound above 1), a DP run at ε = 1 never is, and a bound above the claim stops the study."""
+"""The one-run audit: jax-privacy's bounds behave as the theory says; over training, a memorising non-private run
+is caught (lower bound above 1 after its last pass, one point per pass), a DP run at ε = 1 never is, at any pass,
+and its ε after t passes is a fresh accountant's; a bound above the claim stops the study."""
 
 import numpy as np
 import pytest
-import torch
 
-from ppt_core import audit, data, membership, profiles, tokens, train_config, training
-from ppt_core.models import load_model
+from ppt_core import arm_training, audit, data, profiles, train_config, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,6 +35,8 @@ def test_a_bound_above_the_claim_stops_with_the_arm_named():
     audit.check_claim("full-nodp", bounds, None)
     with pytest.raises(audit.GuaranteeViolation, match="'pruned-dp1'.*2.100.*1.000"):
         audit.check_claim("pruned-dp1", bounds, 1.0)
+    with pytest.raises(audit.GuaranteeViolation, match="'pruned-dp1' after 2 passes: .*1.300"):
+        audit.check_claim("pruned-dp1", {"one_run": 1.3, "fdp": 0.0}, 1.0, when="after 2 passes")
 
 
 @pytest.fixture(scope="module")
@@ -45,40 +46,76 @@ def audit_data(tmp_path_factory):
     return params, splits
 
 
-def _audit_bounds(arm, start, splits, delta):
-    scores = membership.audit_scores(membership.audit_logprobs(*arm, splits.audit, progress=False),
-                                     membership.audit_logprobs(*start, splits.audit, progress=False))
-    return audit.epsilon_lower_bounds(scores, np.array([r["included"] for r in splits.audit]), delta=delta)
+def _audit_over_training(splits, config, tiny):
+    """Train LoRA on the tiny model through the study's own loop, on the audit canaries of train only (to keep
+    the test short: the notes would not change the point), scoring every audit canary before training and
+    after every pass; return the result and the audit's bounds after each pass, each against the accountant's
+    ε after those steps."""
+    model, tokenizer = tiny
+    texts = [r["text"] for r in splits.train if r["kind"] == "audit"]
+    probe = arm_training.audit_probe(tokenizer, splits.audit, config)
+    _, result = training.finetune(model, tokenizer, texts, config, pass_probe=probe)
+    curve = arm_training.audit_curve(result)
+    claimed = [result.epsilon_after(step) for step in curve["steps"]]
+    included = np.array([r["included"] for r in splits.audit])
+    return result, audit.bounds_over_training(curve, included, delta=config.dp.delta if config.dp else 1e-5,
+                                              claimed=claimed)
 
 
-def test_a_memorising_non_private_run_is_caught(audit_data, tiny):
-    """All weights, several epochs, no DP: the model learns the included canaries' random words (only the
-    audit canaries of train are trained on, to keep the test short; the notes would not change the point)."""
+# Rank 16 on every projection and on the output head: the tiny model's frozen 64-wide head and norm leave the
+# blocks' adapters too little room to raise one of 49k random tokens (rank 16 on the blocks alone stays at AUC 0.6).
+MEMORISING = dict(progress=False, lora_rank=16, lr_schedule="constant", expected_batch_size=8, physical_batch_size=16,
+                  epochs=4.0, max_length=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj", "lm_head"])
+
+
+def test_a_memorising_non_private_run_is_caught_and_climbs_over_the_passes(audit_data, tiny):
+    """Rank 16 adapters, 4 passes, no DP: the model learns the included canaries' random words, and the audit after
+    every pass (one point per pass) climbs and ends above 1."""
     params, splits = audit_data
-    model, tokenizer = load_model("tiny-random-llama", device="cpu")
-    batch = tokens.encode(tokenizer, [r["text"] for r in splits.train if r["kind"] == "audit"], 16)
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(30):
-        for index in torch.randperm(len(batch["input_ids"])).split(32):
-            loss = model(**{k: v[index] for k, v in batch.items()}).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    bounds = _audit_bounds((model, tokenizer), tiny, splits, params["delta"])
-    assert bounds["one_run"] > 1 and bounds["fdp"] > 1, bounds
+    config = train_config.config_from_params(params, None, learning_rate=1e-2, **MEMORISING)
+    result, points = _audit_over_training(splits, config, tiny)
+    assert [p["step"] for p in points] == [result.batches_per_pass * t for t in range(1, 5)]
+    assert [p["passes"] for p in points] == list(range(1, 5))
+    assert all(p["claimed_epsilon"] is None for p in points)
+    assert points[-1]["epsilon_lower_fdp"] > 1 and points[-1]["epsilon_lower_one_run"] > 0, points[-1]
+    assert points[-1]["epsilon_lower_fdp"] > points[0]["epsilon_lower_fdp"]
 
 
-def test_a_dp_run_at_epsilon_one_stays_below_its_claim(audit_data, tiny):
+def test_a_dp_run_at_epsilon_one_stays_below_its_claim_at_every_pass(audit_data, tiny):
     params, splits = audit_data
-    config = train_config.config_from_params(params, 1.0, progress=False, learning_rate=5e-2)
-    peft_model, result = training.finetune(*tiny, splits.texts("train"), config)
-    bounds = _audit_bounds((peft_model, tiny[1]), tiny, splits, params["delta"])
-    assert result.epsilon <= 1.0
-    assert max(bounds["one_run"], bounds["fdp"]) <= 1.0
-    audit.check_claim("full-dp1", bounds, result.epsilon)
+    config = train_config.config_from_params(params, 1.0, learning_rate=1e-2, **MEMORISING)
+    result, points = _audit_over_training(splits, config, tiny)
+    assert len(points) == 4 and result.epsilon <= 1.0
+    assert points[-1]["claimed_epsilon"] == pytest.approx(result.epsilon, rel=1e-6)  # the run's own accountant
+    for point in points:
+        assert 0 < point["claimed_epsilon"] <= 1.0
+        assert max(point["epsilon_lower_one_run"], point["epsilon_lower_fdp"]) <= point["claimed_epsilon"], point
+    claims = [p["claimed_epsilon"] for p in points]
+    assert claims == sorted(claims)  # ε(t) grows with the passes
+
+
+def test_the_epsilon_after_t_passes_is_a_fresh_accountants_for_that_many_steps():
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    result = training.TrainResult(losses=[], batch_sizes=[], sample_counts=[], heldout_losses=[], steps=60,
+                                  sample_rate=0.05, expected_batch_size=5, n_records=100, epsilon=None, delta=1e-5,
+                                  noise_multiplier=1.1, accountant="prv")
+    for steps in (20, 40, 60):
+        fresh = PRVAccountant()
+        fresh.history = [(1.1, 0.05, steps)]
+        assert result.epsilon_after(steps) == pytest.approx(fresh.get_epsilon(delta=1e-5), rel=1e-6)
+    rdp = RDPAccountant()
+    rdp.history = [(1.1, 0.05, 20)]
+    assert training.TrainResult(**{**result.__dict__, "accountant": "rdp"}).epsilon_after(20) == pytest.approx(
+        rdp.get_epsilon(delta=1e-5), rel=1e-9)
+    assert training.TrainResult(**{**result.__dict__, "noise_multiplier": None}).epsilon_after(20) is None
+
+
+def test_an_audit_curve_must_start_at_the_starting_model():
+    with pytest.raises(ValueError, match="step 0"):
+        audit.bounds_over_training({"steps": [5], "passes": [1.0], "logprobs": [[0.0, 1.0]]}, np.r_[True, False],
+                                   delta=1e-5)
 
 
 def test_a_missing_or_changed_auditor_stops_before_any_work(monkeypatch):

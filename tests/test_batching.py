@@ -50,3 +50,17 @@ def test_virtual_steps_take_one_step_per_logical_batch():
         steps.zero_grad()
     assert weight.item() == 3.0  # the three gradients summed, applied once
     assert steps.last_step_skipped is False and weight.grad is None
+
+
+def test_private_and_non_private_arms_draw_on_independent_streams_of_one_seed():
+    seeds = {(seed, private): batching.sampling_seed(seed, private) for seed in (0, 1) for private in (True, False)}
+    assert len(set(seeds.values())) == 4  # a twin never draws its DP arm's batches, nor another seed's
+    assert batching.sampling_seed(0, True) == batching.sampling_seed(0, True)  # reproducible
+    dataset = torch.utils.data.TensorDataset(*(torch.ones(40, 4, dtype=torch.long) for _ in batching.BATCH_FIELDS))
+    plan = batching.schedule(40, 8, 2.0)
+
+    def draws(private):
+        generator = torch.Generator().manual_seed(batching.sampling_seed(0, private))
+        return [sorted(b) for b in batching.logical_batches(batching.poisson_loader(dataset, plan, generator), 10)]
+
+    assert draws(True) == draws(True) and draws(True) != draws(False)

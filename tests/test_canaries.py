@@ -1,5 +1,5 @@
-"""Canary exposure: exact ranks on scorers whose ranks we know, the exposure interval from samples, the
-KV-cached scorers against plain scoring, and what notebook 06 shows of the canaries."""
+"""Canaries: exact ranks on scorers whose ranks we know, the exposure interval from samples, the KV-cached
+scorers against plain scoring, the rank p-value of a secret gain under the null, and what notebook 06 shows."""
 
 import numpy as np
 import pytest
@@ -68,10 +68,12 @@ def test_secret_logprobs_equal_plain_full_sequence_scoring(tiny):
     secrets = ["048213", "999999", "000001", "512"]
     cached = canaries.secret_logprobs(model, tokenizer, prefix, secrets, batch_size=3)
     n_prefix = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
-    for secret, value in zip(secrets, cached):
+    one_each = canaries.canary_secret_logprobs(model, tokenizer, [{"prefix": prefix, "secret": s} for s in secrets])
+    for secret, value, alone in zip(secrets, cached, one_each):
         logprobs = evaluation.token_logprobs(model, tokenizer, [prefix + secret], max_length=64, progress=False)[0]
         # logprobs[i] scores token i+1; drop the EOS that scoring appends.
         assert value == pytest.approx(logprobs[n_prefix - 1:-1].sum(), abs=1e-3)
+        assert alone == pytest.approx(value, abs=1e-4)  # one candidate alone: its whole secret, as among many
 
 
 def test_next_digit_scorer_agrees_with_plain_scoring_and_ranks_exactly(tiny):
@@ -103,17 +105,35 @@ def test_a_tokenizer_that_merges_digits_is_detected(tiny):
         canaries.NextDigitScorer(model, Merging(), "code: ", "12")
 
 
-def test_canary_summary_counts_the_canaries_above_the_reference_band():
+def test_rank_p_value_is_exact_under_the_null():
+    """A never-inserted canary's gain ranks uniformly among the others': p <= k / 21 exactly k / 21 of the time."""
+    draws = np.random.default_rng(0).normal(size=(4000, 21))
+    p = np.array([canaries.rank_p_value(row[0], row[1:]) for row in draws])
+    assert p.min() == pytest.approx(1 / 21)
+    for k in (1, 5, 10):
+        assert np.mean(p <= k / 21 + 1e-12) == pytest.approx(k / 21, abs=0.012)
+    assert canaries.rank_p_value(1.0, [1.0, 0.0]) == pytest.approx(2 / 3)  # a tie counts against the canary
+
+
+def test_canary_summary_ranks_the_secret_gains_against_the_reference_canaries():
     summary = canaries.canary_summary(CANARY_ROWS, secret_space=10**6, rank_cap=100)
     assert summary["reference_band"] == [1.0, 2.5] and summary["highest_repetitions"] == 4
+    assert summary["n_reference"] == 2 and summary["reference_gain_max"] == 0.4
     assert summary["by_repetitions"]["4"] == {"canaries": 2, "exact": 1, "above_reference_band": 1,
                                               "exposure_low_min": 2.0, "exposure_high_max": 9.0,
                                               "greedy_extracted": 0.5}
-    assert summary["by_repetitions"]["1"]["above_reference_band"] == 0  # 2 bits: inside the null band
+    # The gain decides, not the exposure: 2 bits is inside the exposure band, but 0.5 nats beats every reference.
+    assert summary["by_repetitions"]["1"]["above_reference_band"] == 1
+    assert summary["by_repetitions"]["0"]["above_reference_band"] == 0
+    p_values = [row["p_value"] for row in summary["rows"]]
+    assert p_values == pytest.approx([1.0, 0.5, 1 / 3, 2 / 3, 1 / 3])  # a reference canary against the other one
+    assert [row["secret_gain"] for row in summary["rows"]] == [0.1, 0.4, 2.0, 0.3, 0.5]
+    assert "p_value" not in CANARY_ROWS[0]  # the rows it was given are left as they were
 
 
 CANARY_ROWS = [{"id": f"c{i}", "repetitions": reps, "method": method, "rank": None, "exposure_low": low,
-                "exposure_high": high, "greedy_extracted": hit}
-               for i, (reps, method, low, high, hit) in enumerate([
-                   (0, "exact", 1.0, 1.0, False), (0, "exact", 2.5, 2.5, False),  # the null: never inserted
-                   (4, "exact", 6.0, 6.0, True), (4, "beyond cap", 2.0, 9.0, False), (1, "exact", 2.0, 2.0, False)])]
+                "exposure_high": high, "greedy_extracted": hit, "secret_gain": gain}
+               for i, (reps, method, low, high, hit, gain) in enumerate([
+                   (0, "exact", 1.0, 1.0, False, 0.1), (0, "exact", 2.5, 2.5, False, 0.4),  # the null: never inserted
+                   (4, "exact", 6.0, 6.0, True, 2.0), (4, "beyond cap", 2.0, 9.0, False, 0.3),
+                   (1, "exact", 2.0, 2.0, False, 0.5)])]

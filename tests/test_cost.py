@@ -9,7 +9,7 @@ def test_projection_scales_measured_seconds_by_tokens_and_seeds():
     quick = profiles.get_profile("quick")
     measured = {"03_dp_lora_finetuning": 600.0, "04_utility_and_inference": 60.0}
     assert cost.projected_seconds(quick, measured, quick) == pytest.approx(measured)
-    twice = profiles.get_profile("quick", epochs=2.0, n_eval=32)
+    twice = profiles.get_profile("quick", epochs=2 * quick["epochs"], n_eval=2 * quick["n_eval"])
     projected = cost.projected_seconds(quick, measured, twice)
     assert projected["04_utility_and_inference"] == pytest.approx(120.0)
     assert 1000 < projected["03_dp_lora_finetuning"] < 1200  # twice the steps; the loss curve stays

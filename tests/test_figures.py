@@ -71,3 +71,19 @@ def test_utility_and_speed_reads_the_speed_batch_of_every_arm():
     heights = [[bar.get_height() for bar in ax.patches] for ax in fig.axes]
     assert heights == [[30.0, 45.0], [100.0, 125.0], [10.0, 8.0]]
     assert np.isclose(heights[2][1], 1000 / 125)
+
+
+def test_audit_over_training_draws_each_arms_bounds_and_a_dp_arms_claim():
+    from ppt_core import figures
+
+    def point(passes, fdp, claimed):
+        return {"passes": passes, "epsilon_lower_fdp": fdp, "epsilon_lower_one_run": fdp / 2,
+                "claimed_epsilon": claimed, "auc": 0.5}
+
+    results = {"base": {}, "full-nodp": {"audit": {"over_training": [point(1, 0.0, None), point(2, 1.5, None)]}},
+               "full-dp8": {"audit": {"over_training": [point(1, 0.0, 5.0), point(2, 0.1, 8.0)]}}}
+    ax = figures.audit_over_training(results).axes[0]
+    lines = [(line.get_label(), list(line.get_ydata())) for line in ax.get_lines()]
+    assert lines[0] == ("full-nodp", [0.0, 1.5]) and lines[1][1] == [0.0, 0.75]  # f-DP, then one-run
+    assert lines[2] == ("full-dp8", [0.0, 0.1]) and lines[4][1] == [5.0, 8.0]  # a DP arm's claimed ε(t)
+    assert len(lines) == 5  # no claim line for the non-private arm, nothing for an untrained one

@@ -25,7 +25,7 @@ def test_tuning_refuses_user_data_and_colliding_seeds(params, tmp_path):
         lr_tuning.tuning_params(dict(params, data_path=str(tmp_path / "notes.jsonl")))
     with pytest.raises(lr_tuning.TuningError, match="tuning range"):
         lr_tuning.tuning_params(dict(params, seeds=[0, lr_tuning.TUNING_SEED_OFFSET]))
-    with pytest.raises(lr_tuning.TuningError, match="pruned family"):
+    with pytest.raises(lr_tuning.TuningError, match="pruned arms use their family"):
         lr_tuning.tune_learning_rate(params, "pruned-dp8", [1e-2])
     with pytest.raises(lr_tuning.TuningError, match="positive"):
         lr_tuning.tune_learning_rate(params, "full-dp8", [0.0])
@@ -40,13 +40,23 @@ def test_check_disjoint_catches_a_shared_text(tiny, params, tmp_path):
         lr_tuning.check_disjoint(study, drawn)
 
 
-def test_tuning_trains_each_rate_on_the_draw_and_picks_the_lowest_heldout_loss(params, one_thread):
-    record = lr_tuning.tune_learning_rate(params, "full-dp8", [1e-3, 3e-1], n_eval=8, progress=False)
-    assert record["learning_rates"] == [1e-3, 3e-1]
-    best = min(range(2), key=record["heldout_loss"].__getitem__)
-    assert record["chosen_learning_rate"] == record["learning_rates"][best]
-    assert record["heldout_loss"][0] != record["heldout_loss"][1]
-    assert all(0 < eps <= 8 for eps in record["epsilon"])  # the DP arm's own accountant, not a guess
-    assert record["tuning_seed"] == lr_tuning.TUNING_SEED_OFFSET + params["seed"]
+def test_tuning_picks_a_rate_per_family_on_the_draw_each_by_its_lowest_heldout_loss(params, one_thread):
+    record = lr_tuning.tune_families(params, {"nodp": [1e-3, 3e-1], "dp": [1e-3, 3e-1]}, n_eval=8, progress=False)
+    assert record["profile"] == "smoke" and set(record["families"]) == {"nodp", "dp"}
+    nodp, dp = record["families"]["nodp"], record["families"]["dp"]
+    assert (nodp["arm"], dp["arm"]) == ("full-nodp", "full-dp8")
+    assert nodp["profile_learning_rate"] == params["nodp_learning_rate"]
+    assert dp["profile_learning_rate"] == params["dp_learning_rate"]
+    for family in (nodp, dp):
+        assert family["learning_rates"] == [1e-3, 3e-1]
+        best = min(range(2), key=family["heldout_loss"].__getitem__)
+        assert family["chosen_learning_rate"] == family["learning_rates"][best]
+        assert family["heldout_loss"][0] != family["heldout_loss"][1]
+        assert family["tuning_seed"] == lr_tuning.TUNING_SEED_OFFSET + params["seed"]
+    assert nodp["epsilon"] == [None, None]
+    assert all(0 < eps <= 8 for eps in dp["epsilon"])  # the DP arm's own accountant, not a guess
+    assert nodp["heldout_loss"] != dp["heldout_loss"]  # clipping and noise change the outcome of a rate
     assert (artifacts.run_paths(lr_tuning.tuning_params(params)).data / "train.jsonl").exists()
     assert not artifacts.run_paths(params).root.exists()  # the study's run folder is never written
+    with pytest.raises(lr_tuning.TuningError, match="unknown famil"):
+        lr_tuning.tune_families(params, {"private": [1e-3]})

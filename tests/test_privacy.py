@@ -41,3 +41,7 @@ def test_prv_hands_tiny_group_noise_to_rdp():
     assert privacy.usable_accountant(tiny_noise, "prv") == "rdp"
     assert privacy.usable_accountant([(SIGMA, RATE, STEPS)], "prv") == "prv"
     assert privacy.composed_epsilon(tiny_noise, DELTA, "prv") == pytest.approx(fresh_rdp(tiny_noise), rel=1e-9)
+
+
+def test_no_step_spends_nothing():
+    assert privacy.accountant_epsilon(1.0, 0.1, 0, 1e-5, "prv") == 0.0

@@ -1,4 +1,4 @@
-"""results.md: the table's intervals and exposures as Markdown, the claims, and what the guarantee covers."""
+"""results.md: the table's intervals and canary counts as Markdown, the claims, and what the guarantee covers."""
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,7 @@ def one_row_table():
         "membership_signal": "reference", "membership_auc": 0.51, "membership_auc_low": 0.44,
         "membership_auc_high": 0.58, "delta_auc": 0.01, "delta_auc_low": -0.06, "delta_auc_high": 0.08,
         "exposure_highest_low": 3.0, "exposure_highest_high": 9.5, "canary_repetitions": 16,
-        "reference_band_low": 0.5, "reference_band_high": 4.0, "audit_epsilon_one_run": 0.0,
+        "canaries_highest": 4, "canaries_above_null": 1, "canary_p_value": 0.0312, "audit_epsilon_one_run": 0.0,
         "audit_epsilon_fdp": np.nan, "extraction_hits": 0.0, "extraction_hits_low": 0.0,
         "extraction_hits_high": 0.21, "synthetic_pii_leak": np.nan, "synthetic_pii_leak_low": np.nan,
         "synthetic_pii_leak_high": np.nan}]).set_index("arm")
@@ -25,7 +25,9 @@ def test_markdown_table_writes_intervals_exposures_and_nothing_for_the_unmeasure
     assert cells[0] == "`pruned-dp8`" and cells[4] == "31.2 [29, 33.5]"
     assert cells[5] == "1234 (1.25×)"
     assert cells[6] == "0.51 [0.44, 0.58] (reference)"
-    assert cells[8] == "[3, 9.5] at 16× ([0.5, 4])"  # an interval: the rank lay beyond the cap
+    assert cells[8] == "1 of 4 at 16× (p = 0.031)"  # above every reference canary's gain; the rank test's p
+    unmeasured = report.markdown_table(one_row_table().assign(canary_p_value=np.nan)).splitlines()[2]
+    assert "1 of 4 at 16× (p = –)" in unmeasured
     assert cells[9] == "0 / –" and cells[11] == "–"
 
 

@@ -27,3 +27,10 @@ def test_train_config_defaults_are_the_quick_profiles():
     assert train_config.config_from_params(quick, 8).dp == privacy.DPConfig(target_epsilon=8.0, delta=quick["delta"])
     with pytest.raises(errors.TrainingConfigError, match=r"unknown TrainConfig setting\(s\) \['learning_rat'\]"):
         train_config.config_from_params(quick, learning_rat=1e-3)
+
+
+def test_each_family_trains_at_its_own_learning_rate(smoke_params):
+    params = dict(smoke_params, nodp_learning_rate=1e-3, dp_learning_rate=4e-3)
+    assert train_config.config_from_params(params).learning_rate == 1e-3
+    assert train_config.config_from_params(params, 8).learning_rate == 4e-3
+    assert train_config.config_from_params(params, 8, learning_rate=2e-2).learning_rate == 2e-2  # an override wins

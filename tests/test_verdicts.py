@@ -2,6 +2,8 @@
 tables, the paired bootstrap resolves what unpaired intervals cannot, exact intervals for shares,
 and the sample size a membership test needs."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -122,102 +124,162 @@ def test_recovered_fraction_is_the_share_of_the_way_back(difficulty):
 
 
 # --- leaks, DP mitigation, pruning and privacy ----------------------------------------------------------
-def arm_attacks(delta=(0.0, -0.03, 0.04), exposures=((4, 2.0, 2.0),), band=(0.5, 3.0), audit=None):
-    """A hand-built results["attacks"][arm] in the contract's shape."""
+def canary_rows(shift=0.0, *, inserted=4, reference=20, repetitions=32, seed=0):
+    """Canary rows of results["attacks"][arm]["canaries"]: `inserted` canaries whose secret gain (nats) is
+    shifted by `shift` above that of `reference` never-inserted ones, every exposure the rank cap's [0, 12.6]
+    bits (what every canary reads in the memorisation regime)."""
+    rng = np.random.default_rng(seed)
+    gains = np.r_[rng.normal(shift, 0.3, inserted), rng.normal(0, 0.3, reference)]
+    return [{"id": f"c{i}", "repetitions": reps, "secret_gain": float(gain), "method": "beyond cap",
+             "exposure_low": 0.0, "exposure_high": 12.6}
+            for i, (reps, gain) in enumerate(zip([repetitions] * inserted + [0] * reference, gains))]
+
+
+def arm_attacks(delta=(0.0, -0.03, 0.04), canaries=None, audit=None):
+    """A hand-built results["attacks"][arm] in the contract's shape; audit: (f-DP, one-run) ε lower bounds."""
     value, low, high = delta
     summary = {
         "membership": {"members": 100, "nonmembers": 100, "signals": {"reference": {
             "auc": {"value": 0.5 + value, "low": 0.5 + low, "high": 0.5 + high},
             "delta_auc_vs_start": {"value": value, "low": low, "high": high}}}},
-        "canaries": {"secret_space": 10**6, "rank_cap": 10**4, "reference_band": list(band),
-                     "rows": [{"id": f"c{i}", "repetitions": r, "exposure_low": lo, "exposure_high": hi,
-                               "method": "exact" if lo == hi else "beyond cap"}
-                              for i, (r, lo, hi) in enumerate(exposures)]
-                     + [{"id": "ref", "repetitions": 0, "exposure_low": band[1], "exposure_high": band[1],
-                         "method": "exact"}]},
+        "canaries": {"secret_space": 10**6, "rank_cap": 100, "rows": canary_rows() if canaries is None else canaries},
     }
     if audit is not None:
-        summary["audit"] = {"m": 100, "included": 50, "claimed_epsilon": 8.0, "epsilon_lower_one_run": audit,
-                            "epsilon_lower_fdp": 0.0, "auc": {"value": 0.5, "low": 0.4, "high": 0.6}}
+        summary["audit"] = {"m": 100, "included": 50, "claimed_epsilon": 8.0, "epsilon_lower_fdp": audit[0],
+                            "epsilon_lower_one_run": audit[1], "auc": {"value": 0.5, "low": 0.4, "high": 0.6}}
     return summary
 
 
-def test_leak_is_detected_by_any_attack_and_never_excluded_by_absence():
+LEAKING = dict(delta=(0.3, 0.2, 0.4), canaries=canary_rows(3.0))
+EXCLUDED = dict(delta=(0.0, -0.04, 0.04), canaries=canary_rows(-1.0, inserted=30, reference=30))
+
+
+def test_leak_is_detected_by_any_pre_registered_test_and_never_excluded_by_absence():
     assert verdicts.leak(arm_attacks(delta=(0.2, 0.1, 0.3))).outcome == SUPPORTED  # membership
-    assert verdicts.leak(arm_attacks(exposures=((16, 15.0, 15.0),))).outcome == SUPPORTED  # a canary
-    assert verdicts.leak(arm_attacks(audit=0.4)).outcome == SUPPORTED  # the audit
-    assert verdicts.leak(arm_attacks(audit=0.0)).outcome == CONTRADICTED  # tight interval, nothing exposed
-    wide = verdicts.leak(arm_attacks(delta=(0.02, -0.15, 0.2)))
+    assert verdicts.leak(arm_attacks(canaries=canary_rows(3.0))).outcome == SUPPORTED  # the canaries' gains
+    assert verdicts.leak(arm_attacks(audit=(0.4, 0.0))).outcome == SUPPORTED  # the f-DP audit bound
+    one_run = verdicts.leak(arm_attacks(audit=(0.0, 0.4)))
+    assert one_run.outcome == INCONCLUSIVE and "one-run 0.4" in one_run.evidence  # shown, but it does not decide
+    assert verdicts.leak(arm_attacks(**EXCLUDED, audit=(0.0, 0.0))).outcome == CONTRADICTED  # both exclude
+    # Membership excludes, the canaries show nothing: 4 canaries cannot exclude an effect, so no "no leak".
+    nothing = verdicts.leak(arm_attacks(delta=(0.0, -0.04, 0.04)))
+    assert nothing.outcome == INCONCLUSIVE and "4 canaries inserted 32×" in nothing.evidence
+    wide = verdicts.leak(arm_attacks(delta=(0.02, -0.15, 0.2), canaries=EXCLUDED["canaries"]))
     assert wide.outcome == INCONCLUSIVE  # nothing detected, but effects above the minimal one not excluded
-    straddling = verdicts.leak(arm_attacks(exposures=((16, 3.5, 19.9),)))
-    assert straddling.outcome == INCONCLUSIVE  # beyond the rank cap: the interval straddles the threshold
     assert verdicts.leak(None).outcome == INCONCLUSIVE and "not measured" in verdicts.leak({}).evidence
 
 
-def test_canary_threshold_guards_against_luck_over_many_canaries():
-    one = arm_attacks(exposures=((4, 2.0, 2.0),), band=(0.5, 3.0))
-    many = arm_attacks(exposures=tuple((4, 2.0, 2.0) for _ in range(64)), band=(0.5, 3.0))
-    assert verdicts.canary_threshold(one["canaries"]) == pytest.approx(max(3.0, np.log2(1 / 0.05)))
-    assert verdicts.canary_threshold(many["canaries"]) == pytest.approx(np.log2(64 / 0.05))
-    # 8 bits beats the reference band, but among 64 canaries a never-seen secret gets there by luck.
-    lucky = arm_attacks(exposures=((4, 8.0, 8.0),) + tuple((4, 1.0, 1.0) for _ in range(63)))
-    assert verdicts.leak(lucky).outcome != SUPPORTED
+def test_the_canary_verdict_does_not_move_with_the_rank_cap():
+    """Past the cap every canary reads [0, 12.6] bits whatever it gained: the exposure decided "excluded" for
+    every canary then. The gains decide now; the exposures can say anything."""
+    for shift, found in ((3.0, "detected"), (0.0, None)):
+        rows = canary_rows(shift)
+        uncapped = [dict(row, exposure_high=19.9) for row in rows]
+        outcomes = {verdicts._canary_test({"rows": r})[0] for r in (rows, uncapped)}
+        assert outcomes == {found}
 
 
-def test_mitigates_memorisation_reaches_every_verdict():
-    leaking = arm_attacks(delta=(0.3, 0.2, 0.4), exposures=((16, 14.0, 14.0),))
-    quiet = arm_attacks(delta=(0.0, -0.04, 0.04), exposures=((16, 1.5, 1.5),))
-    supported = verdicts.mitigates_memorisation({"full-nodp": leaking, "full-dp8": quiet})
-    assert supported.outcome == SUPPORTED
-    still = verdicts.mitigates_memorisation({"full-nodp": leaking, "full-dp8": arm_attacks(delta=(0.1, 0.02, 0.2))})
-    assert still.outcome == CONTRADICTED
-    no_twin_leak = verdicts.mitigates_memorisation({"full-nodp": quiet, "full-dp8": quiet})
-    assert no_twin_leak.outcome == INCONCLUSIVE and "no leak to mitigate" in no_twin_leak.evidence
-    wide = verdicts.mitigates_memorisation({"full-nodp": leaking, "full-dp8": arm_attacks(delta=(0.0, -0.2, 0.2))})
-    assert wide.outcome == INCONCLUSIVE
-    missing = verdicts.mitigates_memorisation({})
-    assert missing.outcome == INCONCLUSIVE and "not measured" in missing.evidence
+def test_canary_rank_test_holds_its_level_and_finds_a_memorised_canary():
+    def p_value(shift, seed):
+        return verdicts.canary_rank_test({"rows": canary_rows(shift, seed=seed)}, n_boot=10)["p_value"]
+
+    null = [p_value(0.0, seed) for seed in range(400)]
+    assert np.mean(np.less(null, verdicts.CANARY_ALPHA)) <= 0.07  # level 5%, within sampling error of 400 draws
+    test = verdicts.canary_rank_test({"rows": canary_rows(1.0)})
+    rows = canary_rows(1.0)
+    inserted, reference = ([r["secret_gain"] for r in rows if (r["repetitions"] > 0) == kind] for kind in (True, False))
+    assert test["p_value"] == pytest.approx(scipy.stats.mannwhitneyu(inserted, reference, alternative="greater").pvalue)
+    assert (test["inserted"], test["reference"], test["repetitions"]) == (4, 20, 32) and test["p_value"] < 0.05
+    assert verdicts.canary_rank_test({"rows": [dict(r, secret_gain=None) for r in rows]}) is None
 
 
-def attack_records(pruned_shift, full_shift, exposure_gap, *, n=80, canaries=8, scale=0.1):
-    """attacks/records.npz content: the same members and non-members scored by both arms (shared
-    per-record difficulty), members shifted up by each arm's leak; canary exposures per arm."""
+def test_too_few_reference_canaries_leave_the_canary_test_unmeasured():
+    found, text = verdicts._canary_test({"rows": canary_rows(5.0, reference=verdicts.MIN_REFERENCE_CANARIES - 1)})
+    assert found is None and "raise n_reference_canaries" in text
+    assert verdicts._canary_test({"rows": canary_rows(5.0)})[0] == "detected"
+
+
+def attack_records(arm_effects, *, n=80, n_audit=60, n_canaries=10, scale=0.1):
+    """attacks/records.npz content: the same members and non-members, audit canaries and canaries scored by
+    every arm of `arm_effects` (arm -> (members' shift in the reference score, memorisation gain in nats)),
+    each record's own difficulty shared by every arm. The memorisation gain lifts the included audit
+    canaries' scores and the inserted canaries' secret gains over what every arm gains on all of them."""
     rng = np.random.default_rng(0)
     member, nonmember = rng.normal(0, 1, n), rng.normal(0, 1, n)
+    included = np.arange(n_audit) % 2 == 0
+    inserted = np.r_[np.ones(n_canaries, dtype=bool), np.zeros(2, dtype=bool)]
+    audit_general, canary_general = rng.normal(1.0, 1.0, n_audit), rng.normal(0.5, 1.0, len(inserted))
     records = {"members/ids": np.array([f"m{i}" for i in range(n)]),
-               "nonmembers/ids": np.array([f"h{i}" for i in range(n)]),
-               "canaries/ids": np.array([f"c{i}" for i in range(canaries + 2)]),
-               "canaries/repetitions": np.r_[np.full(canaries, 4), [0, 0]]}
-    full_exposure = rng.uniform(6, 12, canaries + 2)
-    for arm, shift, gap in (("pruned-nodp", pruned_shift, exposure_gap), ("full-nodp", full_shift, 0.0)):
+               "nonmembers/ids": np.array([f"h{i}" for i in range(n)]), "audit/included": included,
+               "canaries/ids": np.array([f"c{i}" for i in range(len(inserted))]),
+               "canaries/repetitions": np.where(inserted, 8, 0)}
+    for arm, (shift, gain) in arm_effects.items():
         records[f"{arm}/members/reference"] = member + shift + rng.normal(0, scale, n)
         records[f"{arm}/nonmembers/reference"] = nonmember + rng.normal(0, scale, n)
-        exposure = full_exposure + gap + rng.normal(0, 0.2, canaries + 2)
-        records[f"{arm}/canaries/exposure_low"] = records[f"{arm}/canaries/exposure_high"] = exposure
+        records[f"{arm}/audit/scores"] = audit_general + gain * included + rng.normal(0, scale, n_audit)
+        records[f"{arm}/canaries/secret_gain"] = canary_general + gain * inserted + rng.normal(0, scale, len(inserted))
     return records
 
 
-def test_complements_privacy_reaches_every_verdict():
-    assert verdicts.complements_privacy(attack_records(0.3, 1.5, -3.0), n_boot=300).outcome == SUPPORTED
-    assert verdicts.complements_privacy(attack_records(1.5, 0.3, 3.0), n_boot=300).outcome == CONTRADICTED
-    same = verdicts.complements_privacy(attack_records(1.0, 1.0, 0.0, scale=0.5), n_boot=300)
-    assert same.outcome == INCONCLUSIVE and len(same.parts) == 2
-    mixed = verdicts.complements_privacy(attack_records(0.3, 1.5, 3.0), n_boot=300)
-    assert mixed.outcome == CONTRADICTED  # less membership leakage, more canary exposure: not "memorises less"
-    assert verdicts.complements_privacy({}).outcome == INCONCLUSIVE
+def test_audit_gain_difference_is_paired_per_canary_and_exact_on_the_data():
+    records = attack_records({"pruned-nodp": (1.0, 2.0), "full-nodp": (1.0, 3.0)})
+    difference = verdicts.audit_gain_difference(records, "pruned-nodp", "full-nodp", n_boot=200)
+    included = records["audit/included"]
+    gain = {arm: records[f"{arm}/audit/scores"][included].mean() - records[f"{arm}/audit/scores"][~included].mean()
+            for arm in ("pruned-nodp", "full-nodp")}
+    assert difference["value"] == pytest.approx(gain["pruned-nodp"] - gain["full-nodp"])
+    assert (difference["included"], difference["excluded"]) == (30, 30)
+    # Pairing: each canary's general gain (sd 1 nats) cancels; unpaired, the interval would be ~10x wider.
+    assert difference["high"] - difference["low"] < 0.2 and difference["high"] < 0
+    assert verdicts.audit_gain_difference(records, "pruned-nodp", "pruned-dp8") is None
+    pooled = dict(records, **{"audit/runs": np.arange(60) % 3})
+    assert verdicts.audit_gain_difference(pooled, "pruned-nodp", "full-nodp", n_boot=50)["seeds"] == 3
 
 
-def test_few_exact_canaries_leave_the_exposure_part_undecided():
-    records = attack_records(0.3, 1.5, -3.0, canaries=3)
-    verdict = verdicts.complements_privacy(records, n_boot=200)
-    assert verdict.parts[1].outcome == INCONCLUSIVE and verdict.outcome == INCONCLUSIVE
+def test_complements_privacy_reaches_every_verdict_from_the_audit_gain():
+    def decided(pruned_gain, full_gain, scale=0.1):
+        return verdicts.complements_privacy(attack_records({"pruned-nodp": (2.0, pruned_gain),
+                                                            "full-nodp": (2.0, full_gain)}, scale=scale), n_boot=300)
+
+    # Both arms memorise: their membership AUCs are ~1 alike, so the AUC difference cannot tell; the gain does.
+    supported = decided(2.0, 3.0)
+    assert supported.outcome == SUPPORTED and "calibrated membership AUC pruned-nodp − full-nodp" in supported.evidence
+    assert "secret gain pruned-nodp − full-nodp -1" in supported.evidence
+    assert "over 10 inserted canaries" in supported.evidence
+    assert decided(3.0, 2.0).outcome == CONTRADICTED
+    assert decided(2.5, 2.5, scale=1.0).outcome == INCONCLUSIVE
+    missing = verdicts.complements_privacy({})
+    assert missing.outcome == INCONCLUSIVE and "not measured" in missing.evidence
+
+
+def test_mitigates_memorisation_reaches_every_verdict_from_the_audit_gain():
+    attacks = {"full-nodp": arm_attacks(**LEAKING), "full-dp8": arm_attacks(delta=(0.01, -0.04, 0.07))}
+
+    def decided(dp_gain, scale=0.1, attacks=attacks):
+        records = attack_records({"full-nodp": (1.0, 3.0), "full-dp8": (0.05, dp_gain)}, scale=scale)
+        return verdicts.mitigates_memorisation(attacks, records, n_boot=300)
+
+    # The DP arm's ΔAUC interval reaches 0.07: an absolute "no leak" would be inconclusive; the paired gain decides.
+    supported = decided(0.2)
+    assert supported.outcome == SUPPORTED and len(supported.parts) == 1
+    assert "audit memorisation gain full-dp8 − full-nodp" in supported.evidence
+    assert "full-dp8's own leak test inconclusive" in supported.evidence
+    assert decided(4.0).outcome == CONTRADICTED  # memorised more than its twin
+    assert decided(3.0, scale=1.0).outcome == INCONCLUSIVE
+    quiet = {"full-nodp": arm_attacks(), "full-dp8": arm_attacks()}
+    no_twin_leak = decided(0.2, attacks=quiet)
+    assert no_twin_leak.outcome == INCONCLUSIVE and "no leak to mitigate" in no_twin_leak.evidence
+    unscored = verdicts.mitigates_memorisation(attacks, {}, n_boot=50)
+    assert unscored.outcome == INCONCLUSIVE and "not measured" in unscored.evidence
+    missing = verdicts.mitigates_memorisation({}, None)
+    assert missing.outcome == INCONCLUSIVE and "not measured" in missing.evidence
 
 
 def test_membership_auc_difference_is_paired_and_exact_on_the_data():
-    records = attack_records(0.3, 1.5, 0.0)
-    difference = verdicts.membership_auc_difference(records, "pruned-nodp", "full-nodp", n_boot=100)
     from ppt_core.roc import roc_auc
 
+    records = attack_records({"pruned-nodp": (0.3, 0.0), "full-nodp": (1.5, 0.0)})
+    difference = verdicts.membership_auc_difference(records, "pruned-nodp", "full-nodp", n_boot=100)
     auc = {arm: roc_auc(records[f"{arm}/members/reference"], records[f"{arm}/nonmembers/reference"])
            for arm in ("pruned-nodp", "full-nodp")}
     assert difference["value"] == pytest.approx(auc["pruned-nodp"] - auc["full-nodp"])
@@ -242,6 +304,30 @@ def test_required_sample_size_gives_the_power_it_promises():
     assert verdicts.required_sample_size(0.5) == np.inf and verdicts.required_sample_size(0.4) == np.inf
     with pytest.raises(ValueError, match="power"):
         verdicts.required_sample_size(0.7, power=1.5)
+
+
+def test_null_support_sample_size_gives_the_power_it_promises():
+    """An arm that leaks nothing: how often does the upper end of its 95% ΔAUC interval (AUC + 1.96 sd, the sd
+    estimated from the draw as DeLong's) fall at or below 0.05? ~80% at the size the function gives, ~40% at 200."""
+    margin = verdicts.MINIMAL_AUC_EFFECT
+    n = verdicts.null_support_sample_size(margin)
+
+    def supported(n_each, reps=400):
+        rng = np.random.default_rng(1)
+        members, nonmembers = rng.normal(0, 1, (reps, n_each)), rng.normal(0, 1, (reps, n_each))
+        ranks = scipy.stats.rankdata(np.c_[members, nonmembers], axis=1)
+        above = (ranks[:, :n_each] - scipy.stats.rankdata(members, axis=1)) / n_each  # non-members below each member
+        below = 1 - (ranks[:, n_each:] - scipy.stats.rankdata(nonmembers, axis=1)) / n_each
+        auc = above.mean(axis=1)
+        sd = np.sqrt(above.var(axis=1, ddof=1) / n_each + below.var(axis=1, ddof=1) / n_each)
+        return float(np.mean(auc - 0.5 + scipy.stats.norm.ppf(0.975) * sd <= margin))
+
+    assert n == 524
+    assert 0.75 <= supported(n) <= 0.86
+    assert 0.3 <= supported(200) <= 0.5
+    assert verdicts.null_support_sample_size(0.1) < n < verdicts.null_support_sample_size(0.02)
+    with pytest.raises(ValueError, match="margin"):
+        verdicts.null_support_sample_size(0.0)
 
 
 # --- the claims of one run ------------------------------------------------------------------------------
@@ -280,21 +366,24 @@ def test_summary_table_reads_the_attack_contract_with_exact_shares():
         "training": {"full-dp8": {"epsilon": 7.9}},
         "utility": {"base": {"parameters": 2e6, "heldout_perplexity": {"value": 30.0, "low": 28.0, "high": 32.0}}},
         "attacks": {"base": {"membership": {"signals": {"loss": {"auc": {"value": 0.52, "low": 0.4, "high": 0.64}}}}},
-                    "full-nodp": dict(arm_attacks(delta=(0.3, 0.2, 0.4), exposures=((4, 14.0, 14.0),)),
+                    "full-nodp": dict(arm_attacks(**LEAKING),
                                       audit={"epsilon_lower_one_run": 0.7, "epsilon_lower_fdp": 0.9},
                                       extraction={"records": {"members": 16}, "exact_suffix_rate": {"members": 0.0}})},
         "synthetic": {"full-nodp": {"records": 16, "pii_leak_share": {"value": 0.0, "low": 0.0, "high": 0.0}}},
     }
+    results["attacks"]["full-nodp"]["canaries"]["by_repetitions"] = {"32": {"canaries": 4, "above_reference_band": 4}}
     table = summary.summary_table(params, results, {})
     assert table.loc["base", "membership_signal"] == "loss" and table.loc["base", "membership_auc"] == 0.52
     row = table.loc["full-nodp"]
     assert row.membership_signal == "reference" and row.delta_auc_low == pytest.approx(0.2)
-    assert row.exposure_highest_low == 14.0 and row.canary_repetitions == 4 and row.audit_epsilon_fdp == 0.9
+    assert (row.canaries_above_null, row.canaries_highest, row.canary_repetitions) == (4, 4, 32)
+    assert row.canary_p_value == pytest.approx(1 / math.comb(24, 4))  # all 4 above all 20: exact MWU
+    assert row.exposure_highest_high == 12.6 and row.audit_epsilon_fdp == 0.9
     assert row.synthetic_pii_leak_high == pytest.approx(0.2059, abs=1e-4)  # 0 of 16 is not "0 [0, 0]"
     assert row.extraction_hits_high == pytest.approx(0.2059, abs=1e-4)
     assert table.loc["full-dp8", "epsilon"] == 7.9
     markdown = report.markdown_table(table)
-    assert "0 [0, 0.21]" in markdown and "14 at 4×" in markdown
+    assert "0 [0, 0.21]" in markdown and "4 of 4 at 32× (p = 9.4e-05)" in markdown
     assert "speedup" not in summary.deterministic_rows(table)[0]
 
 
@@ -322,15 +411,17 @@ def test_sweep_and_utility_rows_pair_the_same_records(tiny):
 def test_paper_claims_read_the_attack_contract_from_disk(tmp_path):
     params = profiles.get_profile("smoke", n_bootstrap=200)
     paths = artifacts.RunPaths(tmp_path)
-    record_files.save(paths, "attacks", attack_records(0.3, 1.5, -3.0))
+    memorising = {"full-nodp": (1.5, 3.0), "pruned-nodp": (1.5, 2.0), "full-dp8": (0.0, 0.1), "pruned-dp8": (0.0, 0.1)}
+    record_files.save(paths, "attacks", attack_records(memorising))
     records = record_files.load_records(paths)
     assert records["attacks"]["members/ids"].dtype.kind == "U" and records["pruning"] == {}
-    leaking = arm_attacks(delta=(0.3, 0.2, 0.4), exposures=((16, 14.0, 14.0),))
-    quiet = arm_attacks(delta=(0.0, -0.04, 0.04), exposures=((16, 1.5, 1.5),))
-    results = {"attacks": {"full-nodp": leaking, "pruned-nodp": leaking, "full-dp8": quiet, "pruned-dp8": quiet}}
-    outcome = {c.key: c.outcome for c in verdicts.paper_claims(params, results, {}, records)}
-    assert outcome["mitigates_memorisation"] == SUPPORTED and outcome["complements_privacy"] == SUPPORTED
-    assert outcome["pairwise_best"] == outcome["speedup"] == INCONCLUSIVE
+    results = {"attacks": {"full-nodp": arm_attacks(**LEAKING), "pruned-nodp": arm_attacks(**LEAKING),
+                           "full-dp8": arm_attacks(), "pruned-dp8": arm_attacks()}}
+    claims = {c.key: c for c in verdicts.paper_claims(params, results, {}, records)}
+    assert claims["mitigates_memorisation"].outcome == SUPPORTED and claims["complements_privacy"].outcome == SUPPORTED
+    assert claims["pairwise_best"].outcome == claims["speedup"].outcome == INCONCLUSIVE
+    assert "audit memorisation gain" in claims["complements_privacy"].criterion
+    assert all("reference band" not in c.criterion and "exposure" not in c.criterion for c in claims.values())
 
 
 def test_leak_table_gives_each_fine_tuned_arm_its_verdict_and_the_members_it_would_need():
@@ -340,6 +431,8 @@ def test_leak_table_gives_each_fine_tuned_arm_its_verdict_and_the_members_it_wou
     assert table.loc["full-nodp", "leak detected"] == SUPPORTED
     assert table.loc["full-dp8", "leak detected"] == INCONCLUSIVE
     assert table.loc["full-dp8", "members needed at this AUC"] == verdicts.required_sample_size(0.52)
+    assert table.loc["full-dp8", "members"] == 100
+    assert table.loc["full-dp8", "members needed for no leak > 0.05"] == verdicts.null_support_sample_size(0.05)
 
 
 # --- the study layer reads without torch ----------------------------------------------------------------
