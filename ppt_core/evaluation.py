@@ -44,9 +44,12 @@ def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     log-probability with them (a test bounds what bf16 changes in perplexity and membership AUC)."""
     if not bf16:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    # A PEFT model (an adapter during training) wraps the causal LM whose modules its LoRA layers sit in
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.autocast(device_type=input_ids.device.type, dtype=torch.bfloat16):
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    logits = model.get_output_embeddings()(hidden.float())
+        hidden = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                      use_cache=False).last_hidden_state
+    logits = causal_lm.get_output_embeddings()(hidden.float())
     cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2 and 3 squash their logits
     return logits if cap is None else torch.tanh(logits / cap) * cap
 

@@ -52,3 +52,23 @@ def test_bf16_scoring_agrees_with_float32_on_the_embedded_model(smollm, smoke_pa
     half = len(texts) // 2  # a membership AUC between two halves, by the loss score, both ways
     auc = {name: roc_auc(-m[:half], -m[half:]) for name, m in (("fp32", mean_fp32), ("bf16", mean_bf16))}
     assert abs(auc["fp32"] - auc["bf16"]) < BF16_AUC_ATOL
+
+
+def test_bf16_scoring_reads_an_adapter_during_training(tiny):
+    """The trainer scores its PEFT model of the moment (the audit over training): under bf16 the blocks run
+    with the adapter in them, and the head in float32, as for a merged model."""
+    from ppt_core import train_config, training
+
+    model, tokenizer = tiny
+    config = train_config.TrainConfig(lora_rank=4, lora_targets=["q_proj", "v_proj"], bf16=False, progress=False)
+    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    batch = tokens.encode(tokenizer, ["Patient portal access code: 123456."], 16)
+    args = (batch["input_ids"], batch["attention_mask"])
+    exact = evaluation.next_token_logits(peft_model, *args)
+    rounded = evaluation.next_token_logits(peft_model, *args, bf16=True)
+    base = evaluation.next_token_logits(model, *args)
+    assert torch.allclose(rounded, exact, atol=0.1) and not torch.allclose(base, exact, atol=0.1)
