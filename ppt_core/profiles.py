@@ -33,8 +33,12 @@ _QUICK = dict(
     # notes cut to max_length tokens, canaries up to 32 copies, 256 single-copy audit canaries, 6 expected
     # passes (each included record drawn about 6 times), LoRA rank 16 on every linear projection of the
     # blocks (value, output and MLP matter most for memorisation: Savine 2025, arXiv 2507.21009), a constant
-    # learning rate. Its probe on this model (non-private, 6 passes over ~40k tokens) took the audit AUC from
-    # 0.52 after one pass to 0.99 after six; one pass at rank 2 on q/v memorised nothing any attack saw.
+    # learning rate. Its probe on this model (non-private, 6 passes over ~40k tokens, 2e-3) took the audit AUC
+    # from 0.52 after one pass to 0.99 after six; one pass at rank 2 on q/v memorised nothing any attack saw.
+    # The run of these settings at the tuned rates (figures/results.md, commit 74225f7): full-nodp audit AUC
+    # 0.55 after one pass, 0.85 after six, f-DP / one-run bounds 2.43 / 1.60, calibrated membership ΔAUC 0.35
+    # [0.30, 0.40], all 4 canaries at 32x above the null; the DP arms' bounds 0 at every pass. Kept as they are:
+    # random-word audit canaries (Panda et al.'s rare-token canaries were not needed) and m = 256.
     n_train=100,  # training notes; the membership attack takes n_membership of them
     n_heldout=200,  # never trained on: the attacks' non-members and the held-out perplexity
     n_public=200,
@@ -185,9 +189,10 @@ _FULL = dict(
     seeds=[0, 1, 2],
 )
 
-# The paper profile: the quick profile's model and settings over the epsilon sweep and three seeds, sized to
+# The paper profile: the quick profile's model over the epsilon sweep and three seeds, with the training settings of
+# its committed run (one pass, rank 2 on q/v: before quick's memorisation regime; issue 24 moves it there), sized to
 # finish in at most 100 minutes on a 2-core CPU without native bf16 (the machine it was run on). That is 24
-# fine-tuned arms and 30 attacked ones, so each gets about a seventh of quick's tokens: every stage reads each
+# fine-tuned arms and 30 attacked ones, so each got about a seventh of quick's tokens then: every stage reads each
 # record's first 40 tokens (whole canaries and audit canaries; a note's opening, which carries its name,
 # birth date and record number), with fewer notes, canaries and audit canaries per seed (three seeds pool
 # them), and pruning's strategy sweep only at the studied level. Training and evaluation must read the same
