@@ -111,21 +111,25 @@ def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 
     })
 
 
+FAMILIES = ("nodp", "dp")
+
+
+def family_arm(params: dict, family: str) -> str:
+    """The arm a family is tuned on: full-nodp, or the full-family DP arm at the profile's first ε."""
+    return arms.trained_name("full", None if family == "nodp" else params["epsilons"][0])
+
+
 def tune_families(params: dict, learning_rates: dict[str, list[float]], *, n_eval: int = 64,
                   progress: bool = True) -> dict:
     """One tuning record per family: {"profile", "families": {"nodp": record, "dp": record}}, the non-private
     family tuned on full-nodp and the DP family on full-dp<first ε>, each over its own candidates
     (learning_rates["nodp"], learning_rates["dp"]); a family without candidates is left out."""
-    unknown = sorted(set(learning_rates) - set(FAMILY_ARMS))
+    unknown = sorted(set(learning_rates) - set(FAMILIES))
     if unknown:
         raise TuningError(f"unknown famil(ies) {unknown}: tune 'nodp' and/or 'dp'")
-    families = {family: tune_learning_rate(params, FAMILY_ARMS[family](params), rates, n_eval=n_eval, progress=progress)
+    families = {family: tune_learning_rate(params, family_arm(params, family), rates, n_eval=n_eval, progress=progress)
                 for family, rates in learning_rates.items() if rates}
     return {"profile": params["profile"], "families": families}
-
-
-FAMILY_ARMS = {"nodp": lambda params: "full-nodp",
-               "dp": lambda params: arms.trained_name("full", params["epsilons"][0])}
 
 
 def record_path(profile: str):
