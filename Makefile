@@ -45,6 +45,7 @@ test-all: test test-slow
 
 bench: setup
 	$(PY) bench/pruning_speed.py
+	$(PY) bench/train_throughput.py
 	$(PY) bench/dp_overhead.py
 	$(PY) bench/distributed_scaling.py
 

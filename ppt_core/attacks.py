@@ -74,11 +74,6 @@ def scoring_length(params: dict) -> int:
     return int(params.get("train_max_length") or params["max_length"])
 
 
-def use_bf16(params: dict, model) -> bool:
-    """The profile's bf16_scoring resolved for the device `model` is on."""
-    return evaluation.resolve_bf16(params["bf16_scoring"], next(model.parameters()).device)
-
-
 # --- one arm, every attack --------------------------------------------------------------------------
 def attack_records(splits: data.DatasetSplits, params: dict) -> tuple[list[dict], list[dict]]:
     """(members, non-members) for membership inference: n_membership train notes and as many held-out
@@ -98,7 +93,7 @@ def score_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, pro
     passed to its fine-tuned arms (the reference attack, the audit and the canaries' secret gains compare
     the two)."""
     members, nonmembers = attack_records(splits, params)
-    kw = dict(batch_size=params["eval_batch_size"], bf16=use_bf16(params, model), progress=progress)
+    kw = dict(batch_size=params["eval_batch_size"], bf16=evaluation.scoring_bf16(params, model), progress=progress)
     score = dict(kw, max_length=scoring_length(params), min_k_percent=params["min_k_percent"])
     return {"members": membership.record_scores(model, tokenizer, [r["text"] for r in members], **score),
             "nonmembers": membership.record_scores(model, tokenizer, [r["text"] for r in nonmembers], **score),

@@ -37,6 +37,12 @@ def resolve_bf16(setting, device: torch.device) -> bool:
     return setting
 
 
+def scoring_bf16(params: dict, model) -> bool:
+    """The profile's `bf16_scoring` resolved for the device `model` is on: how every stage scores (the pruning
+    sweep, held-out perplexity, the attacks)."""
+    return resolve_bf16(params["bf16_scoring"], next(model.parameters()).device)
+
+
 def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                       bf16: bool = False) -> torch.Tensor:
     """Float32 logits of every position. With `bf16`, the blocks run under bf16 autocast and the output

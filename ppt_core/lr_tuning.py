@@ -16,7 +16,7 @@ rate tuned on a DP arm can make its non-private twin diverge (the paper profile'
 pruned family uses its family's rate. The result goes to figures/tuning/<profile>.json, which the
 profile cites (`make tune`):
 
-    python -m ppt_core.lr_tuning --profile quick --nodp-learning-rates 1e-3,2e-3,4e-3 --dp-learning-rates 2e-3,5e-3,1e-2
+    python -m ppt_core.lr_tuning --profile quick --nodp-learning-rates 5e-4,1e-3,2e-3 --dp-learning-rates 2e-3,5e-3,1e-2
 
 Only the synthetic corpus has an independent draw. For your own data (`data_path`), tune on a
 public stand-in of it, or account for the tuning (the paper above) in the ε you report.
@@ -156,7 +156,7 @@ def tuning_figure(record: dict):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=profiles.DEFAULT_PROFILE)
-    parser.add_argument("--nodp-learning-rates", default="1e-3,2e-3,4e-3",
+    parser.add_argument("--nodp-learning-rates", default="5e-4,1e-3,2e-3",
                         help="comma-separated candidates for the non-private family (tuned on full-nodp; '' skips it)")
     parser.add_argument("--dp-learning-rates", default="2e-3,5e-3,1e-2",
                         help="comma-separated candidates for the DP family (tuned on full-dp<first ε>; '' skips it)")

@@ -169,8 +169,9 @@ def target_blocks(sweep_records: Sequence[dict], similarity: np.ndarray, n_remov
 
 def sweep(model, tokenizer, similarity: np.ndarray, *, strategies: Sequence[str], levels: Sequence[int],
           eval_texts: Sequence[str], calibration_texts: Sequence[str], seed: int = 0, max_length: int = 128,
-          batch_size: int = 16, pooling: str = "mean", progress: bool = True) -> list[dict]:
-    """Zero-shot held-out perplexity of each strategy at each number of removed blocks.
+          batch_size: int = 16, pooling: str = "mean", bf16: bool = False, progress: bool = True) -> list[dict]:
+    """Zero-shot held-out perplexity of each strategy at each number of removed blocks (scored under bf16
+    autocast with `bf16`: evaluation.next_token_logits).
 
     Returns one record per (strategy, level): {"strategy", "n_removed", "removed_blocks", "perplexity",
     "logprob_rows"}, the last the per-record [summed log-probability, tokens] of `eval_texts` that the
@@ -199,7 +200,7 @@ def sweep(model, tokenizer, similarity: np.ndarray, *, strategies: Sequence[str]
     for removed in tqdm(sorted({tuple(c) for c in choices.values()}), desc="perplexity sweep", disable=not progress):
         pruned = prune_layers(model, removed) if removed else model
         scored[removed] = evaluation.record_logprob_rows(evaluation.token_logprobs(
-            pruned, tokenizer, eval_texts, max_length=max_length, batch_size=batch_size, progress=False))
+            pruned, tokenizer, eval_texts, max_length=max_length, batch_size=batch_size, bf16=bf16, progress=False))
     return [
         {"strategy": strategy, "n_removed": level, "removed_blocks": removed,
          "perplexity": stats.perplexity_of_rows(scored[tuple(removed)]), "logprob_rows": scored[tuple(removed)]}

@@ -96,12 +96,11 @@ def guarantee_markdown(params: dict, group_privacy: dict | None) -> str:
 
 def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Verdict],
                      notebook_seconds: dict, group_privacy: dict | None = None, seeds: list[int] | None = None,
-                     estimate: str = "") -> str:
+                     estimate: str = "", notebook_tokens: dict | None = None) -> str:
     """figures/results.md: the table, the claims with their verdicts, what the guarantee covers, and where
     and when it was produced (over several `seeds`: the table's intervals are over seeds, and say so);
-    `estimate`: a line of projected costs (cost.estimate_markdown), if any."""
-    total = sum(notebook_seconds.values())
-    times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in sorted(notebook_seconds.items()))
+    `estimate`: a line of projected costs (cost.estimate_markdown), if any; `notebook_tokens`
+    (cost.notebook_tokens) goes beside the notebooks' seconds."""
     seeds = list(seeds or [params["seed"]])
     over = ("Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares." if len(seeds) == 1 else
             f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each number is the mean of the seeds' and its "
@@ -127,17 +126,33 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
         "",
         guarantee_markdown(params, group_privacy),
         "",
-        (f"Notebook wall time{' summed over the seeds' if len(seeds) > 1 else ''}: {times} "
-         f"(total {total / 60:.1f} min).") if notebook_seconds else "",
+        wall_time_markdown(notebook_seconds, notebook_tokens, len(seeds)) if notebook_seconds else "",
         *([""] + [estimate] if estimate else []),
     ]) + "\n"
 
 
-def study_markdown(params: dict, study, claims: list[verdicts.Verdict], estimate: str = "") -> str:
+def wall_time_markdown(notebook_seconds: dict, notebook_tokens: dict | None = None, n_seeds: int = 1) -> str:
+    """Each notebook's measured seconds (summed over `n_seeds` seeds) beside the tokens one seed of it pushes
+    through the model (cost.notebook_tokens): where the run's time goes, and what a token costs in each stage."""
+    tokens = {name: n * n_seeds for name, n in (notebook_tokens or {}).items()
+              if not name.startswith("00")}  # notebook 00 writes records; no model runs
+    total = sum(notebook_seconds.values())
+    lines = [f"Notebook wall time{' summed over the seeds' if n_seeds > 1 else ''} (total {total / 60:.1f} min) and "
+             "the tokens each pushes through the model:", "",
+             "| notebook | tokens | seconds | ms per 1k tokens |", "|---|---|---|---|"]
+    for name, seconds in sorted(notebook_seconds.items()):
+        n = tokens.get(name)
+        per = f"{1e6 * seconds / n:,.0f}" if n else "–"
+        lines.append(f"| {name} | {f'{n:,.0f}' if n else '–'} | {seconds:.0f} | {per} |")
+    return "\n".join(lines)
+
+
+def study_markdown(params: dict, study, claims: list[verdicts.Verdict], estimate: str = "",
+                   notebook_tokens: dict | None = None) -> str:
     """results_markdown of a study (summary.load_study's Study): its table, the claims, its group-privacy
-    table, seeds and notebook wall times; `estimate` as in results_markdown."""
+    table, seeds and notebook wall times; `estimate` and `notebook_tokens` as in results_markdown."""
     return results_markdown(params, study.table, claims, study.notebook_seconds, study.results.get("group_privacy"),
-                            study.seeds, estimate)
+                            study.seeds, estimate, notebook_tokens)
 
 
 def readme_markers(run_name: str = "quick") -> tuple[str, str]:

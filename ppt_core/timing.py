@@ -107,35 +107,41 @@ def generate_seconds(model, input_ids, new_tokens: int) -> float:
 
 
 def time_inference(models: dict, tokenizer, *, prompt_tokens: int = 128, new_tokens: int = 16,
-                   batch_sizes: Sequence[int] = (1, SPEED_BATCH_SIZE), repeats: int = 5, warmup: int = 1,
-                   seed: int = 0) -> dict:
+                   batch_sizes: Sequence[int] = (1, SPEED_BATCH_SIZE), repeats: int = 5, speed_rounds: int = 30,
+                   warmup: int = 1, seed: int = 0) -> dict:
     """Prefill throughput (tokens/s) and per-token generation latency (ms) of each named model at each batch size.
 
     Returns {name: {batch_key(B): {"prefill_tokens_per_s", "generation_ms_per_token",
-    "prefill_seconds_per_round"}, "prompt_tokens", "new_tokens", "repeats"}}: medians of `repeats` runs after
-    `warmup` unmeasured ones, and the seconds of each measured prefill round (round i of every model ran in
-    the same round, so their ratio is paired). The models run interleaved, as in prefill_timings, so
-    machine load falls on all alike. Latency is (time to generate new_tokens - time to generate 1) /
-    (new_tokens - 1): the decode steps alone.
+    "prefill_seconds_per_round"}, "prompt_tokens", "new_tokens", "repeats", "speed_rounds"}}: medians of the
+    measured runs after `warmup` unmeasured ones, and the seconds of each measured prefill round (round i of
+    every model ran in the same round, so their ratio is paired). The prefill at SPEED_BATCH_SIZE, which the
+    speed verdict reads, gets `speed_rounds` short rounds (many, so that the paired ratio's interval decides on
+    a quiet machine); every other prefill and the generation latency get `repeats`. The models run
+    interleaved, as in prefill_timings, so machine load falls on all alike. Latency is (time to generate
+    new_tokens - time to generate 1) / (new_tokens - 1): the decode steps alone.
     """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to separate decoding from prefill (got {new_tokens})")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0 (got repeats={repeats}, warmup={warmup})")
+    if repeats < 1 or speed_rounds < 1 or warmup < 0:
+        raise ValueError(f"repeats and speed_rounds must be >= 1 and warmup >= 0 (got repeats={repeats}, "
+                         f"speed_rounds={speed_rounds}, warmup={warmup})")
     names = list(models)
-    reports: dict = {name: {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats}
-                     for name in names}
+    reports: dict = {name: {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
+                            "speed_rounds": speed_rounds} for name in names}
     for batch_size in batch_sizes:
         prompt = timing_prompt(tokenizer, models[names[0]], batch_size=batch_size, prompt_tokens=prompt_tokens,
                                seed=seed)
+        rounds = speed_rounds if batch_size == SPEED_BATCH_SIZE else repeats
         prefill: dict = {name: [] for name in names}
-        decode: dict = {name: [] for name in names}
-        for round_index, name in _interleaved(names, warmup + repeats):
-            model = models[name]
-            seconds = prefill_seconds(model, prompt)
-            decoding = generate_seconds(model, prompt, new_tokens) - generate_seconds(model, prompt, 1)
+        for round_index, name in _interleaved(names, warmup + rounds):
+            seconds = prefill_seconds(models[name], prompt)
             if round_index >= warmup:
                 prefill[name].append(seconds)
+        decode: dict = {name: [] for name in names}
+        for round_index, name in _interleaved(names, warmup + repeats):
+            decoding = (generate_seconds(models[name], prompt, new_tokens)
+                        - generate_seconds(models[name], prompt, 1))
+            if round_index >= warmup:
                 decode[name].append(decoding)
         for name in names:
             reports[name][batch_key(batch_size)] = {

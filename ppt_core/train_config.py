@@ -25,6 +25,8 @@ class TrainConfig:
     non-private arms').
 
     lora_targets: "query+value", "attention", "attention+mlp", or a list of module names (e.g. ["q_proj"]).
+    lora_blocks: LoRA only on the model's last `lora_blocks` decoder blocks (None, or at least the model's depth:
+        every block). The frozen blocks below are then computed once per record (ppt_core.frozen_prefix).
     optimizer: "adamw" or "sgd" (plain SGD makes an update exactly lr * gradient: the tests use it).
     lr_schedule: "constant", "linear" or "cosine" decay over the steps, after `warmup_fraction` of them.
     epochs: passes over the data in expectation (a float: steps = floor(epochs * ceil(N/B))).
@@ -41,6 +43,7 @@ class TrainConfig:
     lora_alpha: float = 16
     lora_dropout: float = 0.0
     lora_targets: str | list[str] = "attention+mlp"
+    lora_blocks: int | None = 10
     epochs: float = 6.0
     learning_rate: float = 1e-3
     optimizer: str = "adamw"
@@ -83,6 +86,7 @@ def config_from_params(params: dict, epsilon: float | None = None, **overrides) 
     config = TrainConfig(
         lora_rank=int(params["lora_rank"]), lora_alpha=float(params["lora_alpha"]),
         lora_dropout=float(params["lora_dropout"]), lora_targets=params["lora_targets"],
+        lora_blocks=None if params["lora_blocks"] is None else int(params["lora_blocks"]),
         epochs=float(params["epochs"]), learning_rate=family_learning_rate(params, epsilon),
         optimizer=params["optimizer"], weight_decay=float(params["weight_decay"]),
         lr_schedule=params["lr_schedule"], warmup_fraction=float(params["warmup_fraction"]),
@@ -111,6 +115,9 @@ def check_config(config: TrainConfig, n_records: int, model=None) -> None:
     if config.max_length < 2:
         raise TrainingConfigError("max_length must be >= 2 tokens to have a next token to predict "
                                   f"(got {config.max_length})")
+    blocks = config.lora_blocks
+    if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1):
+        raise TrainingConfigError(f"lora_blocks must be None (every block) or an integer >= 1 (got {blocks!r})")
     if not 0 <= config.lora_dropout < 1:
         raise TrainingConfigError(f"lora_dropout must be in [0, 1) (got {config.lora_dropout})")
     if not 0 <= config.warmup_fraction < 1:

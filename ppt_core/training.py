@@ -29,6 +29,7 @@ wrapped model's trainable parameters, and `finetune` refuses to return an adapte
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -42,8 +43,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from ppt_core import batching, distributed, evaluation, privacy, tokens
-from ppt_core.architectures import lora_target_modules
+from ppt_core import batching, distributed, evaluation, frozen_prefix, privacy, tokens
+from ppt_core.architectures import blocks_path, decoder_blocks, lora_target_modules
 from ppt_core.memory import PeakMemory
 from ppt_core.privacy import DPConfig
 from ppt_core.train_config import TrainConfig, check_config
@@ -112,13 +113,41 @@ def _lora_model(model, config: TrainConfig, device: torch.device):
     model = copy.deepcopy(model).to(device=device, dtype=torch.float32)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    depth = len(decoder_blocks(model))
+    upper = {} if config.lora_blocks is None or config.lora_blocks >= depth else dict(
+        layers_to_transform=list(range(depth - config.lora_blocks, depth)),
+        layers_pattern=blocks_path(model).rsplit(".", 1)[-1])
     lora = LoraConfig(
         r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=lora_target_modules(model, config.lora_targets), bias="none", task_type="CAUSAL_LM",
+        target_modules=lora_target_modules(model, config.lora_targets), bias="none", task_type="CAUSAL_LM", **upper,
     )
     with warnings.catch_warnings():  # peft 0.21 reads an attribute transformers 5 deprecates; nothing to act on
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         return get_peft_model(model, lora)
+
+
+def _frozen_weights_in_bf16(peft_model) -> list:
+    """Store the frozen Linear weights in bf16 for a bf16-autocast run; return (module, float32 weight) pairs
+    that `_restore_weights` puts back.
+
+    Autocast multiplies in bf16 whatever a weight is stored in, and it keeps a cast copy only of weights that
+    require grad, so a frozen float32 weight is cast again in every forward pass (135M values per pass here).
+    Casting it once gives the same bf16 values (round to nearest even either way), hence the same products,
+    without the copies. An output head tied to the input embeddings gets a bf16 copy of its own while training
+    (the embedding lookup is not autocast and keeps reading float32); restoring ties them again.
+    """
+    stored = []
+    for module in peft_model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Linear) and not weight.requires_grad and weight.dtype == torch.float32:
+            stored.append((module, weight))
+            module.weight = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+    return stored
+
+
+def _restore_weights(stored: list) -> None:
+    for module, weight in stored:
+        module.weight = weight
 
 
 # --- the loss of a record ------------------------------------------------------------------------
@@ -181,6 +210,7 @@ class Training:
     plan: batching.Schedule
     engine: object = None  # Opacus PrivacyEngine (its accountant) under DP
     world: distributed.World | None = None  # this process's place under torchrun; None in one process
+    prefix: frozen_prefix.FrozenPrefix | None = None  # the frozen lower blocks' outputs, replayed (lora_blocks)
 
     @property
     def sample_rate(self) -> float:
@@ -255,6 +285,22 @@ def physical_step(training: Training, batch) -> float:
     return loss_sum
 
 
+def logical_step(training: Training, indices: list[int], lengths=None) -> float:
+    """One logical batch (dataset rows `indices`, shortest first): cut into physical batches (by width when
+    `lengths` gives every record's tokens, else by count: batching.physical_batches), each forward and backward
+    with the frozen blocks replayed where they are cached, signalled to the optimizer, which steps once at the
+    end; return the sum of the records' losses."""
+    loss_sum, chunks = 0.0, batching.physical_batches(indices, training.config.physical_batch_size, lengths)
+    for i, chunk in enumerate(chunks):
+        replay = training.prefix.replaying(chunk) if training.prefix is not None else contextlib.nullcontext()
+        with replay:
+            loss_sum += physical_step(training, batching.collate(training.loader.dataset, chunk))
+        training.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+        training.optimizer.step()
+        training.optimizer.zero_grad()
+    return loss_sum
+
+
 @torch.no_grad()
 def heldout_loss(training: Training, heldout: TensorDataset) -> float:
     """Mean over `heldout` records of each record's loss (nats per token) under the current adapter:
@@ -292,17 +338,18 @@ def run_steps(training: Training, steps: int | None = None, heldout: TensorDatas
     and calling `pass_probe(peft_model)` (eval mode, no gradient) before the first step and after every
     expected pass (every `batches_per_pass` steps, and the last step).
 
-    Each Poisson logical batch is cut into physical batches; every physical batch is signalled to the
-    optimizer (skip: not the last of its logical batch), so it clips and sums them and steps once per
-    logical batch. An empty logical batch still makes a (noise-only) DP step.
+    Each Poisson logical batch is cut into physical batches of similar widths (batching.physical_batches);
+    every physical batch is signalled to the optimizer (skip: not the last of its logical batch), so it clips
+    and sums them and steps once per logical batch. An empty logical batch still makes a (noise-only) DP step.
     """
-    config, optimizer = training.config, training.optimizer
+    config = training.config
     steps = training.steps if steps is None else steps
     points = config.loss_curve_points if heldout is not None else 0
     curve_at = {round(steps * k / points) for k in range(points + 1)} if points else set()
     probe_at = {0, steps} | set(range(0, steps + 1, training.plan.batches_per_pass)) if pass_probe else set()
     log = StepLog([], [], [0] * training.plan.n_records, [], [], 0.0, 0.0, 0.0)
     bar = tqdm(total=steps, desc="DP-LoRA" if config.dp else "LoRA", disable=not config.progress, leave=False)
+    lengths = training.loader.dataset.tensors[1].sum(1).tolist()  # tokens per record: physical batches by width
     started = time.perf_counter()
     with PeakMemory(training.lora_params[0].device) as memory:
         if 0 in curve_at:
@@ -311,12 +358,7 @@ def run_steps(training: Training, steps: int | None = None, heldout: TensorDatas
             _probe(training, pass_probe, 0, log)
         training.module.train()
         for step, indices in enumerate(batching.logical_batches(training.loader, steps), start=1):
-            loss_sum, chunks = 0.0, batching.physical_batches(indices, config.physical_batch_size)
-            for i, chunk in enumerate(chunks):
-                loss_sum += physical_step(training, batching.collate(training.loader.dataset, chunk))
-                optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
-                optimizer.step()
-                optimizer.zero_grad()
+            loss_sum = logical_step(training, indices, lengths)
             training.scheduler.step()
             for i in indices:
                 log.sample_counts[i] += 1
@@ -389,8 +431,10 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
     config = replace(config, bf16=evaluation.resolve_bf16(config.bf16, device))  # "auto" settles on the device
     torch.manual_seed(config.seed)
     peft_model = _lora_model(model, config, device)
+    float32_weights = _frozen_weights_in_bf16(peft_model) if config.bf16 else []
     dataset = batching.record_dataset(tokenizer, texts, config.max_length)
-    training = prepare(peft_model, dataset, config, world)
+    prefix = _frozen_prefix(peft_model, dataset, config)
+    training = replace(prepare(peft_model, dataset, config, world), prefix=prefix)
     heldout = None if heldout_texts is None or (world and not world.main) else batching.record_dataset(
         tokenizer, list(heldout_texts)[: config.loss_curve_records], config.max_length)
     initial = [p.detach().clone() for p in training.lora_params]
@@ -399,6 +443,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
     if world is not None:  # every process took every step: the replicas must agree
         distributed.check_replicas_agree(training.lora_params)
     _check_adapter_moved(training.lora_params, initial)
+    _restore_weights(float32_weights)  # the returned model (and what merges into it) is float32 again
     dp = config.dp
     epsilon = privacy.spent_epsilon(training.engine, dp, training.sample_rate, training.steps) if dp else None
     if dp is not None:
@@ -419,6 +464,26 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
         batches_per_pass=training.plan.batches_per_pass, pass_probes=log.pass_probes,
     )
     return peft_model, result
+
+
+def _frozen_prefix(peft_model, dataset: TensorDataset, config: TrainConfig) -> frozen_prefix.FrozenPrefix | None:
+    """The cache of the blocks below the adapted ones (LoRA on the last `config.lora_blocks`), or None: every
+    block adapted, dropout in the frozen part, or a model whose replayed forward differs (said, not hidden)."""
+    depth = len(decoder_blocks(peft_model.get_base_model()))
+    if config.lora_blocks is None or config.lora_blocks >= depth:
+        return None
+    n_frozen = depth - config.lora_blocks
+    dropout = frozen_prefix.frozen_dropout(peft_model.get_base_model(), n_frozen)
+    if dropout:
+        print(f"the {n_frozen} frozen blocks run in every pass (not cached): dropout is on ({', '.join(dropout)})")
+        return None
+    prefix = frozen_prefix.FrozenPrefix(peft_model, dataset, n_frozen, batch_size=config.physical_batch_size,
+                                        bf16=config.bf16)
+    if not prefix.replays_exactly(dataset, range(min(4, len(dataset)))):
+        print(f"the {n_frozen} frozen blocks run in every pass (not cached): this model's replayed forward "
+              f"differs from its computed one by {prefix.replay_error(dataset, range(min(4, len(dataset)))):.3g}")
+        return None
+    return prefix
 
 
 def _empty_batch_gradients(lora_params, dp: DPConfig | None) -> None:

@@ -15,17 +15,17 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ppt_core import arms, artifacts, evaluation, models, stats, timing
+from ppt_core import arms, artifacts, evaluation, flops, models, stats, timing
 from ppt_core.artifacts import rounded
 
 TIMING_BATCH_SIZES = (1, timing.SPEED_BATCH_SIZE)  # one user, and a small server batch
 
 
 def heldout_rows(model, tokenizer, texts: Sequence[str], *, max_length: int, batch_size: int = 16,
-                 progress: bool = True) -> np.ndarray:
+                 bf16: bool = False, progress: bool = True) -> np.ndarray:
     """Per record of `texts`: [summed log-probability (nats), scored tokens] (evaluation.record_logprob_rows)."""
     logprobs = evaluation.token_logprobs(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
-                                         progress=progress)
+                                         bf16=bf16, progress=progress)
     return evaluation.record_logprob_rows(logprobs)
 
 
@@ -65,7 +65,8 @@ def arm_utility(model, tokenizer, params: dict, arm: str, heldout: Sequence[str]
     """(held-out perplexity with its interval and size of one arm, for results.json; its heldout_rows,
     which the verdicts pair across arms)."""
     rows = heldout_rows(model, tokenizer, heldout, max_length=params["max_length"],
-                        batch_size=params["eval_batch_size"], progress=progress)
+                        batch_size=params["eval_batch_size"], bf16=evaluation.scoring_bf16(params, model),
+                        progress=progress)
     return rounded({
         "heldout_perplexity": perplexity_estimate(rows, n_boot=params["n_bootstrap"], seed=params["seed"]),
         **model_size(model, params, arm),
@@ -87,7 +88,12 @@ def arm_speeds(starts: dict, tokenizer, params: dict, sizes: dict) -> dict:
                              f"{sizes[start]['parameters']}: time it on its own")
     speeds = timing.time_inference(
         starts, tokenizer, prompt_tokens=params["timing_prompt_tokens"], new_tokens=params["timing_new_tokens"],
-        batch_sizes=TIMING_BATCH_SIZES, repeats=params["timing_repeats"], seed=params["seed"])
+        batch_sizes=TIMING_BATCH_SIZES, repeats=params["timing_repeats"], speed_rounds=params["timing_rounds"],
+        seed=params["seed"])
+    if "base" in starts:  # the ideal the measured speedup reads against: the FLOP ratio of the same prefill
+        for name, model in starts.items():
+            speeds[name][timing.SPEED_BATCH]["ideal_speedup"] = flops.ideal_speedup(
+                starts["base"], model, params["timing_prompt_tokens"], logits_positions=1)
     return {arm: speeds[start] for arm, start in arm_start.items()}
 
 

@@ -200,19 +200,22 @@ def _conjunction(parts: list[Verdict]) -> Verdict:
 
 
 # --- speed --------------------------------------------------------------------------------------------
-def speedup(base_seconds: Sequence[float], pruned_seconds: Sequence[float]) -> Verdict:
+def speedup(base_seconds: Sequence[float], pruned_seconds: Sequence[float], ideal: float | None = None) -> Verdict:
     """Does pruning speed up inference? Per interleaved timing round, base seconds / pruned seconds; their
     geometric mean with a Student-t interval on the log ratios (a bootstrap of a few rounds under-covers):
-    above 1 supports, below 1 contradicts."""
+    above 1 supports, below 1 contradicts. The evidence gives the interval's width and, where known, the
+    `ideal` speedup (the FLOP ratio of the same prefill) it reads against."""
     base, pruned = np.asarray(base_seconds, dtype=float), np.asarray(pruned_seconds, dtype=float)
     if len(base) != len(pruned):
         raise ValueError(f"timing rounds must pair up (got {len(base)} base and {len(pruned)} pruned)")
     if len(base) < MIN_TIMING_ROUNDS:
-        return Verdict(INCONCLUSIVE, f"{len(base)} timing round(s): no interval (raise timing_repeats)")
+        return Verdict(INCONCLUSIVE, f"{len(base)} timing round(s): no interval (raise timing_rounds)")
     log_ratio = stats.mean_interval(np.log(base / pruned))
     ratio = {key: float(np.exp(log_ratio[key])) for key in ("value", "low", "high")}
+    flop_ratio = f"; FLOP ratio {ideal:.3g}" if ideal is not None else ""
     return Verdict(side(ratio, 1.0, "above"), f"prefill speedup {format_interval(ratio)}× over "
-                   f"{len(base)} interleaved rounds")
+                   f"{len(base)} interleaved rounds (interval width {ratio['high'] - ratio['low']:.3g}"
+                   f"{flop_ratio})")
 
 
 # --- privacy: leak, mitigation, pruning ---------------------------------------------------------------
@@ -599,15 +602,17 @@ def paper_claims(params: dict, results: dict, timings: dict, records: Mapping[st
     pruning_boot = dict(boot, runs=pruning.pop(RUN_LABELS, None))
     utility_boot = dict(boot, runs=utility_rows.pop(RUN_LABELS, None))
     pruning_rows = record_files.pruning_rows(pruning, params["n_remove"])
-    seconds = {arm: (timings.get("utility", {}).get(arm, {}).get(timing.SPEED_BATCH) or {})
-               .get("prefill_seconds_per_round") for arm in ("base", "pruned-noft")}
+    speed = {arm: timings.get("utility", {}).get(arm, {}).get(timing.SPEED_BATCH) or {}
+             for arm in ("base", "pruned-noft")}
+    seconds = {arm: s.get("prefill_seconds_per_round") for arm, s in speed.items()}
     attacks = results.get("attacks") or {}
     decided = {
         "pairwise_best": pairwise_best(pruning_rows, **pruning_boot) if pruning_rows
         else _missing("per-record sweep rows"),
         "keeps_performance": keeps_performance(utility_rows["base"], utility_rows["pruned-noft"], **utility_boot)
         if {"base", "pruned-noft"} <= set(utility_rows) else _missing("held-out rows of base and pruned-noft"),
-        "speedup": speedup(seconds["base"], seconds["pruned-noft"]) if all(seconds.values())
+        "speedup": speedup(seconds["base"], seconds["pruned-noft"], speed["pruned-noft"].get("ideal_speedup"))
+        if all(seconds.values())
         else _missing("per-round prefill seconds"),
         "heals": heals(utility_rows, **utility_boot),
         "mitigates_memorisation": mitigates_memorisation(attacks, records.get("attacks"), **boot),

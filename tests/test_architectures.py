@@ -34,8 +34,10 @@ from transformers import (
 
 from ppt_core import (
     architectures,
+    batching,
     checks,
     errors,
+    frozen_prefix,
     models,
     privacy,
     profiles,
@@ -207,6 +209,21 @@ def test_one_dp_lora_step_trains_the_pruned_model(arch, tokenizer, one_thread):
     assert result.batch_sizes[0] > 0  # records went through the forward and backward pass, not noise alone
     assert result.lora_targets == architectures.SUPPORTED[pruned.config.model_type].lora_targets("query+value")
     assert result.trainable_parameters > 0
+
+
+def test_the_frozen_block_cache_replays_exactly_or_is_not_used(arch, tokenizer, one_thread):
+    """LoRA on the top 2 of the pruned model's 4 blocks: where nothing drops out below them, the cache of the lower
+    blocks gives the computed forward's logits; where something does (GPT-2's default pdrop), there is no cache."""
+    _, _, pruned = arch
+    config = train_config.TrainConfig(lora_rank=2, lora_blocks=2, lora_targets="query+value", max_length=16,
+                                      bf16=False, progress=False)
+    peft_model = training._lora_model(pruned, config, torch.device("cpu"))
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    prefix = training._frozen_prefix(peft_model, dataset, config)
+    if frozen_prefix.frozen_dropout(peft_model.get_base_model(), 2):
+        assert prefix is None
+    else:
+        assert prefix is not None and prefix.replay_error(dataset, [0, 1, 2]) < 1e-5
 
 
 # --- refused before any work ---------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from ppt_core import profiles, report, verdicts
+from ppt_core import cost, profiles, report, verdicts
 
 
 def one_row_table():
@@ -36,8 +36,11 @@ def test_results_markdown_holds_the_table_the_claims_and_the_guarantee():
     claim = verdicts.Verdict(verdicts.SUPPORTED, "ratio 0.9 [0.8, 0.95]", key="speedup", claim="Pruning is fast",
                              criterion="above 1")
     group = {"pruned-dp8": {"k=1": 7.9, "k=4": 40.0, "accountant": "prv"}}
-    text = report.results_markdown(params, one_row_table(), [claim], {"02_pruning": 60.0}, group, estimate="A guess.")
+    text = report.results_markdown(params, one_row_table(), [claim], {"02_pruning": 60.0}, group, estimate="A guess.",
+                                   notebook_tokens=cost.notebook_tokens(params))
     assert "| Pruning is fast | above 1 | ratio 0.9 [0.8, 0.95] | supported (1 seed) |" in text
     assert "| pruned-dp8 | 7.9 | 40 | prv |" in text and "k = 4" in text
     assert "prefill of a batch of 8" in text and text.endswith("A guess.\n")
-    assert "02_pruning 60 s (total 1.0 min)" in text
+    assert "(total 1.0 min)" in text
+    tokens = cost.notebook_tokens(params)["02_pruning"]
+    assert f"| 02_pruning | {tokens:,.0f} | 60 | {60e6 / tokens:,.0f} |" in text  # seconds beside the model's tokens

@@ -21,6 +21,21 @@ def test_time_inference_times_every_model_side_by_side(tiny):
         timing.time_inference(models, tokenizer, new_tokens=1)
 
 
+def test_the_speed_batch_gets_its_own_many_rounds(tiny):
+    """The prefill the speed verdict reads (SPEED_BATCH_SIZE) is timed `speed_rounds` times, paired across models;
+    every other prefill and the generation latency `repeats` times."""
+    model, tokenizer = tiny
+    models = {"full": model, "pruned": pruning.prune_layers(model, [0, 5])}
+    reports = timing.time_inference(models, tokenizer, prompt_tokens=8, new_tokens=2,
+                                    batch_sizes=(1, timing.SPEED_BATCH_SIZE), repeats=2, speed_rounds=5, warmup=0)
+    for report in reports.values():
+        assert report["speed_rounds"] == 5
+        assert len(report[timing.SPEED_BATCH]["prefill_seconds_per_round"]) == 5
+        assert len(report[timing.batch_key(1)]["prefill_seconds_per_round"]) == 2
+    with pytest.raises(ValueError, match="speed_rounds"):
+        timing.time_inference(models, tokenizer, speed_rounds=0)
+
+
 def test_prefill_timings_interleave_every_model(tiny):
     model, tokenizer = tiny
     models = {"full": model, "pruned": pruning.prune_layers(model, [0, 5])}

@@ -306,3 +306,30 @@ def test_secure_mode_trains_or_refuses_naming_the_fix(tiny, monkeypatch):
         return
     _, result = training.finetune(*tiny, TEXTS, config)
     assert result.secure_mode and result.epsilon <= config.dp.target_epsilon
+
+
+def test_frozen_weights_stored_in_bf16_give_the_autocast_products(tiny):
+    """Under bf16 autocast a frozen float32 weight is cast to bf16 in every pass; storing it in bf16 once gives the
+    same losses and per-record gradients, bit for bit, and the float32 weights come back after training."""
+    model, tokenizer = tiny
+    config = small_config(bf16=True, lora_targets="attention+mlp", dp=dp_config())
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    outcomes = []
+    for stored in (False, True):
+        torch.manual_seed(0)
+        peft_model = training._lora_model(model, config, torch.device("cpu"))
+        kept = training._frozen_weights_in_bf16(peft_model) if stored else []
+        run = training.prepare(peft_model, dataset, config)
+        run.module.train()
+        loss = training.physical_step(run, batching.collate(dataset, range(4)))
+        outcomes.append((loss, [p.grad_sample.clone() for p in run.lora_params]))
+        if stored:
+            assert kept and all(m.weight.dtype == torch.bfloat16 for m, _ in kept)
+            training._restore_weights(kept)
+            base = dict(model.named_parameters())
+            for name, p in peft_model.get_base_model().named_parameters():
+                if not p.requires_grad:
+                    assert p.dtype == torch.float32 and torch.equal(p, base[name.replace(".base_layer", "")])
+    (loss_cast, grads_cast), (loss_stored, grads_stored) = outcomes
+    assert loss_cast == loss_stored
+    assert all(torch.equal(a, b) for a, b in zip(grads_cast, grads_stored))

@@ -102,6 +102,24 @@ def test_speedup_reaches_every_verdict():
         verdicts.speedup([1.0, 1.0], [1.0])
 
 
+def test_many_rounds_decide_what_three_cannot_and_the_width_is_reported():
+    """A 15% speedup under 10% round-to-round noise: 3 rounds decide it in few draws, 30 in nearly all; the
+    evidence gives the interval's width and the FLOP ratio it reads against."""
+    rng = np.random.default_rng(0)
+
+    def decided(rounds):
+        base = 1.0 + 0.01 * rng.standard_normal(rounds)
+        pruned = base / 1.15 * np.exp(0.1 * rng.standard_normal(rounds))
+        return verdicts.speedup(base, pruned, ideal=1.15)
+
+    assert np.mean([decided(3).outcome == SUPPORTED for _ in range(200)]) < 0.5
+    thirty = [decided(30) for _ in range(200)]
+    assert np.mean([v.outcome == SUPPORTED for v in thirty]) > 0.95
+    width = float(thirty[0].evidence.split("interval width ")[1].split(";")[0])
+    assert 0 < width < 0.15 and "over 30 interleaved rounds" in thirty[0].evidence
+    assert "FLOP ratio 1.15" in thirty[0].evidence
+
+
 # --- DP-LoRA heals the pruned model ---------------------------------------------------------------------
 def test_heals_reaches_every_verdict(difficulty):
     def arms_with(healed, scale=0.01):

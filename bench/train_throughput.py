@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Benchmark: the training loop's tokens per second against this machine's own matmul peak, side by side.
+
+In one process, one after the other on the same Poisson logical batches of a profile's training records
+(default quick: notes, canary copies and audit canaries), it measures:
+
+- the peak: a 2048 x 2048 matmul in the dtype training uses (bf16 where the CPU or GPU has it, else float32);
+- the training loop's step (forward, backward, DP-SGD's clipping and noise or the plain optimizer step), for the
+  non-private and the DP arm, with each lever of the loop off and on:
+  `count` cuts a logical batch into physical batches by record count (every record padded to the longest),
+  `width` by width (`batching.physical_batches` with lengths: short canaries apart from notes), and
+  `width+bf16` also stores the frozen weights in bf16 once (`training._frozen_weights_in_bf16`) instead of
+  autocast casting them in every pass (bf16 machines only).
+
+Each setting's FLOPs per step are counted by torch's FlopCounterMode (matmuls and attention, forward and
+backward, per-sample gradients included) on the same steps; the table gives real tokens per second, the
+FLOP rate and its share of the peak. Target: the loop as the study runs it at >= 50% of the peak.
+
+  python bench/train_throughput.py                         # SmolLM2-135M, 8 logical steps per setting
+  python bench/train_throughput.py --float32               # the float32 loop (a CPU without native bf16)
+  python bench/train_throughput.py --model tiny-random-llama --profile smoke --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from ppt_core import batching, data, evaluation, profiles, train_config, training  # noqa: E402
+from ppt_core.models import load_model  # noqa: E402
+
+TARGET = 0.5
+SIDE = 2048
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 10) -> float:
+    """FLOP/s of a SIDE x SIDE matmul in `dtype` (median of `repeats` after a warm-up)."""
+    a, b = (torch.randn(SIDE, SIDE, device=device).to(dtype) for _ in range(2))
+    seconds = []
+    for repeat in range(repeats + 1):
+        started = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if repeat:
+            seconds.append(time.perf_counter() - started)
+    return 2 * SIDE**3 / statistics.median(seconds)
+
+
+def logical_steps(run: training.Training, steps: int) -> list[list[int]]:
+    return list(batching.logical_batches(run.loader, steps))
+
+
+def measure(model, dataset, config, *, cut: str, bf16_weights: bool, cached: bool, steps: int) -> dict:
+    """Seconds, tokens and FLOPs per logical step of the loop (training.logical_step) with these levers."""
+    peft_model = training._lora_model(model, config, next(model.parameters()).device)
+    if bf16_weights:
+        training._frozen_weights_in_bf16(peft_model)
+    started = time.perf_counter()
+    prefix = training._frozen_prefix(peft_model, dataset, config) if cached else None
+    cache_seconds = time.perf_counter() - started
+    run = dataclasses.replace(training.prepare(peft_model, dataset, config), prefix=prefix)
+    run.module.train()
+    lengths = dataset.tensors[1].sum(1).tolist() if cut == "width" else None
+    batches = logical_steps(run, steps + 1)
+    training.logical_step(run, batches[0], lengths)  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        training.logical_step(run, batches[1], lengths)
+    flops_first = counter.get_total_flops()
+    seconds = []
+    for indices in batches[1:]:
+        started = time.perf_counter()
+        training.logical_step(run, indices, lengths)
+        if run.lora_params[0].is_cuda:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+    mask = dataset.tensors[1]
+    real = sum(int(mask[i].sum()) for indices in batches[1:] for i in indices)
+    lengths = mask.sum(1).tolist()
+    padded = sum(len(chunk) * max(lengths[i] for i in chunk) for indices in batches[1:] for chunk in
+                 batching.physical_batches(indices, config.physical_batch_size, lengths if cut == "width" else None)
+                 if chunk)
+    # FLOPs of every measured step, scaled from the counted one by positions computed
+    first_positions = sum(len(c) * max(lengths[i] for i in c) for c in batching.physical_batches(
+        batches[1], config.physical_batch_size, lengths if cut == "width" else None) if c)
+    total_flops = flops_first * padded / max(1, first_positions)
+    return {"seconds_per_step": sum(seconds) / len(seconds), "tokens_per_s": real / sum(seconds),
+            "flops_per_s": total_flops / sum(seconds), "padded_share": 1 - real / padded,
+            "cache_seconds": cache_seconds if prefix is not None else None}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--steps", type=int, default=8, help="logical steps measured per setting")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--float32", action="store_true",
+                        help="train in float32 even where bf16 is native (what a CPU without it runs)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")  # Opacus and torch hook notices
+
+    params = profiles.get_profile(args.profile, model=args.model)
+    model, tokenizer = load_model(args.model, device=args.device)
+    device = next(model.parameters()).device
+    with tempfile.TemporaryDirectory() as folder:
+        splits = data.build_dataset(params, folder, tokenizer=tokenizer)
+    length = params["train_max_length"] or params["max_length"]
+    dataset = batching.record_dataset(tokenizer, splits.texts("train"), length)
+    bf16 = evaluation.resolve_bf16(False if args.float32 else params["bf16"], device)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak = matmul_peak(dtype, device)
+    print(f"{args.model}, profile {args.profile}: {len(dataset)} training records of at most {length} tokens; "
+          f"{torch.get_num_threads()} threads on {device}; training dtype {str(dtype).split('.')[-1]}, "
+          f"its {SIDE}² matmul peak {peak / 1e9:.0f} GFLOP/s")
+    cached = params["lora_blocks"] is not None
+    settings = [("count", False, False), ("width", False, False)]
+    settings += [("width", True, False)] if bf16 else []
+    settings += [("width", bf16, True)] if cached else []
+    rows = []
+    for private in (False, True):
+        epsilon = params["epsilons"][0] if private else None
+        config = train_config.config_from_params(params, epsilon, progress=False, bf16=bf16)
+        for cut, bf16_weights, cache in settings:
+            torch.manual_seed(0)
+            result = measure(model, dataset, config, cut=cut, bf16_weights=bf16_weights, cached=cache,
+                             steps=args.steps)
+            name = (f"{'dp' if private else 'non-private'} {cut}{'+bf16' if bf16_weights else ''}"
+                    f"{'+cache' if cache else ''}")
+            rows.append((name, result))
+            once = f", cache built in {result['cache_seconds']:.1f} s" if result["cache_seconds"] is not None else ""
+            print(f"  {name:<30} {result['seconds_per_step']:6.2f} s/step {result['tokens_per_s']:7.0f} tokens/s "
+                  f"{result['flops_per_s'] / 1e9:6.0f} GFLOP/s = {result['flops_per_s'] / peak:5.1%} of peak "
+                  f"(padding {result['padded_share']:.0%}{once})", flush=True)
+    study = [result for name, result in rows if name.split(" ", 1)[1] == rows[-1][0].split(" ", 1)[1]]
+    worst = min(r["flops_per_s"] / peak for r in study)
+    verdict = "meets" if worst >= TARGET else "misses"
+    print(f"\nthe loop as the study runs it ({rows[-1][0].split(' ', 1)[1]}): worst {worst:.1%} of the "
+          f"{str(dtype).split('.')[-1]} matmul peak; {verdict} the target {TARGET:.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The frozen lower blocks of a LoRA model, computed once per record and replayed in every training pass.
+
+Where LoRA sits only on the upper blocks (`TrainConfig.lora_blocks`), the blocks below the lowest adapted one
+are frozen, and what they output for a record is a fixed function of the record and the public starting
+model: the same in every pass. `FrozenPrefix` runs them once over every training record (no gradient, the
+training autocast) and keeps the last frozen block's output; in a training step `replaying(rows)` stands two
+modules in for those blocks: the first frozen blocks pass their input through untouched (`_Skip`) and the last
+returns the kept output of the batch's records (`_Replay`). The embedding, masks and positions are still
+computed by the model as usual, so the adapted blocks see exactly what they would see without the cache.
+
+Nothing about DP-SGD changes: the adapted blocks, the loss, each record's gradient, its clipping and the noise
+are computed as before, from the same numbers (the test compares both loops). The kept outputs are the
+trainer's, like the records themselves; nothing is published from them.
+
+The cache is used only where it is exact (`training.finetune` decides, and says when it does not): no dropout in
+the frozen blocks or the config (a dropped-out pass differs from pass to pass), and a check at setup that a
+replayed forward gives the computed forward's logits (`replays_exactly`); otherwise training runs uncached.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ppt_core import batching
+from ppt_core.architectures import decoder_blocks
+
+REPLAY_TOLERANCE = 1e-3  # max |logit difference| of the setup check in float32 (summation order); 16x that in bf16
+
+
+class _Skip(nn.Module):
+    """A frozen block below the last one: its input passes through (the replayed output replaces all of them)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.attention_type = getattr(block, "attention_type", None)  # read by some models' mask selection
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+class _Replay(nn.Module):
+    """The last frozen block: returns the kept output of the current batch's records."""
+
+    def __init__(self, block: nn.Module, output: torch.Tensor):
+        super().__init__()
+        self.attention_type = getattr(block, "attention_type", None)
+        self.output = output
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.output[:, : hidden_states.shape[1]].to(hidden_states.dtype)  # the batch's width
+
+
+def frozen_dropout(model, n_frozen: int) -> list[str]:
+    """What would make the frozen part differ from pass to pass: dropout modules with p > 0 anywhere but in the
+    adapted blocks (embedding dropout included), and the config's dropout rates above 0."""
+    blocks = decoder_blocks(model)
+    adapted = {id(m) for block in blocks[n_frozen:] for m in block.modules()}
+    active = [name for name, m in model.named_modules()
+              if isinstance(m, nn.Dropout) and m.p > 0 and id(m) not in adapted]
+    active += [f"config.{key} = {value}" for key, value in vars(model.config).items()  # functional dropout
+               if key.endswith(("dropout", "pdrop")) and not key.startswith("classifier")  # (a classifier head's)
+               and isinstance(value, (int, float)) and value > 0]
+    return active
+
+
+class FrozenPrefix:
+    """The output of the lower `n_frozen` blocks of `peft_model` for every record of `dataset`, kept in float32."""
+
+    def __init__(self, peft_model, dataset: TensorDataset, n_frozen: int, *, batch_size: int, bf16: bool):
+        self.model, self.n_frozen = peft_model, n_frozen
+        self.blocks = decoder_blocks(peft_model.get_base_model())
+        if not 0 < n_frozen < len(self.blocks):
+            raise ValueError(f"n_frozen must be between 1 and {len(self.blocks) - 1} (got {n_frozen})")
+        for block in self.blocks[:n_frozen]:
+            if any(p.requires_grad for p in block.parameters()):
+                raise ValueError("a block below the adapted ones has trainable parameters: it cannot be cached")
+        self.device = next(peft_model.parameters()).device
+        self.bf16 = bf16
+        self.outputs = self._outputs(dataset, batch_size)
+
+    @torch.no_grad()
+    def _outputs(self, dataset: TensorDataset, batch_size: int) -> torch.Tensor:
+        kept = []
+        hook = self.blocks[self.n_frozen - 1].register_forward_hook(
+            lambda module, args, output: kept.append((output[0] if isinstance(output, tuple) else output).float()))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(dataset), batch_size):
+                rows = range(start, min(len(dataset), start + batch_size))
+                input_ids, attention_mask, _ = (t.to(self.device) for t in batching.collate(dataset, rows))
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    self._forward_to_prefix(input_ids, attention_mask)
+        finally:
+            hook.remove()
+            self.model.train(was_training)
+        width = dataset.tensors[0].shape[1]
+        return torch.cat([nn.functional.pad(k, (0, 0, 0, width - k.shape[1])) for k in kept])
+
+    def _forward_to_prefix(self, input_ids, attention_mask):
+        """Run the model only as far as the last frozen block (the blocks above pass through)."""
+        above = list(self.blocks[self.n_frozen:])
+        for i in range(self.n_frozen, len(self.blocks)):
+            self.blocks[i] = _Skip(self.blocks[i])
+        try:
+            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        finally:
+            for i, block in enumerate(above, start=self.n_frozen):
+                self.blocks[i] = block
+
+    @contextmanager
+    def replaying(self, rows):
+        """Inside: the model's frozen blocks return the kept outputs of dataset rows `rows` (a training batch,
+        trimmed to the batch's width by the forward pass that reads them)."""
+        frozen = list(self.blocks[: self.n_frozen])
+        output = self.outputs[torch.as_tensor(list(rows), dtype=torch.long)].to(self.device)
+        replay = _Replay(frozen[-1], output)
+        for i in range(self.n_frozen - 1):
+            self.blocks[i] = _Skip(frozen[i])
+        self.blocks[self.n_frozen - 1] = replay
+        try:
+            yield
+        finally:
+            for i, block in enumerate(frozen):
+                self.blocks[i] = block
+
+    @torch.no_grad()
+    def replay_error(self, dataset: TensorDataset, rows) -> float:
+        """max |logits replayed - logits computed| over the real tokens of dataset rows `rows` (eval mode, the
+        training autocast): about 0 where this model's blocks replay as a plain stack (see `replays_exactly`)."""
+        input_ids, attention_mask, _ = (t.to(self.device) for t in batching.collate(dataset, rows))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                computed = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+                with self.replaying(rows):
+                    replayed = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        finally:
+            self.model.train(was_training)
+        return float((computed - replayed)[attention_mask.bool()].abs().max())
+
+    def replays_exactly(self, dataset: TensorDataset, rows) -> bool:
+        """Does a replayed forward give the computed one's logits on `rows`, up to float summation order?"""
+        return self.replay_error(dataset, rows) <= REPLAY_TOLERANCE * (16 if self.bf16 else 1)

@@ -1,0 +1,102 @@
+"""The frozen-block cache: LoRA on the upper blocks trains to the same adapter, under the same DP-SGD, whether
+the blocks below are computed in every pass or once per record and replayed."""
+
+import copy
+
+import pytest
+import torch
+
+from ppt_core import batching, frozen_prefix, training
+from ppt_core.architectures import decoder_blocks
+from tests.test_training import TEXTS, dp_config, lora_vector, small_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+UPPER = dict(lora_blocks=2, lora_targets="attention+mlp", physical_batch_size=3)  # the tiny model has 6 blocks
+
+
+def trained_once(tiny, config, *, cached: bool, sigma: float | None = None, steps: int = 3):
+    """(Training, its LoRA vector after `steps` logical steps) with the frozen blocks cached or computed."""
+    model, tokenizer = tiny
+    torch.manual_seed(config.seed)
+    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    prefix = training._frozen_prefix(peft_model, dataset, config) if cached else None
+    run = training.prepare(peft_model, dataset, config)
+    run.prefix = prefix
+    if sigma is not None:
+        run.optimizer.noise_multiplier = sigma
+    torch.manual_seed(123)  # the noise's generator
+    training.run_steps(run, steps=steps)
+    return run, lora_vector(run)
+
+
+def test_lora_sits_only_on_the_upper_blocks(tiny):
+    run, _ = trained_once(tiny, small_config(**UPPER), cached=True, steps=1)
+    adapted = {int(name.split("layers.")[1].split(".")[0]) for name, p in run.peft_model.named_parameters()
+               if p.requires_grad}
+    assert adapted == {4, 5}
+    assert run.prefix is not None and run.prefix.n_frozen == 4
+
+
+@pytest.mark.parametrize("private", [False, True])
+def test_cached_loop_trains_the_same_adapter_as_the_uncached_one(tiny, private):
+    """Same draws, same per-record clipping and noise: the adapters agree to float rounding, with and without DP
+    (sigma 0: the clipped sum alone; sigma 0.7: one noise draw per logical batch, as uncached)."""
+    dp = dp_config(max_grad_norm=1e-2) if private else None
+    config = small_config(**UPPER, optimizer="sgd", learning_rate=0.5, lr_schedule="constant", dp=dp)
+    for sigma in ([0.0, 0.7] if private else [None]):
+        cached_run, cached = trained_once(tiny, config, cached=True, sigma=sigma)
+        _, computed = trained_once(tiny, config, cached=False, sigma=sigma)
+        start = trained_once(tiny, config, cached=False, sigma=sigma, steps=0)[1]
+        assert cached_run.prefix is not None
+        assert float((computed - start).norm()) > 0  # the adapter moved
+        assert torch.allclose(cached, computed, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_blocks_run_once_per_record_not_once_per_pass(tiny):
+    model, tokenizer = tiny
+    config = small_config(**UPPER, epochs=3.0)
+    torch.manual_seed(0)
+    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    rows_through = {"bottom": 0, "top": 0}
+
+    def counter(key):
+        return lambda module, args, output: rows_through.__setitem__(key, rows_through[key] + len(args[0]))
+
+    blocks = decoder_blocks(peft_model.get_base_model())
+    blocks[0].register_forward_hook(counter("bottom"))
+    blocks[5].register_forward_hook(counter("top"))
+    run = training.prepare(peft_model, dataset, config)
+    run.prefix = training._frozen_prefix(peft_model, dataset, config)
+    after_cache = dict(rows_through)
+    log = training.run_steps(run)
+    drawn = sum(log.batch_sizes)
+    assert drawn > len(TEXTS)  # three passes: records are drawn about 3 times each
+    assert rows_through["bottom"] == after_cache["bottom"]  # no training step ran block 0 again
+    assert rows_through["top"] - after_cache["top"] == drawn  # every drawn record went through the top block
+
+
+def test_dropout_in_the_frozen_blocks_means_no_cache(tiny):
+    model, tokenizer = tiny
+    dropping = copy.deepcopy(model)
+    dropping.config.attention_dropout = 0.1
+    config = small_config(**UPPER)
+    peft_model = training._lora_model(dropping, config, torch.device("cpu"))
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    assert frozen_prefix.frozen_dropout(peft_model.get_base_model(), 4) == ["config.attention_dropout = 0.1"]
+    assert training._frozen_prefix(peft_model, dataset, config) is None
+
+
+def test_replayed_forward_matches_the_computed_one_and_restores_the_blocks(tiny):
+    model, tokenizer = tiny
+    config = small_config(**UPPER)
+    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    prefix = frozen_prefix.FrozenPrefix(peft_model, dataset, 4, batch_size=4, bf16=False)
+    before = list(decoder_blocks(peft_model.get_base_model()))
+    assert prefix.replay_error(dataset, [3, 7, 11]) < 1e-5
+    assert list(decoder_blocks(peft_model.get_base_model())) == before  # the real blocks are back
+    with pytest.raises(ValueError, match="n_frozen"):
+        frozen_prefix.FrozenPrefix(peft_model, dataset, 6, batch_size=4, bf16=False)
