@@ -133,13 +133,15 @@ def _frozen_weights_in_bf16(peft_model) -> list:
     Autocast multiplies in bf16 whatever a weight is stored in, and it keeps a cast copy only of weights that
     require grad, so a frozen float32 weight is cast again in every forward pass (135M values per pass here).
     Casting it once gives the same bf16 values (round to nearest even either way), hence the same products,
-    without the copies. An output head tied to the input embeddings gets a bf16 copy of its own while training
-    (the embedding lookup is not autocast and keeps reading float32); restoring ties them again.
+    without the copies. The output head stays float32: the pass probe scores through it in float32 during
+    training (evaluation.next_token_logits), and a head tied to the input embeddings is their weight.
     """
+    head = peft_model.get_output_embeddings()
     stored = []
     for module in peft_model.modules():
         weight = getattr(module, "weight", None)
-        if isinstance(module, nn.Linear) and not weight.requires_grad and weight.dtype == torch.float32:
+        if (isinstance(module, nn.Linear) and module is not head and not weight.requires_grad
+                and weight.dtype == torch.float32):
             stored.append((module, weight))
             module.weight = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
     return stored

@@ -100,3 +100,19 @@ def test_replayed_forward_matches_the_computed_one_and_restores_the_blocks(tiny)
     assert list(decoder_blocks(peft_model.get_base_model())) == before  # the real blocks are back
     with pytest.raises(ValueError, match="n_frozen"):
         frozen_prefix.FrozenPrefix(peft_model, dataset, 6, batch_size=4, bf16=False)
+
+
+def test_bf16_training_with_the_cache_and_the_audit_probe(tiny):
+    """The study's bf16 loop end to end on the tiny model: frozen weights stored in bf16, the lower blocks cached,
+    and the audit probe scoring through the float32 head after every pass (the smoke profile runs float32, so
+    only this test reads these paths together)."""
+    from ppt_core import arm_training
+
+    model, tokenizer = tiny
+    config = small_config(**UPPER, bf16=True, epochs=2.0)
+    audit = [{"text": f"zebra quartz {i} lumen", "secret_tokens": 2} for i in range(6)]
+    peft_model, result = training.finetune(model, tokenizer, TEXTS, config,
+                                           pass_probe=arm_training.audit_probe(tokenizer, audit, config))
+    assert result.bf16 and len(result.pass_probes) == 3  # before training and after each of the 2 passes
+    assert all(len(values) == len(audit) for _, values in result.pass_probes)
+    assert all(p.dtype == torch.float32 for p in peft_model.parameters())  # the weights are float32 again
