@@ -35,10 +35,11 @@ _QUICK = dict(
     # blocks (value, output and MLP matter most for memorisation: Savine 2025, arXiv 2507.21009), a constant
     # learning rate. Its probe on this model (non-private, 6 passes over ~40k tokens, 2e-3) took the audit AUC
     # from 0.52 after one pass to 0.99 after six; one pass at rank 2 on q/v memorised nothing any attack saw.
-    # The run of these settings at the tuned rates (figures/results.md, commit 74225f7): full-nodp audit AUC
-    # 0.55 after one pass, 0.85 after six, f-DP / one-run bounds 2.43 / 1.60, calibrated membership ΔAUC 0.35
-    # [0.30, 0.40], all 4 canaries at 32x above the null; the DP arms' bounds 0 at every pass. Kept as they are:
-    # random-word audit canaries (Panda et al.'s rare-token canaries were not needed) and m = 256.
+    # The run of these settings at the tuned rates (figures/results.md, commit 387062f, LoRA on the last 10
+    # blocks): full-nodp audit AUC 0.57 after one pass, 0.96 after six, f-DP / one-run bounds 4.35 / 2.66,
+    # calibrated membership ΔAUC 0.33 [0.28, 0.38], all 4 canaries at 32x above the null; the DP arms' bounds 0
+    # at every pass. (On all 30 blocks, commit 74225f7: AUC 0.85 after six passes, bounds 2.43 / 1.60.) Kept as
+    # they are: random-word audit canaries (Panda et al.'s rare-token canaries were not needed) and m = 256.
     n_train=100,  # training notes; the membership attack takes n_membership of them
     n_heldout=200,  # never trained on: the attacks' non-members and the held-out perplexity
     n_public=200,
@@ -88,9 +89,11 @@ _QUICK = dict(
     lora_dropout=0.0,
     lora_targets="attention+mlp",  # "query+value", "attention", "attention+mlp", or a list of module names
     # LoRA on the last 10 blocks only (None: every block). The 20 frozen blocks below are computed once per
-    # record instead of in every pass (ppt_core.frozen_prefix), and the backward pass stops at block 20. It
-    # memorises more, not less: full-nodp's audit AUC after 6 passes 0.97 and f-DP bound 4.47 on the last 10
-    # blocks, against 0.86 and 2.43 on all 30 (same data, rate and steps; held-out loss 1.76 against 1.58).
+    # record instead of in every pass (ppt_core.frozen_prefix), and the backward pass stops at block 20: notebook
+    # 03 took 793 s against 1596 s on all 30 blocks (commits 387062f and 74225f7, 2-core bf16 CPU). It memorises
+    # more, not less: full-nodp's audit AUC after 6 passes 0.96 and f-DP bound 4.35, against 0.86 and 2.43 on all
+    # 30. What it costs: the DP arms heal less (held-out perplexity of full-dp8 35.5 against 22.9, pruned-dp8
+    # 42.4 against 31.4; full-nodp 5.45 against 4.91).
     lora_blocks=10,
     bf16="auto",  # bf16 autocast for the forward/backward where the device has native bf16 (else float32,
     # which is faster than emulated bf16); per-sample clipping and noise stay float32 either way
