@@ -15,6 +15,12 @@ Without `dp` the same loader (Poisson at the same q and steps, on an independent
 `batching.sampling_seed`), physical batching and loop run with no clipping and no noise, so the only
 difference between a DP arm and its non-private twin is the mechanism and its own draw of batches.
 
+Three things make the loop fast without changing a record's gradient, its clipping or the noise. With LoRA
+on the last `lora_blocks` blocks only, the frozen blocks below are computed once per record and replayed in
+every pass (`ppt_core.frozen_prefix`). Each logical batch is cut into physical batches by width, so the
+canaries do not pad to a note's length. On a bf16 device the frozen weights are stored in bf16 once instead
+of being cast in every pass.
+
 Privacy unit: one record (one note or one canary copy). Each record's loss is the mean next-token
 loss over its own real tokens (padding carries label -100 and never counts), so a record's gradient
 never depends on the other records of its batch. A DP arm publishes nothing computed from its
