@@ -24,7 +24,6 @@ FLOP rate and its share of the peak. Target: the loop as the study runs it at >=
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -60,10 +59,6 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 10) -> 
     return 2 * SIDE**3 / statistics.median(seconds)
 
 
-def logical_steps(run: training.Training, steps: int) -> list[list[int]]:
-    return list(batching.logical_batches(run.loader, steps))
-
-
 def measure(model, dataset, config, *, cut: str, bf16_weights: bool, cached: bool, steps: int) -> dict:
     """Seconds, tokens and FLOPs per logical step of the loop (training.logical_step) with these levers."""
     peft_model = training._lora_model(model, config, next(model.parameters()).device)
@@ -72,33 +67,31 @@ def measure(model, dataset, config, *, cut: str, bf16_weights: bool, cached: boo
     started = time.perf_counter()
     prefix = training._frozen_prefix(peft_model, dataset, config) if cached else None
     cache_seconds = time.perf_counter() - started
-    run = dataclasses.replace(training.prepare(peft_model, dataset, config), prefix=prefix)
+    run = training.prepare(peft_model, dataset, config, prefix=prefix)
     run.module.train()
-    lengths = dataset.tensors[1].sum(1).tolist() if cut == "width" else None
-    batches = logical_steps(run, steps + 1)
-    training.logical_step(run, batches[0], lengths)  # warm-up
+    lengths = dataset.tensors[1].sum(1).tolist()
+    by = lengths if cut == "width" else None  # what physical_batches cuts by: widths, or counts alone
+
+    def positions(indices):  # padded token positions one logical step computes
+        return sum(len(c) * max(lengths[i] for i in c)
+                   for c in batching.physical_batches(indices, config.physical_batch_size, by) if c)
+
+    batches = list(batching.logical_batches(run.loader, steps + 1))
+    training.logical_step(run, batches[0], by)  # warm-up
     with FlopCounterMode(display=False) as counter:
-        training.logical_step(run, batches[1], lengths)
-    flops_first = counter.get_total_flops()
+        training.logical_step(run, batches[1], by)
+    flops_per_position = counter.get_total_flops() / max(1, positions(batches[1]))
     seconds = []
     for indices in batches[1:]:
         started = time.perf_counter()
-        training.logical_step(run, indices, lengths)
+        training.logical_step(run, indices, by)
         if run.lora_params[0].is_cuda:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
-    mask = dataset.tensors[1]
-    real = sum(int(mask[i].sum()) for indices in batches[1:] for i in indices)
-    lengths = mask.sum(1).tolist()
-    padded = sum(len(chunk) * max(lengths[i] for i in chunk) for indices in batches[1:] for chunk in
-                 batching.physical_batches(indices, config.physical_batch_size, lengths if cut == "width" else None)
-                 if chunk)
-    # FLOPs of every measured step, scaled from the counted one by positions computed
-    first_positions = sum(len(c) * max(lengths[i] for i in c) for c in batching.physical_batches(
-        batches[1], config.physical_batch_size, lengths if cut == "width" else None) if c)
-    total_flops = flops_first * padded / max(1, first_positions)
+    real = sum(lengths[i] for indices in batches[1:] for i in indices)
+    padded = sum(positions(indices) for indices in batches[1:])
     return {"seconds_per_step": sum(seconds) / len(seconds), "tokens_per_s": real / sum(seconds),
-            "flops_per_s": total_flops / sum(seconds), "padded_share": 1 - real / padded,
+            "flops_per_s": flops_per_position * padded / sum(seconds), "padded_share": 1 - real / padded,
             "cache_seconds": cache_seconds if prefix is not None else None}
 
 
@@ -138,18 +131,18 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             result = measure(model, dataset, config, cut=cut, bf16_weights=bf16_weights, cached=cache,
                              steps=args.steps)
-            name = (f"{'dp' if private else 'non-private'} {cut}{'+bf16' if bf16_weights else ''}"
-                    f"{'+cache' if cache else ''}")
-            rows.append((name, result))
+            levers = f"{cut}{'+bf16' if bf16_weights else ''}{'+cache' if cache else ''}"
+            rows.append((levers, result))
             once = f", cache built in {result['cache_seconds']:.1f} s" if result["cache_seconds"] is not None else ""
-            print(f"  {name:<30} {result['seconds_per_step']:6.2f} s/step {result['tokens_per_s']:7.0f} tokens/s "
-                  f"{result['flops_per_s'] / 1e9:6.0f} GFLOP/s = {result['flops_per_s'] / peak:5.1%} of peak "
-                  f"(padding {result['padded_share']:.0%}{once})", flush=True)
-    study = [result for name, result in rows if name.split(" ", 1)[1] == rows[-1][0].split(" ", 1)[1]]
-    worst = min(r["flops_per_s"] / peak for r in study)
+            print(f"  {('dp ' if private else 'non-private ') + levers:<30} {result['seconds_per_step']:6.2f} s/step "
+                  f"{result['tokens_per_s']:7.0f} tokens/s {result['flops_per_s'] / 1e9:6.0f} GFLOP/s = "
+                  f"{result['flops_per_s'] / peak:5.1%} of peak (padding {result['padded_share']:.0%}{once})",
+                  flush=True)
+    study = rows[-1][0]  # the last setting is the loop as the study runs it
+    worst = min(r["flops_per_s"] / peak for levers, r in rows if levers == study)
     verdict = "meets" if worst >= TARGET else "misses"
-    print(f"\nthe loop as the study runs it ({rows[-1][0].split(' ', 1)[1]}): worst {worst:.1%} of the "
-          f"{str(dtype).split('.')[-1]} matmul peak; {verdict} the target {TARGET:.0%}")
+    print(f"\nthe loop as the study runs it ({study}): worst {worst:.1%} of the {str(dtype).split('.')[-1]} matmul "
+          f"peak; {verdict} the target {TARGET:.0%}")
     return 0
 
 

@@ -14,7 +14,8 @@ trainer's, like the records themselves; nothing is published from them.
 
 The cache is used only where it is exact (`training.finetune` decides, and says when it does not): no dropout in
 the frozen blocks or the config (a dropped-out pass differs from pass to pass), and a check at setup that a
-replayed forward gives the computed forward's logits (`replays_exactly`); otherwise training runs uncached.
+replayed forward gives the computed forward's logits (`replay_error` within `tolerance`); otherwise training
+runs uncached.
 """
 
 from __future__ import annotations
@@ -102,12 +103,12 @@ class FrozenPrefix:
         return torch.cat([nn.functional.pad(k, (0, 0, 0, width - k.shape[1])) for k in kept])
 
     def _forward_to_prefix(self, input_ids, attention_mask):
-        """Run the model only as far as the last frozen block (the blocks above pass through)."""
+        """Run the decoder only as far as the last frozen block (the blocks above pass through; no output head)."""
         above = list(self.blocks[self.n_frozen:])
         for i in range(self.n_frozen, len(self.blocks)):
             self.blocks[i] = _Skip(self.blocks[i])
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            self.model.get_base_model().base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         finally:
             for i, block in enumerate(above, start=self.n_frozen):
                 self.blocks[i] = block
@@ -131,7 +132,7 @@ class FrozenPrefix:
     @torch.no_grad()
     def replay_error(self, dataset: TensorDataset, rows) -> float:
         """max |logits replayed - logits computed| over the real tokens of dataset rows `rows` (eval mode, the
-        training autocast): about 0 where this model's blocks replay as a plain stack (see `replays_exactly`)."""
+        training autocast): within `tolerance` where this model's blocks replay as a plain stack."""
         input_ids, attention_mask, _ = (t.to(self.device) for t in batching.collate(dataset, rows))
         was_training = self.model.training
         self.model.eval()
@@ -144,6 +145,7 @@ class FrozenPrefix:
             self.model.train(was_training)
         return float((computed - replayed)[attention_mask.bool()].abs().max())
 
-    def replays_exactly(self, dataset: TensorDataset, rows) -> bool:
-        """Does a replayed forward give the computed one's logits on `rows`, up to float summation order?"""
-        return self.replay_error(dataset, rows) <= REPLAY_TOLERANCE * (16 if self.bf16 else 1)
+    @property
+    def tolerance(self) -> float:
+        """The largest replay_error that is float summation order, not a different computation."""
+        return REPLAY_TOLERANCE * (16 if self.bf16 else 1)

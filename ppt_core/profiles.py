@@ -38,8 +38,8 @@ _QUICK = dict(
     # The run of these settings at the tuned rates (figures/results.md, commit 387062f, LoRA on the last 10
     # blocks): full-nodp audit AUC 0.57 after one pass, 0.96 after six, f-DP / one-run bounds 4.35 / 2.66,
     # calibrated membership ΔAUC 0.33 [0.28, 0.38], all 4 canaries at 32x above the null; the DP arms' bounds 0
-    # at every pass. (On all 30 blocks, commit 74225f7: AUC 0.85 after six passes, bounds 2.43 / 1.60.) Kept as
-    # they are: random-word audit canaries (Panda et al.'s rare-token canaries were not needed) and m = 256.
+    # at every pass (on all 30 blocks: see lora_blocks). Kept as they are: random-word audit canaries (Panda et
+    # al.'s rare-token canaries were not needed) and m = 256.
     n_train=100,  # training notes; the membership attack takes n_membership of them
     n_heldout=200,  # never trained on: the attacks' non-members and the held-out perplexity
     n_public=200,

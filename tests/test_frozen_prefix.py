@@ -22,8 +22,7 @@ def trained_once(tiny, config, *, cached: bool, sigma: float | None = None, step
     peft_model = training._lora_model(model, config, torch.device("cpu"))
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     prefix = training._frozen_prefix(peft_model, dataset, config) if cached else None
-    run = training.prepare(peft_model, dataset, config)
-    run.prefix = prefix
+    run = training.prepare(peft_model, dataset, config, prefix=prefix)
     if sigma is not None:
         run.optimizer.noise_multiplier = sigma
     torch.manual_seed(123)  # the noise's generator
@@ -68,8 +67,7 @@ def test_frozen_blocks_run_once_per_record_not_once_per_pass(tiny):
     blocks = decoder_blocks(peft_model.get_base_model())
     blocks[0].register_forward_hook(counter("bottom"))
     blocks[5].register_forward_hook(counter("top"))
-    run = training.prepare(peft_model, dataset, config)
-    run.prefix = training._frozen_prefix(peft_model, dataset, config)
+    run = training.prepare(peft_model, dataset, config, prefix=training._frozen_prefix(peft_model, dataset, config))
     after_cache = dict(rows_through)
     log = training.run_steps(run)
     drawn = sum(log.batch_sizes)
