@@ -1,31 +1,28 @@
-"""The decoders this study can measure, prune and fine-tune, and how each is found inside a model.
+"""What a decoder is to this study, read from the model itself: its stack of blocks and the projections LoRA adapts.
 
 Three stages look inside a model: similarity reads the residual stream at the boundaries of its
 blocks, pruning removes blocks, and LoRA attaches to its projections. They agree on what a model is
 because all three ask this module. `decoder_blocks` finds the stack of blocks from the model itself:
-the one `ModuleList` of `num_hidden_layers` identical layers, wherever the model keeps it
-(`model.layers`, `transformer.h`, `gpt_neox.layers`, ...). `SUPPORTED` is the one table of what
-is supported: per model type, the LoRA target modules of "query+value", "attention" and
-"attention+mlp".
+the one `ModuleList` of `num_hidden_layers` layers of one class, wherever the model keeps it
+(`model.layers`, `transformer.h`, `gpt_neox.layers`, ...). `lora_roles` finds, in the first block, the
+projections of "query+value", "attention" and "attention+mlp" by their role (separate, fused or low-rank
+query/key/value projections; dense or mixture-of-experts MLPs); `TARGET_OVERRIDES` names them outright for
+the model types whose names we pin, and tests that the names agree with what the roles find.
 
-Support is decided from the config alone, before any weights are loaded (`check_config`):
-1. the model must be a decoder-only causal language model (no encoder, no cross-attention);
-2. its model type must be in `SUPPORTED`: each row is tested on a tiny random model for the
-   similarity shape, block removal, save and plain reload with equal logits, cached == uncached
-   greedy decoding, per-layer config lists following the kept blocks, and one DP-LoRA step
-   (tests/test_architectures.py). A new decoder is added by a row here and a config there;
-3. its outputs must not depend on a block's absolute index in a way removal would change
-   (`INDEX_DEPENDENT`): after pruning, the kept blocks are renumbered 0..L'-1, so a block whose
-   computation reads its own index would compute something else.
-`check_params` runs these checks on a profile's model before notebook 00, from its config and a
-weightless (meta-device) skeleton built from it.
+Whether a model can be pruned and fine-tuned is decided in two places, both before any weights load:
+1. here, from the config (`check_config`): it must be a decoder-only causal language model (no
+   encoder, no encoder-decoder, no cross-attention) with no setting under which a block reads its own
+   absolute index (`INDEX_DEPENDENT`: after pruning, the kept blocks are renumbered 0..L'-1);
+2. in `ppt_core.conformance`, by running every operation the study relies on (similarity, removal,
+   reload, KV cache, LoRA, per-record gradients, a DP step) on a tiny random model of the user's own
+   config. There is no list of supported model types: a decoder that passes runs.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ppt_core.errors import ArchitectureError, TrainingConfigError
@@ -35,18 +32,20 @@ LORA_TARGET_SETS = ("query+value", "attention", "attention+mlp")
 
 @dataclass(frozen=True)
 class Architecture:
-    """One supported decoder: its family name and the module names LoRA attaches to.
+    """Where LoRA attaches in one decoder: the module names of each target set, and how they were found.
 
     query_value: the smallest useful set (Hu et al. 2021 adapt W_q and W_v); fused projections
     (Phi-3's qkv_proj, GPT-2's c_attn, GPT-NeoX's query_key_value) hold query and value together.
     Names that recur in a block (GPT-2 calls both output projections c_proj, GPT-NeoX's attention
-    output is a `dense`) carry their parent module's name.
+    output is a `dense`) carry their parent module's name; PEFT matches a name as a suffix of a module's path.
+    note: what a target set means for this block where it is not the plain one (a mixture-of-experts MLP).
     """
 
     family: str
     query_value: tuple[str, ...]
     attention: tuple[str, ...]
     mlp: tuple[str, ...]
+    note: str = ""
 
     def lora_targets(self, targets: str) -> list[str]:
         """The module names of the named target set (one of LORA_TARGET_SETS)."""
@@ -58,7 +57,9 @@ class Architecture:
 _SEPARATE_QKV = dict(query_value=("q_proj", "v_proj"), attention=("q_proj", "k_proj", "v_proj", "o_proj"),
                      mlp=("gate_proj", "up_proj", "down_proj"))
 
-SUPPORTED: dict[str, Architecture] = {
+# Named LoRA targets of the model types whose names we pin (tests/test_architectures.py checks that each row
+# names the modules `lora_roles` finds). Every other decoder gets the projections found by their role.
+TARGET_OVERRIDES: dict[str, Architecture] = {
     "llama": Architecture("Llama", **_SEPARATE_QKV),
     "mistral": Architecture("Mistral", **_SEPARATE_QKV),
     "qwen2": Architecture("Qwen2", **_SEPARATE_QKV),
@@ -77,7 +78,8 @@ SUPPORTED: dict[str, Architecture] = {
 }
 
 # Config settings under which a block's computation reads its own absolute index: removing blocks
-# renumbers the kept ones, so their outputs would change. Each is refused while it is on.
+# renumbers the kept ones, so their outputs would change. Each is refused while it is on. (A block that reads
+# its index without such a setting fails the conformance check's removal step instead.)
 INDEX_DEPENDENT = {
     "scale_attn_by_inverse_layer_idx": "it divides each block's attention scores by (layer index + 1), "
                                        "so the kept blocks, renumbered, would compute different outputs",
@@ -88,23 +90,22 @@ INDEX_DEPENDENT = {
 
 
 def unsupported_reason(config) -> str | None:
-    """Why a model with this config cannot be pruned and fine-tuned here, or None when it can."""
+    """Why a model with this config cannot be pruned and fine-tuned here, or None when nothing in the config
+    refuses it (the conformance check then decides, `ppt_core.conformance`)."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
 
-    model_type = getattr(config, "model_type", None)
     if getattr(config, "is_encoder_decoder", False):
         return "it is an encoder-decoder model; only decoder-only causal language models can be pruned here"
-    if model_type not in SUPPORTED:
-        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-            kind = "it has no causal language-model class in transformers"
-        elif type(config) in MODEL_FOR_MASKED_LM_MAPPING:
-            kind = "it is an encoder (a masked language model), not a decoder-only causal language model"
-        else:
-            kind = "it is not one of the tested decoders"
-        return f"{kind}; supported model types: {', '.join(SUPPORTED)}"
+    if type(config) in MODEL_FOR_MASKED_LM_MAPPING:
+        return "it is an encoder (a masked language model), not a decoder-only causal language model"
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return "it has no causal language-model class in transformers (AutoModelForCausalLM cannot build it)"
     if getattr(config, "add_cross_attention", False):
         return ("it has cross-attention (add_cross_attention=True); only decoder-only causal language models "
                 "can be pruned here")
+    if not isinstance(getattr(config, "num_hidden_layers", None), int):
+        return ("its config has no num_hidden_layers (a multimodal or composite config?): pass the checkpoint of "
+                "its text decoder")
     for setting, why in INDEX_DEPENDENT.items():
         if getattr(config, setting, False):
             return f"{setting}=True: {why}"
@@ -112,21 +113,16 @@ def unsupported_reason(config) -> str | None:
 
 
 def check_config(config, name: str | None = None) -> None:
-    """Raise ArchitectureError, in one line naming the model and the reason, unless `config` is supported."""
+    """Raise ArchitectureError, in one line naming the model and the reason, where the config refuses it."""
     reason = unsupported_reason(config)
     if reason is not None:
-        label = name or getattr(config, "_name_or_path", None) or type(config).__name__
-        raise ArchitectureError(
-            f"model {label} (model_type {getattr(config, 'model_type', None)!r}) cannot be pruned and fine-tuned "
-            f"here: {reason}"
-        )
+        raise ArchitectureError(f"{describe(config, name)} cannot be pruned and fine-tuned here: {reason}")
 
 
-def architecture(model_or_config) -> Architecture:
-    """The table row of a supported model (or config); ArchitectureError with the reason otherwise."""
-    config = getattr(model_or_config, "config", model_or_config)
-    check_config(config, type(model_or_config).__name__ if hasattr(model_or_config, "config") else None)
-    return SUPPORTED[config.model_type]
+def describe(config, name: str | None = None) -> str:
+    """"model NAME (model_type 'TYPE')": how messages name a model."""
+    label = name or getattr(config, "_name_or_path", None) or type(config).__name__
+    return f"model {label} (model_type {getattr(config, 'model_type', None)!r})"
 
 
 # --- where the blocks are ------------------------------------------------------------------------
@@ -145,7 +141,7 @@ def blocks_path(model) -> str:
              if isinstance(module, nn.ModuleList) and len(module) == n and len({type(b) for b in module}) == 1]
     if len(found) != 1:
         raise ArchitectureError(
-            f"{type(model).__name__} is not supported: expected one list of {n} identical decoder blocks, "
+            f"{type(model).__name__} is not supported: expected one list of {n} decoder blocks of one class, "
             f"found {len(found)} ({', '.join(found) or 'none'})"
         )
     return found[0]
@@ -156,21 +152,78 @@ def decoder_blocks(model) -> nn.ModuleList:
     return model.get_submodule(blocks_path(model))
 
 
-# --- LoRA targets --------------------------------------------------------------------------------
+# --- LoRA targets, found by role -----------------------------------------------------------------
+
+# A projection's role is read from its own name or its parent's (Moshi wraps each projection: q_proj.linear).
+_ROLES = {
+    "fused": r"c_attn|qkv|qkv_proj|qkv_linear|query_key_value|wqkv|w_pack|in_proj_qkv\w*",
+    "query": r"q|q_proj|q_b_proj|query|wq|q_lin|project_q|linear_q",
+    "value": r"v|v_proj|value|wv|v_lin|project_v|linear_v|kv_proj|kv_b_proj",  # kv_b_proj: MLA's key and value
+}
+_ATTENTION = re.compile(r".*(attn|attention).*", re.IGNORECASE)  # self_attn, attention, self_attention, linear_attn
+_MLP = re.compile(r"mlp|mlp_block|feed_forward|ffn", re.IGNORECASE)
+_EXPERTS = re.compile(r".*(expert|router).*", re.IGNORECASE)  # routed and shared experts, routers: an MoE
+
+
+def _is_linear(module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"  # GPT-2's transposed Linear
+
+
+def _role(path: str) -> str | None:
+    for part in reversed(path.split(".")[-2:]):
+        for role, pattern in _ROLES.items():
+            if re.fullmatch(pattern, part, re.IGNORECASE):
+                return role
+    return None
+
+
+def _is_mixture_of_experts(block) -> bool:
+    return any(type(m).__name__.endswith("Experts") or _EXPERTS.fullmatch(name.rsplit(".", 1)[-1])
+               for name, m in block.named_modules() if name)
+
+
+def lora_roles(model) -> Architecture:
+    """The LoRA target sets of `model`: its model type's row of TARGET_OVERRIDES, else found by role in its first
+    block. ArchitectureError where its attention has no query and value projection to tell apart.
+
+    - attention: every linear projection under the block's attention module (separate, fused or low-rank q/k/v
+      and the output projection);
+    - query+value: those of them that compute the query and the value, or the fused projection holding both;
+    - mlp: the linear projections of a dense MLP (under `mlp`/`feed_forward`/`ffn`, or directly in the block, as
+      OPT's fc1 and fc2). A mixture-of-experts MLP adds none (`note` says why).
+    """
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in TARGET_OVERRIDES:
+        return TARGET_OVERRIDES[model_type]
+    block = decoder_blocks(model)[0]
+    linears = [name for name, module in block.named_modules() if _is_linear(module)]
+    attention = [n for n in linears if _ATTENTION.fullmatch(n.split(".")[0])]
+    by_role = {role: [n for n in attention if _role(n) == role] for role in _ROLES}
+    if by_role["query"] and by_role["value"]:
+        query_value = by_role["query"] + by_role["value"]
+    elif by_role["fused"]:
+        query_value = by_role["fused"]
+    else:
+        raise ArchitectureError(
+            f"cannot find the query and value projections of {type(block).__name__} (its linear layers are "
+            f"{', '.join(linears) or 'none'}): pass lora_targets as a list of module names"
+        )
+    mixture = _is_mixture_of_experts(block)
+    mlp = [] if mixture else [n for n in linears if n not in attention and (
+        "." not in n or _MLP.fullmatch(n.split(".")[0]))]
+    note = (f"{type(block).__name__} has a mixture-of-experts MLP: 'attention+mlp' adapts its attention only. "
+            "Its routed experts are fused expert tensors run on tokens regrouped across records, its router "
+            "chooses which run, and its shared experts are frozen too (some models run them on the batch "
+            "flattened, where a gradient is no longer one record's)") if mixture else ""
+    return Architecture(f"{model_type} (found by role)", tuple(query_value), tuple(attention), tuple(mlp), note)
 
 
 def lora_target_modules(model, targets: str | list[str] = "attention") -> list[str]:
-    """Module names LoRA attaches to: the architecture's attention (and MLP) projections, checked to exist."""
+    """Module names LoRA attaches to: the named target set of `lora_roles`, or a list, checked to exist."""
     if isinstance(targets, str):
         if targets not in LORA_TARGET_SETS:
             raise TrainingConfigError(f"lora_targets must be one of {LORA_TARGET_SETS} or a list (got {targets!r})")
-        model_type = getattr(model.config, "model_type", None)
-        if model_type not in SUPPORTED:
-            raise TrainingConfigError(
-                f"no default LoRA targets for model type {model_type!r}: pass lora_targets as a list of module names "
-                f"(its linear layers are {', '.join(_linear_names(model))})"
-            )
-        names = SUPPORTED[model_type].lora_targets(targets)
+        names = lora_roles(model).lora_targets(targets)
     else:
         names = list(targets)
     module_names = [name for name, _ in model.named_modules()]
@@ -184,11 +237,10 @@ def lora_target_modules(model, targets: str | list[str] = "attention") -> list[s
 
 
 def _linear_names(model) -> list[str]:
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-                   if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if _is_linear(m)})
 
 
-# --- the early check -----------------------------------------------------------------------------
+# --- the config of a model spec ------------------------------------------------------------------
 
 
 def model_config(spec: str):
@@ -204,25 +256,3 @@ def model_config(spec: str):
         return models.embedded_config() if spec == models.EMBEDDED_MODEL else AutoConfig.from_pretrained(spec)
     except (OSError, ValueError, KeyError) as err:  # an unknown model_type is a ValueError or KeyError
         raise ArchitectureError(f"cannot read the config of model {spec!r}: {' '.join(str(err).split())}") from err
-
-
-def skeleton(config):
-    """A weightless model (every tensor on the meta device) built from `config`: names and structure only."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
-def check_params(params: dict):
-    """The profile's model is a supported decoder with its LoRA targets; return its config (for the checks
-    that depend on it, such as the pruning depth).
-
-    Reads the config only (no weights), so an unsupported model stops before notebook 00.
-    """
-    config = model_config(params["model"])
-    check_config(config, params["model"])
-    model = skeleton(config)
-    blocks_path(model)
-    lora_target_modules(model, params["lora_targets"])
-    return config

@@ -11,6 +11,7 @@ from ppt_core import (
     architectures,
     attacks,
     audit,
+    conformance,
     data,
     generation,
     models,
@@ -26,8 +27,9 @@ def check_params(params: dict) -> None:
     profiles.check_seeds(params["seeds"])
     for stage in (models, data, similarity, pruning):
         stage.check_params(params)
-    # architectures reads the model's config (no weights): an unsupported model stops here, before notebook 00.
-    config = architectures.check_params(params)
+    # The model's config (no weights) and the conformance check on a tiny random model of it: a model that cannot
+    # be pruned and fine-tuned here stops before notebook 00, with the step that failed and why.
+    config = conformance.check_params(params)
     pruning.check_depth(params, architectures.depth(config))
     for stage in (train_config, generation, attacks, audit):
         stage.check_params(params)

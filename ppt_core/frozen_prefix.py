@@ -20,7 +20,7 @@ runs uncached.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 from torch import nn
@@ -32,27 +32,39 @@ from ppt_core.architectures import decoder_blocks
 REPLAY_TOLERANCE = 1e-3  # max |logit difference| of the setup check in float32 (summation order); 16x that in bf16
 
 
+class _PrefixComputed(Exception):
+    """Raised by the last frozen block's hook while the outputs are kept: nothing above it needs computing."""
+
+
+def _as_block_output(hidden: torch.Tensor, tuple_length: int):
+    """`hidden` in the form the model's blocks return: the tensor, or a tuple of `tuple_length` led by it (Falcon's
+    blocks return (hidden, attention weights); the model reads only the first unless asked for attentions)."""
+    return (hidden, *(None,) * (tuple_length - 1)) if tuple_length else hidden
+
+
 class _Skip(nn.Module):
     """A frozen block below the last one: its input passes through (the replayed output replaces all of them)."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, tuple_length: int):
         super().__init__()
         self.attention_type = getattr(block, "attention_type", None)  # read by some models' mask selection
+        self.tuple_length = tuple_length
 
     def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
+        return _as_block_output(hidden_states, self.tuple_length)
 
 
 class _Replay(nn.Module):
     """The last frozen block: returns the kept output of the current batch's records."""
 
-    def __init__(self, block: nn.Module, output: torch.Tensor):
+    def __init__(self, block: nn.Module, output: torch.Tensor, tuple_length: int):
         super().__init__()
         self.attention_type = getattr(block, "attention_type", None)
-        self.output = output
+        self.output, self.tuple_length = output, tuple_length
 
     def forward(self, hidden_states, *args, **kwargs):
-        return self.output[:, : hidden_states.shape[1]].to(hidden_states.dtype)  # the batch's width
+        replayed = self.output[:, : hidden_states.shape[1]].to(hidden_states.dtype)  # the batch's width
+        return _as_block_output(replayed, self.tuple_length)
 
 
 def frozen_dropout(model, n_frozen: int) -> list[str]:
@@ -81,37 +93,36 @@ class FrozenPrefix:
                 raise ValueError("a block below the adapted ones has trainable parameters: it cannot be cached")
         self.device = next(peft_model.parameters()).device
         self.bf16 = bf16
+        self.tuple_length = 0  # the form of a block's output, seen while the outputs are kept
         self.outputs = self._outputs(dataset, batch_size)
 
     @torch.no_grad()
     def _outputs(self, dataset: TensorDataset, batch_size: int) -> torch.Tensor:
         kept = []
-        hook = self.blocks[self.n_frozen - 1].register_forward_hook(
-            lambda module, args, output: kept.append((output[0] if isinstance(output, tuple) else output).float()))
+
+        def keep(module, args, output):  # the last frozen block's output: kept, and the forward stops there
+            sequence = isinstance(output, (tuple, list))  # (hidden, ...): Falcon's tuple, GPT-1's list
+            self.tuple_length = len(output) if sequence else 0
+            kept.append((output[0] if sequence else output).float())
+            raise _PrefixComputed
+
+        hook = self.blocks[self.n_frozen - 1].register_forward_hook(keep)
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(dataset), batch_size):
                 rows = range(start, min(len(dataset), start + batch_size))
                 input_ids, attention_mask, _ = (t.to(self.device) for t in batching.collate(dataset, rows))
-                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    self._forward_to_prefix(input_ids, attention_mask)
+                # The decoder without the output head, stopped after the last frozen block.
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16), \
+                        suppress(_PrefixComputed):
+                    self.model.get_base_model().base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                                           use_cache=False)
         finally:
             hook.remove()
             self.model.train(was_training)
         width = dataset.tensors[0].shape[1]
         return torch.cat([nn.functional.pad(k, (0, 0, 0, width - k.shape[1])) for k in kept])
-
-    def _forward_to_prefix(self, input_ids, attention_mask):
-        """Run the decoder only as far as the last frozen block (the blocks above pass through; no output head)."""
-        above = list(self.blocks[self.n_frozen:])
-        for i in range(self.n_frozen, len(self.blocks)):
-            self.blocks[i] = _Skip(self.blocks[i])
-        try:
-            self.model.get_base_model().base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        finally:
-            for i, block in enumerate(above, start=self.n_frozen):
-                self.blocks[i] = block
 
     @contextmanager
     def replaying(self, rows):
@@ -119,9 +130,9 @@ class FrozenPrefix:
         trimmed to the batch's width by the forward pass that reads them)."""
         frozen = list(self.blocks[: self.n_frozen])
         output = self.outputs[torch.as_tensor(list(rows), dtype=torch.long)].to(self.device)
-        replay = _Replay(frozen[-1], output)
+        replay = _Replay(frozen[-1], output, self.tuple_length)
         for i in range(self.n_frozen - 1):
-            self.blocks[i] = _Skip(frozen[i])
+            self.blocks[i] = _Skip(frozen[i], self.tuple_length)
         self.blocks[self.n_frozen - 1] = replay
         try:
             yield

@@ -11,9 +11,9 @@ Strategies (all return sorted block indices, 0-based; block l maps state l to st
 - `random`    n blocks drawn uniformly under a seed (a baseline).
 
 `prune_layers` never modifies the model it is given: it returns a pruned deep copy, so one loaded
-model serves a whole sweep. It works on any decoder of `ppt_core.architectures.SUPPORTED` (and
-refuses the others with the reason): the stack of blocks is found in the model itself, and
-everything that depends on a block's position follows the kept blocks. The copy has
+model serves a whole sweep. It works on any decoder that passes `ppt_core.conformance` (whose removal
+and reload steps run these functions on a tiny model of the user's config): the stack of blocks is
+found in the model itself, and everything that depends on a block's position follows the kept blocks. The copy has
 `num_hidden_layers` and every per-layer config list shortened (`layer_types`, whose sliding and
 full attention layers Gemma 2/3 and Qwen2/3 build their masks and KV cache from), Qwen's
 `max_window_layers` boundary moved to the same blocks, and each module's `layer_idx` renumbered
@@ -139,18 +139,21 @@ def prune_layers(model, layers: Sequence[int]):
                 module.layer_idx = new_index
     parent, _, name = path.rpartition(".")
     setattr(pruned.get_submodule(parent), name, type(blocks)(kept_blocks))
-    _prune_config(pruned.config, keep, depth)
+    prune_config(pruned.config, keep, depth)
     return pruned
 
 
-def _prune_config(config, keep: list[int], depth: int) -> None:
+def per_layer_settings(config, depth: int) -> dict[str, list]:
+    """The config's per-layer settings: every public list with one entry per block (layer_types, sliding or full
+    attention per block in Gemma 2/3 and Qwen2/3, from which masks and cache layers are built; and any other)."""
+    return {name: value for name, value in vars(config).items() if isinstance(value, list) and len(value) == depth
+            and not (name.startswith("_") or name.endswith("token_id") or name == "architectures")}
+
+
+def prune_config(config, keep: list[int], depth: int) -> None:
     """Shorten every per-layer setting of `config` to the kept blocks."""
-    # A public list with one entry per block is per-layer: layer_types (sliding or full attention per
-    # block in Gemma 2/3 and Qwen2/3; masks and cache layers are built from it), and any other.
-    for name, value in list(vars(config).items()):
-        not_per_layer = name.startswith("_") or name.endswith("token_id") or name == "architectures"
-        if isinstance(value, list) and len(value) == depth and not not_per_layer:
-            setattr(config, name, [value[index] for index in keep])
+    for name, value in per_layer_settings(config, depth).items():
+        setattr(config, name, [value[index] for index in keep])
     # Qwen2: the first `max_window_layers` blocks use full attention; keep that boundary on the same blocks.
     if isinstance(getattr(config, "max_window_layers", None), int):
         config.max_window_layers = sum(1 for index in keep if index < config.max_window_layers)

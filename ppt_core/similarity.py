@@ -31,7 +31,7 @@ from ppt_core.architectures import decoder_blocks
 POOLINGS = ("mean", "last")
 
 
-class _BoundaryStates:
+class BoundaryStates:
     """Hooks that record the residual stream at the L+1 block boundaries during one forward pass."""
 
     def __init__(self, blocks: torch.nn.ModuleList):
@@ -43,7 +43,7 @@ class _BoundaryStates:
         self.states.append(args[0] if args else kwargs["hidden_states"])
 
     def _record_output(self, module, args, output):
-        self.states.append(output[0] if isinstance(output, tuple) else output)
+        self.states.append(output[0] if isinstance(output, (tuple, list)) else output)  # GPT-1's blocks: a list
 
     def take(self) -> list[torch.Tensor]:
         states, self.states = self.states, []
@@ -72,7 +72,7 @@ def layer_similarity(model, tokenizer, texts: Sequence[str], *, batch_size: int 
     architectures.check_config(model.config, type(model).__name__)
     blocks = decoder_blocks(model)
     device = next(model.parameters()).device
-    recorder = _BoundaryStates(blocks)
+    recorder = BoundaryStates(blocks)
     n_states = len(blocks) + 1
     sums = torch.zeros((n_states, n_states), dtype=torch.float64)
     n_tokens = 0

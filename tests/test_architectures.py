@@ -1,20 +1,21 @@
-"""Every supported decoder, on a tiny random model: similarity, block removal, reload, KV cache, DP-LoRA.
+"""What a decoder is to the study, read from the model: its blocks, its per-layer settings, its LoRA targets.
 
-Each row of ppt_core.architectures.SUPPORTED is tested here the same way: S has shape (L+1, L+1);
+On a tiny random model of each type of TARGET_OVERRIDES: the blocks are found where the model keeps them;
 pruning keeps the right blocks and moves every per-layer setting (layer_idx, layer_types, Qwen's
-max_window_layers) with them; the pruned model saves, reloads with plain from_pretrained with
-equal logits, and decodes greedily with its KV cache exactly as without; LoRA trains one DP-SGD
-step through the public finetune(). A model that is not a supported decoder stops before any work.
+max_window_layers) with them; the frozen-block cache replays exactly. The override rows name the modules the
+role search finds, and the role search finds the right projections in decoders without a row (fused, nested,
+low-rank, top-level MLPs, mixtures of experts). What the config alone refuses stops before any work.
+(The conformance check, which decides every other type, is tests/test_conformance.py.)
 """
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import REPO, run_all, run_all_in_process
 from transformers import (
+    CONFIG_MAPPING,
     AutoModelForCausalLM,
     BertConfig,
     Gemma2Config,
@@ -35,11 +36,9 @@ from transformers import (
 from ppt_core import (
     architectures,
     batching,
-    checks,
-    errors,
+    conformance,
     frozen_prefix,
     models,
-    privacy,
     profiles,
     pruning,
     similarity,
@@ -93,11 +92,11 @@ def tiny_configs(vocab_size: int) -> dict:
 BLOCKS_PATH = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers"}
 
 
-def test_every_supported_type_has_a_tiny_model_here():
-    assert set(tiny_configs(97)) == set(architectures.SUPPORTED)
+def test_every_override_has_a_tiny_model_here():
+    assert set(tiny_configs(97)) == set(architectures.TARGET_OVERRIDES)
 
 
-@pytest.fixture(scope="module", params=list(architectures.SUPPORTED))
+@pytest.fixture(scope="module", params=list(architectures.TARGET_OVERRIDES))
 def arch(request, tokenizer):
     """(model_type, full model, model with blocks 1 and 4 removed) of one supported architecture."""
     config = tiny_configs(len(tokenizer))[request.param]
@@ -119,16 +118,6 @@ def test_blocks_are_found_in_the_model(arch):
     model_type, model, _ = arch
     assert architectures.blocks_path(model) == BLOCKS_PATH.get(model_type, "model.layers")
     assert len(similarity.decoder_blocks(model)) == 6
-    assert architectures.architecture(model).family
-
-
-def test_similarity_has_one_row_per_block_boundary(arch, tokenizer, one_thread):
-    _, model, pruned = arch
-    for lm, depth in ((model, 6), (pruned, 4)):
-        S = similarity.layer_similarity(lm, tokenizer, TEXTS[:3], batch_size=2, max_length=24, progress=False)
-        assert S.shape == (depth + 1, depth + 1)
-        np.testing.assert_allclose(np.diag(S), 1.0)
-        assert np.all(np.abs(S) <= 1 + 1e-6) and not np.allclose(S, 1.0)
 
 
 def test_pruning_keeps_the_blocks_and_their_per_layer_settings(arch):
@@ -164,51 +153,24 @@ def test_sliding_and_full_layers_follow_the_kept_blocks():
         assert pruning.prune_layers(model, REMOVE).config.layer_types == [full_types[i] for i in KEEP]
 
 
-def test_cached_greedy_decoding_equals_uncached(arch):
-    _, _, pruned = arch
-    ids = prompt()
-    with torch.no_grad():
-        cached = pruned.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8,
-                                 do_sample=False, use_cache=True, pad_token_id=0)
-        assert len(pruned(input_ids=ids, use_cache=True).past_key_values.layers) == 4  # one entry per block
-        sequence = ids
-        for _ in range(8):  # plain greedy decoding, recomputing the whole prefix each step
-            logits = pruned(input_ids=sequence, use_cache=False).logits[:, -1]
-            logits[:, pruned.generation_config.eos_token_id] = -float("inf")  # as min_new_tokens does
-            sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(cached, sequence)
+def resolved(model, names) -> set[str]:
+    """The modules of `model` that PEFT attaches LoRA to for target names `names` (a name matches as a suffix)."""
+    return {m for m, _ in model.named_modules() if any(m == n or m.endswith("." + n) for n in names)}
 
 
-def test_save_and_plain_reload_keep_the_logits_and_the_config(arch, tmp_path):
-    _, _, pruned = arch
-    pruned.save_pretrained(tmp_path)
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(loaded) is type(pruned) and loaded.config.num_hidden_layers == 4
-    assert layer_types(loaded.config) == layer_types(pruned.config)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=prompt()).logits, pruned(input_ids=prompt()).logits,
-                                   rtol=0, atol=1e-5)
-
-
-def test_every_lora_target_set_names_existing_modules(arch):
-    _, model, _ = arch
-    names = {name for name, _ in model.named_modules()}
+def test_each_override_names_what_the_roles_find(arch):
+    """The named rows are overrides, not the source of support: each names exactly the projections the role
+    search finds in the same model (so a row could be deleted without changing what LoRA adapts)."""
+    model_type, model, _ = arch
+    override = architectures.TARGET_OVERRIDES.pop(model_type)
+    try:
+        found = architectures.lora_roles(model)
+    finally:
+        architectures.TARGET_OVERRIDES[model_type] = override
+    assert found.family.endswith("(found by role)") and not found.note
     for targets in architectures.LORA_TARGET_SETS:
-        chosen = architectures.lora_target_modules(model, targets)
-        assert chosen and all(any(n == t or n.endswith("." + t) for n in names) for t in chosen)
-
-
-def test_one_dp_lora_step_trains_the_pruned_model(arch, tokenizer, one_thread):
-    _, _, pruned = arch
-    # One step at q = 1/4 (the RDP accountant is the quicker one to calibrate at this q).
-    config = train_config.TrainConfig(lora_rank=2, lora_alpha=4, lora_targets="query+value", epochs=0.25,
-                                  learning_rate=1e-2, expected_batch_size=2, physical_batch_size=4, max_length=16,
-                                  progress=False, dp=privacy.DPConfig(target_epsilon=8, delta=1e-3, accountant="rdp"))
-    peft_model, result = training.finetune(pruned, tokenizer, TEXTS, config)
-    assert result.steps == 1 and result.noise_multiplier > 0 and 0 < result.epsilon <= 8 + 1e-6
-    assert result.batch_sizes[0] > 0  # records went through the forward and backward pass, not noise alone
-    assert result.lora_targets == architectures.SUPPORTED[pruned.config.model_type].lora_targets("query+value")
-    assert result.trainable_parameters > 0
+        expected = resolved(model, override.lora_targets(targets))
+        assert expected and resolved(model, found.lora_targets(targets)) == expected, targets
 
 
 def test_the_frozen_block_cache_replays_exactly_or_is_not_used(arch, tokenizer, one_thread):
@@ -226,6 +188,46 @@ def test_the_frozen_block_cache_replays_exactly_or_is_not_used(arch, tokenizer, 
         assert prefix is not None and prefix.replay_error(dataset, [0, 1, 2]) < 1e-5
 
 
+# --- LoRA targets found by role, in decoders without a row ------------------------------------------
+
+
+def skeleton(model_type: str):
+    """A weightless tiny model of `model_type`'s default config (the structure is what the role search reads)."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(conformance.tiny_config(CONFIG_MAPPING[model_type]()))
+
+
+@pytest.mark.parametrize("model_type, query_value, mlp", [
+    ("opt", ["self_attn.q_proj", "self_attn.v_proj"], ["fc1", "fc2"]),  # the MLP sits in the block itself
+    ("falcon", ["self_attention.query_key_value"], ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"]),  # fused
+    ("mpt", ["attn.Wqkv"], ["ffn.up_proj", "ffn.down_proj"]),
+    ("gpt_neo", ["attn.attention.q_proj", "attn.attention.v_proj"], ["mlp.c_fc", "mlp.c_proj"]),  # nested
+    ("moshi", ["self_attn.q_proj.linear", "self_attn.v_proj.linear"], ["mlp.fc1", "mlp.fc2"]),  # wrapped
+    ("deepseek_v2", ["self_attn.q_b_proj", "self_attn.kv_b_proj"], None),  # MLA: value in kv_b_proj; an MoE
+    ("glm4_moe_lite", ["self_attn.q_b_proj", "self_attn.kv_b_proj"], ["mlp.gate_proj", "mlp.up_proj",
+                                                                     "mlp.down_proj"]),  # low-rank query
+    ("mixtral", ["self_attn.q_proj", "self_attn.v_proj"], None),
+    ("qwen2_moe", ["self_attn.q_proj", "self_attn.v_proj"], None),  # shared expert frozen too
+])
+def test_lora_targets_are_found_by_role(model_type, query_value, mlp):
+    found = architectures.lora_roles(skeleton(model_type))
+    assert found.family == f"{model_type} (found by role)"
+    assert list(found.query_value) == query_value
+    assert set(query_value) < set(found.attention) and all(name.split(".")[0] in (
+        "self_attn", "self_attention", "attn") for name in found.attention)
+    if mlp is None:  # a mixture of experts: attention+mlp is attention, and the note says why
+        assert found.mlp == () and "mixture-of-experts" in found.note
+        assert found.lora_targets("attention+mlp") == found.lora_targets("attention")
+    else:
+        assert list(found.mlp) == mlp and not found.note
+
+
+def test_a_block_without_attention_projections_is_refused_naming_its_layers():
+    with pytest.raises(architectures.ArchitectureError, match="query and value projections of MambaBlock.*"
+                                                              "mixer.in_proj.*pass lora_targets as a list"):
+        architectures.lora_roles(skeleton("mamba"))
+
+
 # --- refused before any work ---------------------------------------------------------------------
 
 
@@ -233,15 +235,19 @@ def test_the_frozen_block_cache_replays_exactly_or_is_not_used(arch, tokenizer, 
     (BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
      "is an encoder"),
     (T5Config(vocab_size=97, d_model=32, num_layers=2, num_heads=4), "encoder-decoder"),
-    (OPTConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4), "not one of the tested"),
     (GPT2Config(n_embd=32, n_layer=4, n_head=4, scale_attn_by_inverse_layer_idx=True),
      "scale_attn_by_inverse_layer_idx=True: it divides each block's attention scores by (layer index + 1)"),
     (GPT2Config(n_embd=32, n_layer=4, n_head=4, add_cross_attention=True), "cross-attention"),
+    (CONFIG_MAPPING["gemma3"](), "has no num_hidden_layers"),  # multimodal: its text decoder is gemma3_text
 ])
 def test_unsupported_configs_are_refused_with_the_reason(config, reason):
     assert reason in architectures.unsupported_reason(config)
     with pytest.raises(architectures.ArchitectureError, match=f"model_type '{config.model_type}'"):
         architectures.check_config(config)
+
+
+def test_a_decoder_without_a_row_is_not_refused_by_its_config():
+    assert architectures.unsupported_reason(OPTConfig(hidden_size=32, num_hidden_layers=4)) is None
 
 
 def test_pruning_and_similarity_refuse_what_the_table_refuses(tokenizer):
@@ -258,21 +264,12 @@ def save_config_only(config, folder: Path) -> str:
     return str(folder)
 
 
-def test_profile_check_reads_the_config_only(smoke_params, tmp_path):
-    architectures.check_params(smoke_params)  # the tiny Llama
-    qwen3 = tiny_configs(97)["qwen3"]
-    architectures.check_params(dict(smoke_params, model=save_config_only(qwen3, tmp_path / "qwen3")))
-    bert = save_config_only(BertConfig(num_hidden_layers=2), tmp_path / "bert")
-    with pytest.raises(architectures.ArchitectureError, match="is an encoder"):
-        checks.check_params(dict(smoke_params, model=bert))
-    with pytest.raises(errors.TrainingConfigError, match="'c_attn' does not exist"):
-        architectures.check_params(dict(smoke_params, model=save_config_only(qwen3, tmp_path / "q"),
-                                        lora_targets=["c_attn"]))
-
-
 @pytest.mark.parametrize("config, fragment", [
     (BertConfig(num_hidden_layers=2), "is an encoder"),
     (GPT2Config(n_layer=6, scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx=True"),
+    # The smoke profile adapts attention+mlp: OPT's fc1 and fc2 see the batch flattened (tests/test_conformance.py).
+    (OPTConfig(hidden_size=32, num_hidden_layers=4, ffn_dim=64, num_attention_heads=4),
+     "failed the conformance check at step 'per-record'"),
 ])
 def test_run_all_stops_before_notebook_00_with_one_line(run_name, tmp_path, config, fragment):
     folder = save_config_only(config, tmp_path / "model")
@@ -285,11 +282,17 @@ def test_run_all_stops_before_notebook_00_with_one_line(run_name, tmp_path, conf
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["qwen3", "gpt_neox"])
+@pytest.mark.parametrize("model_type", ["qwen3", "gpt_neox", "mixtral"])
 def test_smoke_pipeline_runs_on_a_local_checkpoint(run_name, tmp_path, tokenizer, model_type):
-    """A new user's tiny local Qwen3 or Pythia-style checkpoint goes through every notebook."""
-    config = tiny_configs(len(tokenizer))[model_type]
-    config.hidden_size, config.intermediate_size = 64, 128
+    """A new user's tiny local Qwen3, Pythia-style or Mixtral checkpoint goes through every notebook (Mixtral has
+    no named row: its mixture-of-experts blocks prune whole and LoRA adapts the attention found by role)."""
+    if model_type == "mixtral":
+        config = CONFIG_MAPPING["mixtral"](vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+                                           num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128)
+    else:
+        config = tiny_configs(len(tokenizer))[model_type]
+        config.hidden_size, config.intermediate_size = 64, 128
     if model_type == "qwen3":
         config.head_dim = 16
     config.update(dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -11,10 +11,10 @@ from ppt_core import checks, profiles, pruning
 def test_every_profile_passes_its_checks_on_an_empty_model_cache(name, tmp_path, monkeypatch):
     """A fresh machine has no converted embedded model: the checks read its config from the GGUF file itself
     (they once answered with the tiny model's 6 blocks, so quick's 12-block sweep was refused) and convert
-    nothing."""
+    nothing: the cache holds the conformance verdict and no model."""
     monkeypatch.setenv("PPT_CACHE_DIR", str(tmp_path))
     checks.check_params(profiles.get_profile(name))
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["conformance"]
 
 
 def test_pruning_deeper_than_the_model_stops_with_the_depth(smoke_params, tmp_path):
