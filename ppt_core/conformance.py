@@ -188,8 +188,7 @@ def _steps(config, lora_targets, verdict: Conformance) -> None:
         _check_blocks(blocks, model)
     if depth < 3:
         raise _Failed("blocks", f"the tiny instance has {depth} blocks: removal needs at least 3 to keep 2")
-    ids = torch.randint(3, TINY_WIDTHS["vocab_size"] if getattr(tiny, "vocab_size", None) else 100,
-                        (2, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(3, _vocab(model), (2, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
     with _step("residual"):
         _check_residual(model, blocks, ids)
     with _step("removal"):

@@ -260,12 +260,43 @@ def privacy_utility_speed(table: pd.DataFrame):
     return fig
 
 
-def frontier(table: pd.DataFrame):
+def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, seed_tables: dict) -> None:
+    """The audit's lower bounds against the claimed ε: the DP arms at their ε under the diagonal, the
+    non-private ones at "∞" (right of the largest ε, where nothing is claimed); one point per seed."""
+    tables = list(seed_tables.values()) or [table]
+    infinity = largest * 1.3
+    points = []  # (x, bound, arm, column)
+    for arm in trained:
+        x = table.loc[arm, "epsilon"] if np.isfinite(table.loc[arm, "epsilon"]) else infinity
+        for column in ("audit_epsilon_one_run", "audit_epsilon_fdp"):
+            points += [(x, t.loc[arm, column], arm, column) for t in tables
+                       if arm in t.index and column in t.columns and np.isfinite(t.loc[arm, column])]
+    top = max([largest] + [p[1] for p in points]) * 1.1
+    ax.fill_between([0, largest], [0, largest], [top, top], color="#d62728", alpha=0.08,
+                    label="impossible for a DP arm: audit above its claim")
+    ax.plot([0, largest], [0, largest], color="k", lw=0.8, ls="--", label="audit = claimed ε")
+    labelled = set()
+    for x, bound, arm, column in points:
+        marker = "o" if column == "audit_epsilon_one_run" else "^"
+        label = f"{arm} ({'one run' if marker == 'o' else 'f-DP'})"
+        ax.plot(x, bound, marker, color=arm_color(arm), ms=8 if len(tables) == 1 else 6, alpha=0.85,
+                label=None if label in labelled else label)
+        labelled.add(label)
+    ticks = sorted({p[0] for p in points if p[0] != infinity} | {largest})
+    ax.set_xticks(ticks + [infinity], [f"{t:.2g}" for t in ticks] + ["∞"])
+    ax.set(xlim=(0, infinity * 1.1), ylim=(0, top), xlabel="claimed ε (accountant; ∞ = non-private)",
+           ylabel="audited ε lower bound",
+           title="Audit vs claim" + (f" ({len(tables)} seeds)" if len(tables) > 1 else ""))
+
+
+def frontier(table: pd.DataFrame, seed_tables: dict | None = None):
     """The privacy–utility–speed frontier. Left: held-out perplexity against the claimed ε of each fine-tuned
     arm (∞ for the non-private ones, drawn right of the largest ε), one line per family with its intervals
     (over seeds, or records for one seed), `base` and `pruned-noft` as reference lines, the pruned family's
-    measured speedup in its legend. Right: the audit's ε lower bound against the claimed ε; a sound
-    accountant keeps every point on or below the diagonal (the shaded side is impossible)."""
+    measured speedup in its legend. Right: the audit's ε lower bound against the claimed ε for every trained
+    arm (each seed's, from `seed_tables`, where there are several): a sound accountant keeps every DP arm on or
+    below the diagonal (the shaded side is impossible), and the non-private twins, at ∞, show that the audit
+    can find a leak where there is one."""
     trained = [arm for arm in table.index if arms.parse(arm).trained]
     finite = [table.loc[a, "epsilon"] for a in trained if np.isfinite(table.loc[a, "epsilon"])]
     largest = max(finite) if finite else 1.0
@@ -295,19 +326,7 @@ def frontier(table: pd.DataFrame):
     left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the arms' ε are ticks
     left.legend(loc="best", fontsize="small")
 
-    private = [a for a in trained if arms.parse(a).private and np.isfinite(table.loc[a, "epsilon"])]
-    top = max([largest] + [table.loc[a, column] for a in private
-                           for column in ("audit_epsilon_one_run", "audit_epsilon_fdp")
-                           if np.isfinite(table.loc[a, column])]) * 1.1
-    right.fill_between([0, top], [0, top], [top, top], color="#d62728", alpha=0.08,
-                       label="impossible: audit above the claim")
-    right.plot([0, top], [0, top], color="k", lw=0.8, ls="--", label="audit = claimed ε")
-    for arm in private:
-        for column, marker in (("audit_epsilon_one_run", "o"), ("audit_epsilon_fdp", "^")):
-            right.plot(table.loc[arm, "epsilon"], table.loc[arm, column], marker, color=arm_color(arm), ms=8,
-                       label=f"{arm} ({'one run' if marker == 'o' else 'f-DP'})")
-    right.set(xlim=(0, top), ylim=(0, top), xlabel="claimed ε (accountant)", ylabel="audited ε lower bound",
-              title="Audit vs claim")
+    _audit_panel(right, table, trained, largest, seed_tables or {})
     right.legend(loc="upper left", fontsize="x-small")
     fig.tight_layout()
     return fig

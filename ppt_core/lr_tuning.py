@@ -29,6 +29,7 @@ import math
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 
@@ -68,6 +69,19 @@ def check_disjoint(study: data.DatasetSplits, tuning: data.DatasetSplits) -> Non
                           "change TUNING_SEED_OFFSET")
 
 
+def check_disjoint_from_every_seed(params: dict, tuning: data.DatasetSplits, tokenizer) -> None:
+    """Stop if the tuning draw shares a text with the study's splits under any of the study's seeds
+    (params["seeds"]: a multi-seed run trains every one of them on records the tuning must not have seen)."""
+    with tempfile.TemporaryDirectory() as folder:  # the study's splits, only to prove the draws share nothing
+        for seed in params["seeds"]:
+            study = data.build_dataset(dict(params, seed=seed, seeds=[seed]), Path(folder) / f"seed-{seed}",
+                                       tokenizer=tokenizer)
+            try:
+                check_disjoint(study, tuning)
+            except TuningError as err:
+                raise TuningError(f"study seed {seed}: {err}") from None
+
+
 def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 64, progress: bool = True) -> dict:
     """Train `arm` (a full-family arm: it starts from the base model) once per learning rate on the tuning
     draw and score each on the draw's held-out notes. Returns the tuning record: held-out loss (nats/token)
@@ -82,10 +96,8 @@ def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 
     tuning = tuning_params(params)
     checks.check_params(tuning)
     tokenizer = models.load_tokenizer(params["model"])
-    with tempfile.TemporaryDirectory() as study_dir:  # the study's splits, only to prove the draws share nothing
-        study_splits = data.build_dataset(params, study_dir, tokenizer=tokenizer)
     splits = data.build_dataset(tuning, artifacts.run_paths(tuning).data, tokenizer=tokenizer)
-    check_disjoint(study_splits, splits)
+    check_disjoint_from_every_seed(params, splits, tokenizer)
     train, heldout = splits.texts("train"), splits.texts("heldout")
     eval_texts = heldout[:n_eval]
     model, tokenizer = models.load_model(params["model"], device=params.get("device"))  # finetune leaves it untouched

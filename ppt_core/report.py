@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppt_core import artifacts, profiles, verdicts
+from ppt_core import artifacts, profiles, summary, verdicts
 from ppt_core.stats import format_interval
 from ppt_core.timing import SPEED_BATCH_SIZE
 
@@ -41,14 +41,20 @@ def markdown_table(table: pd.DataFrame) -> str:
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for arm, r in table.iterrows():
         auc = _fmt(r.membership_auc, r.membership_auc_low, r.membership_auc_high, 2)
+        perplexity = _fmt(r.perplexity, r.perplexity_low, r.perplexity_high)
+        if isinstance(r.get("diverged_seeds"), str) and r.diverged_seeds:
+            perplexity += f" (diverged, left out: seed {r.diverged_seeds})"
+        audit = f"{_fmt(r.audit_epsilon_one_run)} / {_fmt(r.audit_epsilon_fdp)}"
+        if isinstance(r.get("audit_epsilon_fdp_seeds"), str):  # over seeds: the smallest, and each seed's
+            audit += f" (seeds: {r.audit_epsilon_one_run_seeds} / {r.audit_epsilon_fdp_seeds})"
         lines.append("| " + " | ".join([
             f"`{arm}`", _fmt(r.blocks), _fmt(r.parameters_M), _fmt(r.epsilon),
-            _fmt(r.perplexity, r.perplexity_low, r.perplexity_high),
+            perplexity,
             f"{_fmt(r.prefill_tokens_per_s, digits=4)} ({_fmt(r.speedup)}×)",
             f"{auc} ({r.membership_signal})" if r.membership_signal else auc,
             _fmt(r.delta_auc, r.delta_auc_low, r.delta_auc_high, 2),
             _canaries(r),
-            f"{_fmt(r.audit_epsilon_one_run)} / {_fmt(r.audit_epsilon_fdp)}",
+            audit,
             _fmt(r.extraction_hits, r.extraction_hits_low, r.extraction_hits_high, 2),
             _fmt(r.synthetic_pii_leak, r.synthetic_pii_leak_low, r.synthetic_pii_leak_high, 2),
         ]) + " |")
@@ -69,24 +75,32 @@ def commit() -> str:
         return "unknown"
 
 
+VACUOUS_EPSILON = 10.0  # above this an (ε, δ) bound allows a likelihood ratio of e^10 ≈ 22026: it promises nothing
+
+
 def guarantee_markdown(params: dict, group_privacy: dict | None) -> str:
     """What the DP arms' guarantee covers and what it does not, from the accountant's numbers (notebook 03's
     group-privacy and composition table, results.json["group_privacy"])."""
     if not group_privacy:
         return ""
-    rows = []
+    rows, vacuous = [], False
     for row, values in group_privacy.items():
         sizes = sorted((int(k[2:]), v) for k, v in values.items() if k.startswith("k="))
-        rows.append(f"| {row} | " + " | ".join(_fmt(v) for _, v in sizes) + f" | {values.get('accountant', '')} |")
+        cells = [_fmt(v) + (" (vacuous)" if v is not None and v > VACUOUS_EPSILON else "") for _, v in sizes]
+        vacuous |= any(v is not None and v > VACUOUS_EPSILON for _, v in sizes)
+        rows.append(f"| {row} | " + " | ".join(cells) + f" | {values.get('accountant', '')} |")
     header = "| ε at δ = " + f"{params['delta']:g} | " + " | ".join(f"k = {k}" for k, _ in sizes) + " | accountant |"
     secure = ("off: the Poisson draws and the noise follow the public seed, so this is a reproducible study, "
               "not a release" if not params.get("secure_mode") else "on: cryptographic randomness")
     return "\n".join([
         "**What the guarantee covers.** Each DP arm is (ε, δ)-DP for one training record — a note, one canary "
-        "copy or one audit canary — with the ε of the table above. A secret held by k records (a canary "
-        "inserted k times, a patient with k notes) is protected only at the group ε below, and releasing "
-        "several DP arms trained on the same records composes (last row). Each value is an upper bound from "
-        f"the accountant (notebook 03). `secure_mode` is {secure}.",
+        "copy or one audit canary — with the ε of the table above. For a secret held by k records (a canary "
+        "inserted k times, a patient with k notes) the guarantee is certified at most at the group ε below, and "
+        "releasing several DP arms trained on the same records composes (last row). Each value is an upper "
+        f"bound from the accountant (notebook 03), not a measured leak. `secure_mode` is {secure}."
+        + (f" A bound above ε = {VACUOUS_EPSILON:g} (a likelihood ratio above e^{VACUOUS_EPSILON:g} ≈ "
+           f"{np.exp(VACUOUS_EPSILON):.0f}) is vacuous: it certifies nothing for that group, marked below."
+           if vacuous else ""),
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -103,10 +117,15 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
     (cost.notebook_tokens) goes beside the notebooks' seconds."""
     seeds = list(seeds or [params["seed"]])
     over = ("Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares." if len(seeds) == 1 else
-            f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each number is the mean of the seeds' and its "
-            "interval a 95% Student-t interval over the seeds (wide for few seeds); canaries above the null and the "
-            "rank test's p: the means of the seeds'; audit ε: the mean of the seeds' lower bounds. The verdicts pool "
-            "the seeds' records (a bootstrap over seeds, then records).")
+            f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): perplexity is the geometric mean of the seeds' "
+            "with a 95% Student-t interval on log perplexity; a seed above "
+            f"{summary.DIVERGED_FACTOR:g}× the arm's median perplexity diverged and is left out, named beside it. "
+            "Shares (extraction hits, synthetic PII): the seeds' counts pooled, exact interval. Audit ε: the "
+            "smallest of the seeds' lower bounds (itself a lower bound for every seed's model; a mean of lower "
+            "bounds is not one), each seed's in brackets. Other numbers: the mean of the seeds' with a 95% "
+            "Student-t interval over the seeds (wide for few seeds); canaries above the null and the rank test's "
+            "p: the means of the seeds'. The verdicts pool the seeds' records (a bootstrap over seeds, then "
+            "records).")
     return "\n".join([
         f"Profile `{params['profile']}` (model `{params['model']}`), commit `{commit()}`, "
         f"produced {datetime.date.today().isoformat()} by `run_all.py`"

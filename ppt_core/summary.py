@@ -1,9 +1,10 @@
 """The study in one table: a row per arm, each headline number with its 95% interval.
 
 Reads results.json (deterministic numbers) and timings.json (speed) of one run. Over several seeds
-(`load_study`) the table is each seed's table pooled: per arm the mean over seeds with a Student-t 95%
-interval over seeds (`pooled_table`), and the verdicts read the seeds' records pooled
-(pooling.pool_records). The table's Markdown, results.md and the README's block are ppt_core.report's;
+(`load_study`) the table is each seed's table pooled (`pooled_table`: perplexity on the log scale with
+diverged seeds flagged, shares from the pooled counts, audit bounds as the smallest seed's, the rest a
+Student-t interval over seeds), and the verdicts read the seeds' records pooled (pooling.pool_records).
+The table's Markdown, results.md and the README's block are ppt_core.report's;
 its figures are ppt_core.figures'.
 """
 
@@ -101,42 +102,95 @@ def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
             ("synthetic_pii_leak", _share(_get(synthetic, "pii_leak_share", "value"), synthetic.get("records"))),
         ):
             row[column], row[f"{column}_low"], row[f"{column}_high"] = _interval(estimate)
+            if column in COUNTED_SHARES:  # the count behind the share: seeds pool hits and trials
+                row[f"{column}_trials"] = estimate["trials"] if estimate else np.nan
         rows.append(row)
     return pd.DataFrame(rows).set_index("arm")
 
 
+# How each seed-varying number pools over seeds (pooled_table):
+LOG_SCALE = ("perplexity",)  # geometric mean, Student-t interval on the log: a perplexity interval stays above 0
+COUNTED_SHARES = ("extraction_hits", "synthetic_pii_leak")  # hits and trials summed, exact interval on the sums
+LOWER_BOUNDS = ("audit_epsilon_one_run", "audit_epsilon_fdp")  # the smallest of the seeds', each seed's listed
+DIVERGED_FACTOR = 10.0  # a seed's perplexity above this many times the arm's median over seeds: diverged
+
+
+def _log_scale_interval(values: np.ndarray) -> dict:
+    """The geometric mean of positive values and the exp of a Student-t interval on their logs."""
+    interval = stats.mean_interval(np.log(values))
+    return {key: float(np.exp(interval[key])) for key in ("value", "low", "high")}
+
+
+def _diverged(perplexities: pd.Series) -> list:
+    """The seeds (index labels) whose perplexity is above DIVERGED_FACTOR times the arm's median over seeds."""
+    measured = perplexities.dropna()
+    if len(measured) < 3:  # a median of two is their mean: no seed can be told apart from the other
+        return []
+    return [seed for seed, value in measured.items() if value > DIVERGED_FACTOR * measured.median()]
+
+
 def pooled_table(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
-    """Several seeds' summary tables (one per seed, the same arms) as one: per arm, every number that has an
-    interval per seed (X with X_low, X_high) becomes the mean over seeds with a Student-t 95% interval over
-    seeds (stats.mean_interval: honest for a handful of seeds, wide for two); an interval without a value
-    (canary exposure) the envelope of the seeds'; any other number the mean; a label the
-    first seed's. Column `seeds`: how many seeds measured the arm's perplexity."""
-    frames = list(tables.values())
-    columns = list(frames[0].columns)
+    """Several seeds' summary tables (one per seed, the same arms) as one row per arm:
+
+    - perplexity: the geometric mean over the seeds with a Student-t 95% interval on log perplexity (i.e. on the
+      mean log-loss per token), so the interval cannot reach below zero; a seed whose perplexity is above
+      DIVERGED_FACTOR times the arm's median is diverged: left out and named in `diverged_seeds`, never averaged;
+    - shares (COUNTED_SHARES): the seeds' hits and trials summed, with the exact (Clopper–Pearson) interval of
+      the pooled count (0 of 24 is [0, 0.142], not "0 [0, 0]");
+    - audit ε lower bounds (LOWER_BOUNDS): the smallest of the seeds' (the least of valid 95% lower bounds is
+      one for every seed's model; a mean of lower bounds is not a lower bound), each seed's in `<column>_seeds`;
+    - any other number with an interval per seed: the mean over seeds with a Student-t 95% interval
+      (stats.mean_interval: honest for a handful of seeds, wide for two); an interval without a value (canary
+      exposure) the envelope of the seeds'; any other number the mean; a label the first seed's.
+    Column `seeds`: how many seeds measured the arm's perplexity (diverged ones included).
+    """
+    frames = {seed: frame for seed, frame in tables.items()}
+    columns = list(next(iter(frames.values())).columns)
+    added = ["diverged_seeds"] + [f"{c}_seeds" for c in LOWER_BOUNDS if c in columns]
     rows = []
-    for arm in frames[0].index:
-        per_seed = pd.DataFrame([frame.loc[arm] for frame in frames if arm in frame.index])
-        row = {"arm": arm}
+    for arm in next(iter(frames.values())).index:
+        per_seed = pd.DataFrame({seed: frame.loc[arm] for seed, frame in frames.items() if arm in frame.index}).T
+        row = {"arm": arm, "diverged_seeds": ""}
         for column in columns:
             values = per_seed[column]
-            if column.endswith(("_low", "_high")) and column.rsplit("_", 1)[0] in columns:
+            numbers = pd.to_numeric(values, errors="coerce")
+            if column.endswith(("_low", "_high", "_trials")) and column.rsplit("_", 1)[0] in columns:
                 continue  # written with its value below
-            if f"{column}_low" in columns:
-                measured = pd.to_numeric(values, errors="coerce").dropna()
-                interval = stats.mean_interval(measured.to_numpy(dtype=float))
-                row[column], row[f"{column}_low"], row[f"{column}_high"] = (
-                    interval["value"], interval["low"], interval["high"])
+            if column in LOG_SCALE:
+                diverged = _diverged(numbers)
+                kept = numbers.drop(diverged).dropna().to_numpy(dtype=float)
+                interval = _log_scale_interval(kept) if len(kept) else {"value": np.nan, "low": np.nan, "high": np.nan}
+                row["diverged_seeds"] = ", ".join(f"{seed} ({numbers[seed]:.3g})" for seed in diverged)
+            elif column in COUNTED_SHARES and f"{column}_trials" in columns:
+                trials = pd.to_numeric(per_seed[f"{column}_trials"], errors="coerce")
+                both = numbers.notna() & trials.notna() & (trials > 0)
+                hits = int(np.round(numbers[both] * trials[both]).sum())
+                interval = stats.proportion(hits, int(trials[both].sum())) if both.any() else {
+                    "value": np.nan, "low": np.nan, "high": np.nan}
+                row[f"{column}_trials"] = int(trials[both].sum()) if both.any() else np.nan
+            elif column in LOWER_BOUNDS:
+                row[column] = numbers.min()  # NaN only where no seed has a bound
+                row[f"{column}_seeds"] = ", ".join("–" if np.isnan(v) else f"{v:.3g}" for v in numbers)
+                continue
+            elif f"{column}_low" in columns:
+                interval = stats.mean_interval(numbers.dropna().to_numpy(dtype=float))
             elif column.endswith("_low"):
-                row[column] = pd.to_numeric(values, errors="coerce").min()
+                row[column] = numbers.min()
+                continue
             elif column.endswith("_high"):
-                row[column] = pd.to_numeric(values, errors="coerce").max()
-            elif pd.to_numeric(values, errors="coerce").notna().any() or values.isna().all():
-                row[column] = pd.to_numeric(values, errors="coerce").mean()
+                row[column] = numbers.max()
+                continue
+            elif numbers.notna().any() or values.isna().all():
+                row[column] = numbers.mean()
+                continue
             else:
                 row[column] = values.iloc[0]
+                continue
+            row[column], row[f"{column}_low"], row[f"{column}_high"] = (
+                interval["value"], interval["low"], interval["high"])
         row["seeds"] = int(pd.to_numeric(per_seed["perplexity"], errors="coerce").notna().sum())
         rows.append(row)
-    return pd.DataFrame(rows).set_index("arm")[columns + ["seeds"]]
+    return pd.DataFrame(rows).set_index("arm")[columns + added + ["seeds"]]
 
 
 @dataclasses.dataclass
@@ -151,6 +205,7 @@ class Study:
     records: dict
     seeds: list[int]
     notebook_seconds: dict
+    seed_tables: dict = dataclasses.field(default_factory=dict)  # each seed's own table, with several seeds
 
 
 def load_study(params: dict) -> Study:
@@ -180,8 +235,9 @@ def load_study(params: dict) -> Study:
     for timing in [*timings.values(), artifacts.read_timings(artifacts.run_paths(params))]:
         for notebook, value in timing.get("notebooks", {}).items():
             seconds[notebook] = seconds.get(notebook, 0.0) + value
-    table = pooled_table({seed: summary_table(params, results[seed], timings[seed]) for seed in seeds})
-    return Study(table, pooled_results, pooling.pool_timings(timings), pooled_records, seeds, seconds)
+    seed_tables = {seed: summary_table(params, results[seed], timings[seed]) for seed in seeds}
+    return Study(pooled_table(seed_tables), pooled_results, pooling.pool_timings(timings), pooled_records, seeds,
+                 seconds, seed_tables)
 
 
 def _largest(*tables):

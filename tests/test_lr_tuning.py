@@ -40,6 +40,17 @@ def test_check_disjoint_catches_a_shared_text(tiny, params, tmp_path):
         lr_tuning.check_disjoint(study, drawn)
 
 
+def test_the_draw_is_checked_against_every_seed_of_a_multi_seed_study(tiny, params, tmp_path):
+    study = dict(params, seeds=[0, 1])
+    drawn = data.build_dataset(lr_tuning.tuning_params(study), tmp_path / "tuning", tokenizer=tiny[1])
+    lr_tuning.check_disjoint_from_every_seed(study, drawn, tiny[1])
+    second = data.build_dataset(dict(params, seed=1, seeds=[1]), tmp_path / "seed-1", tokenizer=tiny[1])
+    drawn.train.append(second.train[0])  # a record only the second seed's study trains on
+    lr_tuning.check_disjoint_from_every_seed(params, drawn, tiny[1])  # one seed: that record is not its
+    with pytest.raises(lr_tuning.TuningError, match="study seed 1: the tuning draw shares 1 texts"):
+        lr_tuning.check_disjoint_from_every_seed(study, drawn, tiny[1])
+
+
 def test_tuning_picks_a_rate_per_family_on_the_draw_each_by_its_lowest_heldout_loss(params, one_thread):
     record = lr_tuning.tune_families(params, {"nodp": [1e-3, 3e-1], "dp": [1e-3, 3e-1]}, n_eval=8, progress=False)
     assert record["profile"] == "smoke" and set(record["families"]) == {"nodp", "dp"}

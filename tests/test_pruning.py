@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from transformers import OPTConfig, OPTForCausalLM
+from transformers import BertConfig, BertForMaskedLM, OPTConfig, OPTForCausalLM
 
 from ppt_core import pruning, similarity
 
@@ -115,11 +115,15 @@ def test_bad_layer_requests_stop_clearly(tiny):
         pruning.prune_layers(model, [2, 2])
 
 
-def test_unsupported_architecture_stops_clearly():
-    model = OPTForCausalLM(OPTConfig(vocab_size=97, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+def test_a_decoder_without_a_named_row_prunes_and_an_encoder_stops_clearly():
+    model = OPTForCausalLM(OPTConfig(vocab_size=97, hidden_size=32, ffn_dim=64, num_hidden_layers=3,
                                      num_attention_heads=4, word_embed_proj_dim=32))
-    with pytest.raises(pruning.PruningError, match="model_type 'opt'.*not one of the tested decoders"):
-        pruning.prune_layers(model, [0])
+    pruned = pruning.prune_layers(model, [0])  # its blocks are found in the model: model.decoder.layers
+    assert pruning.n_blocks(pruned) == 2 and pruned.config.num_hidden_layers == 2
+    encoder = BertForMaskedLM(BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                         intermediate_size=64))
+    with pytest.raises(pruning.PruningError, match="model_type 'bert'.*is an encoder"):
+        pruning.prune_layers(encoder, [0])
 
 
 def test_target_blocks_reuses_the_sweep_and_falls_back_to_selection():

@@ -39,7 +39,8 @@ def test_results_markdown_holds_the_table_the_claims_and_the_guarantee():
     text = report.results_markdown(params, one_row_table(), [claim], {"02_pruning": 60.0}, group, estimate="A guess.",
                                    notebook_tokens=cost.notebook_tokens(params))
     assert "| Pruning is fast | above 1 | ratio 0.9 [0.8, 0.95] | supported (1 seed) |" in text
-    assert "| pruned-dp8 | 7.9 | 40 | prv |" in text and "k = 4" in text
+    assert "| pruned-dp8 | 7.9 | 40 (vacuous) | prv |" in text and "k = 4" in text  # an upper bound above 10
+    assert "certified at most at the group ε" in text and "is vacuous: it certifies nothing" in text
     assert "prefill of a batch of 8" in text and text.endswith("A guess.\n")
     assert "(total 1.0 min)" in text
     tokens = cost.notebook_tokens(params)["02_pruning"]

@@ -119,10 +119,12 @@ def seed_table(perplexity, exposure, speedup):
 def test_pooled_table_gives_the_mean_and_a_t_interval_over_seeds():
     table = summary.pooled_table({0: seed_table(10.0, 2.0, 1.1), 1: seed_table(12.0, 4.0, 1.3),
                                   2: seed_table(14.0, 3.0, 1.2)})
-    half = scipy.stats.t.ppf(0.975, 2) * np.std([10, 12, 14], ddof=1) / np.sqrt(3)
+    logs = np.log([10, 12, 14])
+    half = scipy.stats.t.ppf(0.975, 2) * np.std(logs, ddof=1) / np.sqrt(3)
     base = table.loc["base"]
-    assert base.perplexity == pytest.approx(12.0)
-    assert (base.perplexity_low, base.perplexity_high) == pytest.approx((12 - half, 12 + half))
+    assert base.perplexity == pytest.approx(np.exp(logs.mean()))  # perplexity pools on the log scale
+    assert (base.perplexity_low, base.perplexity_high) == pytest.approx(np.exp([logs.mean() - half,
+                                                                               logs.mean() + half]))
     assert (base.exposure_highest_low, base.exposure_highest_high) == (2.0, 5.0)  # the seeds' envelope
     assert table.loc["pruned-nodp", "speedup"] == pytest.approx(1.2)
     assert table.loc["pruned-nodp", "membership_signal"] == "reference" and base.seeds == 3
@@ -133,6 +135,45 @@ def test_pooled_table_gives_the_mean_and_a_t_interval_over_seeds():
     assert "Over 2 seeds (0, 1)" in report.results_markdown(smoke, empty, [], {}, seeds=[0, 1])
 
 
+def planted_seed(seed, perplexity, hits, trials, audit_fdp):
+    """One seed's row of an arm: its perplexity, extraction hits of `trials`, and audit bound."""
+    share = summary._share(hits / trials, trials)
+    row = summary.summary_table(profiles.get_profile("smoke"), {}, {}).loc[["full-nodp"]].copy()  # every column
+    row.loc["full-nodp", ["perplexity", "perplexity_low", "perplexity_high"]] = perplexity * np.array([1, 0.9, 1.1])
+    row.loc["full-nodp", ["extraction_hits", "extraction_hits_low", "extraction_hits_high"]] = (
+        share["value"], share["low"], share["high"])
+    row.loc["full-nodp", ["extraction_hits_trials", "audit_epsilon_one_run", "audit_epsilon_fdp"]] = (
+        trials, audit_fdp / 2, audit_fdp)
+    return row
+
+
+def test_a_diverged_seed_is_flagged_not_averaged_and_no_interval_goes_below_zero():
+    """The committed paper run's full-nodp: seeds at 51.1, 5538 (diverged) and 21 read 1.87e+03 [-6.02e+03,
+    9.76e+03] as a mean over seeds; on the log scale without the diverged seed it is positive and flagged."""
+    table = summary.pooled_table({0: planted_seed(0, 51.1, 0, 8, 4.35), 1: planted_seed(1, 5538.0, 0, 8, 3.9),
+                                  2: planted_seed(2, 21.0, 0, 8, np.nan)})
+    row = table.loc["full-nodp"]
+    assert row.diverged_seeds == "1 (5.54e+03)" and row.seeds == 3
+    assert row.perplexity == pytest.approx(np.sqrt(51.1 * 21.0))  # the geometric mean of the two kept
+    assert 0 < row.perplexity_low < 21 < 51.1 < row.perplexity_high
+    markdown = report.markdown_table(table)
+    assert "(diverged, left out: seed 1 (5.54e+03))" in markdown
+    together = summary.pooled_table({0: planted_seed(0, 51.1, 0, 8, 4.35), 2: planted_seed(2, 21.0, 0, 8, 4.0)})
+    assert together.loc["full-nodp", "diverged_seeds"] == ""  # two seeds: none can be told apart
+
+
+def test_shares_pool_their_counts_and_audit_bounds_their_smallest():
+    table = summary.pooled_table({0: planted_seed(0, 20.0, 0, 8, 4.35), 1: planted_seed(1, 22.0, 0, 8, 3.9),
+                                  2: planted_seed(2, 21.0, 0, 8, np.nan)})
+    row = table.loc["full-nodp"]
+    assert (row.extraction_hits, row.extraction_hits_low) == (0.0, 0.0) and row.extraction_hits_trials == 24
+    assert row.extraction_hits_high == pytest.approx(0.1425, abs=1e-4)  # Clopper-Pearson of 0 of 24, not [0, 0]
+    assert row.audit_epsilon_fdp == 3.9 and row.audit_epsilon_fdp_seeds == "4.35, 3.9, –"  # not their mean
+    assert "1.95 / 3.9 (seeds: 2.17, 1.95, – / 4.35, 3.9, –)" in report.markdown_table(table)
+    hits = summary.pooled_table({0: planted_seed(0, 20.0, 1, 8, 1.0), 1: planted_seed(1, 22.0, 2, 8, 1.0)})
+    assert hits.loc["full-nodp", "extraction_hits"] == pytest.approx(3 / 16)
+
+
 # --- the frontier figure --------------------------------------------------------------------------------
 def frontier_table():
     rows = []
@@ -140,8 +181,8 @@ def frontier_table():
         for name, eps, ppl in ((f"{family}-nodp", np.inf, 9), (f"{family}-dp1", 0.98, 40), (f"{family}-dp8", 7.9, 25)):
             rows.append({"arm": name, "epsilon": eps, "perplexity": ppl * worse, "perplexity_low": ppl * worse - 2,
                          "perplexity_high": ppl * worse + 2, "speedup": speed,
-                         "audit_epsilon_one_run": 0.0 if np.isfinite(eps) else np.nan,
-                         "audit_epsilon_fdp": 0.2 if np.isfinite(eps) else np.nan})
+                         "audit_epsilon_one_run": 0.0 if np.isfinite(eps) else 2.5,
+                         "audit_epsilon_fdp": 0.2 if np.isfinite(eps) else 4.3})
     rows += [{"arm": "base", "epsilon": np.inf, "perplexity": 34.0, "speedup": 1.0},
              {"arm": "pruned-noft", "epsilon": np.inf, "perplexity": 55.0, "speedup": 1.25}]
     return pd.DataFrame(rows).set_index("arm")
@@ -158,7 +199,13 @@ def test_frontier_figure_builds_from_a_table(tmp_path):
     assert [t.get_text() for t in left.get_xticklabels()][-1] == "∞"
     assert [line.get_ydata()[0] for line in left.get_lines() if line.get_linestyle() == "--"] == [34.0]
     points = [(line.get_xdata()[0], line.get_ydata()[0]) for line in right.get_lines() if line.get_marker() in "o^"]
-    assert len(points) == 8 and all(y <= x for x, y in points)  # every audit bound under its claim
+    infinity = right.get_xticks()[-1]
+    assert [t.get_text() for t in right.get_xticklabels()][-1] == "∞"
+    private = [(x, y) for x, y in points if x < infinity]
+    assert len(private) == 8 and all(y <= x for x, y in private)  # every DP arm's audit bound under its claim
+    assert sorted(y for x, y in points if x == infinity) == [2.5, 2.5, 4.3, 4.3]  # the twins: a leak, found
+    two_seeds = figures.frontier(frontier_table(), {0: frontier_table(), 1: frontier_table()})
+    assert len([line for line in two_seeds.axes[1].get_lines() if line.get_marker() in "o^"]) == 24  # per seed
     plots.save(fig, "frontier", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frontier.pdf", "frontier.png"]
 

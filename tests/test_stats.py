@@ -56,3 +56,21 @@ def test_format_interval_writes_value_and_interval_or_a_dash():
     assert stats.format_interval({"value": 0.5234, "low": 0.41, "high": 0.6}) == "0.523 [0.41, 0.6]"
     assert stats.format_interval(float("inf")) == "∞"
     assert stats.format_interval(None) == stats.format_interval({"value": float("nan")}) == "–"
+
+
+def test_over_three_seeds_the_interval_covers_where_the_bootstrap_alone_does_not():
+    """Three seeds whose means spread three times the within-seed standard error: the two-stage percentile
+    bootstrap alone covers the truth about 82% of the time; with the Student-t interval over the seeds'
+    own estimates beside it (their union), about 95%."""
+    rng, sims, n = np.random.default_rng(0), 200, 40
+    runs = np.repeat([0, 1, 2], n)
+    bootstrap_only = union = 0
+    for sim in range(sims):
+        records = np.concatenate([rng.normal(rng.normal(0.0, 3.0), np.sqrt(n), n) for _ in range(3)])
+        draw = np.random.default_rng(sim)
+        values = [records[stats.paired_indices(draw, len(records), runs=runs)].mean() for _ in range(200)]
+        bootstrap_only += np.percentile(values, 2.5) <= 0.0 <= np.percentile(values, 97.5)
+        estimate = stats.paired_estimate(np.mean, [records], runs=runs, n_boot=200, seed=sim)
+        union += estimate["low"] <= 0.0 <= estimate["high"] and estimate["seeds"] == 3
+    assert bootstrap_only / sims < 0.88
+    assert union / sims >= 0.92
