@@ -96,24 +96,26 @@ class _Failed(Exception):
 # --- the tiny instance ---------------------------------------------------------------------------
 
 
-def tiny_config(config):
+def tiny_config(config, widths: bool = True):
     """A copy of `config` with the tiny widths and a few blocks that cover every per-layer setting.
 
     The blocks kept are the first TINY_DEPTH and, for each per-layer list (layer_types and the like), the first
     block of every value those lack; `pruning.prune_config` shortens the lists and moves Qwen's window boundary
-    to them, as it does when pruning.
+    to them, as it does when pruning. With `widths=False` only the depth and the vocabulary shrink: the user's
+    own widths, for a config whose sizes depend on each other in ways the tiny widths break (`run` falls back).
     """
     from ppt_core import pruning
 
     tiny = copy.deepcopy(config)
     heads, kv_heads = getattr(tiny, "num_attention_heads", None), getattr(tiny, "num_key_value_heads", None)
-    for key, value in TINY_WIDTHS.items():
+    for key, value in TINY_WIDTHS.items() if widths else [("vocab_size", TINY_WIDTHS["vocab_size"])]:
         _set_int(tiny, key, lambda old, value=value: value)
-    for key, most in TINY_AT_MOST.items():
+    for key, most in TINY_AT_MOST.items() if widths else []:
         _set_int(tiny, key, lambda old, most=most: min(old, most))
-    if isinstance(heads, int) and isinstance(kv_heads, int):  # keep the kind: multi-head, grouped or multi-query
+    if widths and isinstance(heads, int) and isinstance(kv_heads, int):  # keep the kind: MHA, GQA or MQA
         tiny.num_key_value_heads = 4 if kv_heads == heads else 1 if kv_heads == 1 else 2
-    if isinstance(getattr(tiny, "qk_rope_head_dim", None), int) and isinstance(getattr(tiny, "head_dim", None), int):
+    if widths and isinstance(getattr(tiny, "qk_rope_head_dim", None), int) and isinstance(
+            getattr(tiny, "head_dim", None), int):
         _set_int(tiny, "head_dim", lambda old: tiny.qk_rope_head_dim)  # MLA's rotary part is its head_dim
     for key, value in list(vars(tiny).items()):  # special tokens inside the tiny vocabulary
         if key.endswith("token_id") and isinstance(value, int) and value >= TINY_WIDTHS["vocab_size"]:
@@ -164,25 +166,50 @@ def run(config, lora_targets: str | list[str] = "attention+mlp") -> Conformance:
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # a random tiny model's load reports and config notes: not the user's
     try:
-        _steps(config, lora_targets, verdict)
-        verdict.passed = True
-    except _Failed as failed:
-        verdict.step, verdict.reason = failed.step, failed.reason
+        for widths in (True, False):
+            try:
+                _steps(config, widths, lora_targets, verdict)
+                verdict.passed = True
+                break
+            except _Failed as failed:
+                if not widths or failed.step not in ("build", "residual") or not _small_enough(config):
+                    verdict.step, verdict.reason = failed.step, failed.reason
+                    break
+                # The tiny widths may be what broke the first forward: the user's own widths, at small depth.
     finally:
         transformers_logging.set_verbosity(verbosity)
     verdict.seconds = time.perf_counter() - started
     return verdict
 
 
-def _steps(config, lora_targets, verdict: Conformance) -> None:
+FALLBACK_PARAMETERS = 300e6  # the largest model the fallback to the user's own widths builds (float32: 1.2 GB)
+
+
+def _small_enough(config) -> bool:
+    """Whether `config` at small depth and the tiny vocabulary has at most FALLBACK_PARAMETERS parameters
+    (counted on the meta device, nothing allocated)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            skeleton = AutoModelForCausalLM.from_config(tiny_config(config, widths=False))
+    except Exception:  # noqa: BLE001 - what cannot even be laid out cannot be built either
+        return False
+    return sum(p.numel() for p in skeleton.parameters()) <= FALLBACK_PARAMETERS
+
+
+def _steps(config, widths: bool, lora_targets, verdict: Conformance) -> None:
+    """Every step on a model built from tiny_config(config, widths); raise _Failed at the first that fails."""
     from ppt_core import pruning
 
     with _step("build"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tiny = tiny_config(config)
+        tiny = tiny_config(config, widths)
         model = _build(tiny)
     depth = architectures.depth(tiny)
-    verdict.tiny = f"{depth} blocks, hidden {getattr(tiny, 'hidden_size', '?')}"
+    verdict.tiny = f"{depth} blocks, hidden {getattr(tiny, 'hidden_size', '?')}" + (
+        "" if widths else ": its own widths, which the tiny ones do not fit")
     with _step("blocks"):
         blocks = architectures.decoder_blocks(model)
         _check_blocks(blocks, model)

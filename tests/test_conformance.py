@@ -96,7 +96,23 @@ class SharedMLPModel(LlamaForCausalLM):
             layer.mlp = self.model.layers[0].mlp
 
 
-for config_class, model_class in ((IndexReadingConfig, IndexReadingModel), (SharedMLPConfig, SharedMLPModel)):
+class FixedWidthConfig(LlamaConfig):
+    model_type = "planted_fixed_width"
+
+
+class FixedWidthModel(LlamaForCausalLM):
+    """A decoder that only builds at its own hidden size (as models whose sizes depend on each other do)."""
+
+    config_class = FixedWidthConfig
+
+    def __init__(self, config):
+        if config.hidden_size != 96:
+            raise ValueError(f"hidden_size must be 96 (got {config.hidden_size})")
+        super().__init__(config)
+
+
+for config_class, model_class in ((IndexReadingConfig, IndexReadingModel), (SharedMLPConfig, SharedMLPModel),
+                                  (FixedWidthConfig, FixedWidthModel)):
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
 
@@ -120,6 +136,14 @@ def test_each_step_fires_on_a_decoder_that_breaks_it(config, targets, step, frag
     assert not verdict.passed and verdict.step == step and fragment in verdict.reason, verdict
     with pytest.raises(errors.ArchitectureError, match=f"failed the conformance check at step '{step}'"):
         conformance.check(config, targets)
+
+
+def test_a_decoder_the_tiny_widths_break_is_checked_at_its_own_widths():
+    verdict = conformance.run(FixedWidthConfig(**tiny_llama(hidden_size=96).to_diff_dict()))
+    assert verdict.passed and verdict.tiny == "4 blocks, hidden 96: its own widths, which the tiny ones do not fit"
+    huge = FixedWidthConfig(**tiny_llama(hidden_size=96, intermediate_size=400_000).to_diff_dict())
+    refused = conformance.run(huge)  # too large to build at its own widths: the tiny failure stands
+    assert not refused.passed and refused.step == "build" and "hidden_size must be 96" in refused.reason
 
 
 def test_opt_passes_with_attention_adapters_only():
