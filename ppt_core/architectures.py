@@ -152,6 +152,12 @@ def decoder_blocks(model) -> nn.ModuleList:
     return model.get_submodule(blocks_path(model))
 
 
+def block_hidden_states(output):
+    """The residual stream a block outputs: the output itself, or the first of the tuple (Falcon) or list (GPT-1)
+    some blocks return."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 # --- LoRA targets, found by role -----------------------------------------------------------------
 
 # A projection's role is read from its own name or its parent's (Moshi wraps each projection: q_proj.linear).

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ppt_core import batching
-from ppt_core.architectures import decoder_blocks
+from ppt_core.architectures import block_hidden_states, decoder_blocks
 
 REPLAY_TOLERANCE = 1e-3  # max |logit difference| of the setup check in float32 (summation order); 16x that in bf16
 
@@ -101,9 +101,8 @@ class FrozenPrefix:
         kept = []
 
         def keep(module, args, output):  # the last frozen block's output: kept, and the forward stops there
-            sequence = isinstance(output, (tuple, list))  # (hidden, ...): Falcon's tuple, GPT-1's list
-            self.tuple_length = len(output) if sequence else 0
-            kept.append((output[0] if sequence else output).float())
+            self.tuple_length = len(output) if isinstance(output, (tuple, list)) else 0  # Falcon's, GPT-1's
+            kept.append(block_hidden_states(output).float())
             raise _PrefixComputed
 
         hook = self.blocks[self.n_frozen - 1].register_forward_hook(keep)

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppt_core import architectures, tokens
-from ppt_core.architectures import decoder_blocks
+from ppt_core.architectures import block_hidden_states, decoder_blocks
 
 POOLINGS = ("mean", "last")
 
@@ -43,7 +43,7 @@ class BoundaryStates:
         self.states.append(args[0] if args else kwargs["hidden_states"])
 
     def _record_output(self, module, args, output):
-        self.states.append(output[0] if isinstance(output, (tuple, list)) else output)  # GPT-1's blocks: a list
+        self.states.append(block_hidden_states(output))
 
     def take(self) -> list[torch.Tensor]:
         states, self.states = self.states, []

@@ -144,7 +144,7 @@ def pooled_table(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
       exposure) the envelope of the seeds'; any other number the mean; a label the first seed's.
     Column `seeds`: how many seeds measured the arm's perplexity (diverged ones included).
     """
-    frames = {seed: frame for seed, frame in tables.items()}
+    frames = dict(tables)
     columns = list(next(iter(frames.values())).columns)
     added = ["diverged_seeds"] + [f"{c}_seeds" for c in LOWER_BOUNDS if c in columns]
     rows = []

@@ -29,6 +29,24 @@ from ppt_core.models import load_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Short clinical notes for the tests that run a tiny model on text (similarity, pruning, a DP-LoRA step).
+CLINICAL_NOTES = [
+    "Patient admitted with community-acquired pneumonia and discharged on amoxicillin.",
+    "Follow-up in two weeks with the cardiology clinic; continue apixaban 5 mg twice daily.",
+    "The patient tolerated the procedure well.",
+    "Atrial fibrillation with rapid ventricular response, rate controlled with metoprolol.",
+    "Discharge note for a fall at home; no fracture on imaging.",
+    "Sepsis of urinary origin, treated with ceftriaxone, afebrile at discharge.",
+    "Asthma exacerbation, nebulised salbutamol, oral prednisolone for five days.",
+    "Chest pain ruled out for acute coronary syndrome; outpatient stress test booked.",
+]
+
+
+def save_config_only(config, folder) -> str:
+    """A checkpoint folder holding `config` and no weights (the early checks read only the config)."""
+    config.save_pretrained(folder)
+    return str(folder)
+
 
 def one_thread_env() -> dict:
     """The environment of a test's subprocess: one thread per torch process. On a 2-core machine two torch

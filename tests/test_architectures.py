@@ -9,11 +9,11 @@ low-rank, top-level MLPs, mixtures of experts). What the config alone refuses st
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_all, run_all_in_process
+from conftest import CLINICAL_NOTES as TEXTS
+from conftest import REPO, run_all, run_all_in_process, save_config_only
 from transformers import (
     CONFIG_MAPPING,
     AutoModelForCausalLM,
@@ -46,16 +46,6 @@ from ppt_core import (
     training,
 )
 
-TEXTS = [
-    "Patient admitted with community-acquired pneumonia and discharged on amoxicillin.",
-    "Follow-up in two weeks with the cardiology clinic; continue apixaban 5 mg twice daily.",
-    "The patient tolerated the procedure well.",
-    "Atrial fibrillation with rapid ventricular response, rate controlled with metoprolol.",
-    "Discharge note for a fall at home; no fracture on imaging.",
-    "Sepsis of urinary origin, treated with ceftriaxone, afebrile at discharge.",
-    "Asthma exacerbation, nebulised salbutamol, oral prednisolone for five days.",
-    "Chest pain ruled out for acute coronary syndrome; outpatient stress test booked.",
-]
 REMOVE = [1, 4]
 KEEP = [0, 2, 3, 5]
 
@@ -257,11 +247,6 @@ def test_pruning_and_similarity_refuse_what_the_table_refuses(tokenizer):
         pruning.prune_layers(gpt2, [1])
     with pytest.raises(architectures.ArchitectureError, match="scale_attn_by_inverse_layer_idx"):
         similarity.layer_similarity(gpt2, tokenizer, TEXTS[:1], progress=False)
-
-
-def save_config_only(config, folder: Path) -> str:
-    config.save_pretrained(folder)  # a checkpoint folder without weights: the early check reads only this
-    return str(folder)
 
 
 @pytest.mark.parametrize("config, fragment", [

@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import CLINICAL_NOTES, save_config_only
 from transformers import (
     CONFIG_MAPPING,
     AutoConfig,
@@ -36,14 +37,7 @@ from ppt_core import (
 )
 from ppt_core.privacy import DPConfig
 
-TEXTS = [
-    "Patient admitted with community-acquired pneumonia and discharged on amoxicillin.",
-    "Follow-up in two weeks with the cardiology clinic; continue apixaban 5 mg twice daily.",
-    "The patient tolerated the procedure well.",
-    "Atrial fibrillation with rapid ventricular response, rate controlled with metoprolol.",
-    "Discharge note for a fall at home; no fracture on imaging.",
-    "Sepsis of urinary origin, treated with ceftriaxone, afebrile at discharge.",
-]
+TEXTS = CLINICAL_NOTES[:6]
 
 
 @pytest.fixture(autouse=True)
@@ -192,11 +186,6 @@ def test_a_lora_list_naming_missing_modules_is_a_setting_error_not_a_verdict():
     assert not (models.cache_dir() / "conformance").exists() or not any((models.cache_dir() / "conformance").iterdir())
 
 
-def save_config_only(config, folder) -> str:
-    config.save_pretrained(folder)  # a checkpoint folder without weights: the early check reads only this
-    return str(folder)
-
-
 def test_profile_check_reads_the_config_only(smoke_params, tmp_path, capsys):
     conformance.check_params(smoke_params)  # the tiny Llama
     assert "passed the conformance check" in capsys.readouterr().out
@@ -290,8 +279,8 @@ def sweep(model_types, tokenizer) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return models.load_tokenizer(models.EMBEDDED_MODEL)
+def tokenizer(tiny):
+    return tiny[1]  # the SmolLM2 tokenizer, loaded once per session
 
 
 def test_the_most_used_decoders_pass_and_run_or_are_refused_with_the_step(tokenizer, one_thread):
