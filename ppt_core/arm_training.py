@@ -57,12 +57,21 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
 
 def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig):
     """The pass probe of the audit over training: each audit canary's summed log-probability of its random
-    words under the adapter of the moment, scored as training computes (its bf16 setting)."""
-    from ppt_core import membership
+    words under the adapter of the moment, scored as training computes (its bf16 setting). Where training
+    replays its frozen lower blocks (`frozen_blocks`), the probe keeps their output on the audit canaries at its
+    first call and replays it at every later one: those blocks are the public model's, unchanged by training."""
+    from ppt_core import frozen_prefix, membership
 
-    def probe(peft_model):
+    kept = {}
+
+    def probe(peft_model, frozen_blocks: int | None = None):
+        if frozen_blocks is not None and kept.get("blocks") != frozen_blocks:
+            kept.update(blocks=frozen_blocks, prefix=frozen_prefix.FrozenPrefix(
+                peft_model, membership.audit_dataset(tokenizer, audit_records), frozen_blocks,
+                batch_size=config.physical_batch_size, bf16=config.bf16))
         return membership.audit_logprobs(peft_model, tokenizer, audit_records, batch_size=config.physical_batch_size,
-                                         bf16=config.bf16, progress=False)
+                                         bf16=config.bf16, progress=False,
+                                         prefix=kept["prefix"] if frozen_blocks is not None else None)
 
     return probe
 

@@ -18,8 +18,9 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from torch.utils.data import TensorDataset
 
-from ppt_core import evaluation, stats
+from ppt_core import evaluation, stats, tokens
 from ppt_core.roc import resolvable_fprs, roc_auc, roc_curve, tpr_at_fpr
 
 
@@ -70,16 +71,32 @@ def audit_scores(arm_logprobs: np.ndarray, start_logprobs: np.ndarray) -> np.nda
 
 
 def audit_logprobs(model, tokenizer, records: Sequence[dict], *, batch_size: int = 16, bf16: bool = False,
-                   progress: bool = True) -> np.ndarray:
-    """Summed log-probability (nats) of each audit canary's random words (its last `secret_tokens` tokens)."""
+                   progress: bool = True, prefix=None) -> np.ndarray:
+    """Summed log-probability (nats) of each audit canary's random words (its last `secret_tokens` tokens).
+    `prefix`: the frozen lower blocks' outputs on audit_dataset(tokenizer, records), replayed instead of
+    computed (the audit over training, where only the upper blocks learn)."""
     if not records:
         return np.zeros(0)
-    texts = [r["text"] for r in records]
-    longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-    logprobs = evaluation.token_logprobs(model, tokenizer, texts, max_length=longest + 1, batch_size=batch_size,
-                                         bf16=bf16, progress=progress)
+    if prefix is None:
+        logprobs = evaluation.token_logprobs(model, tokenizer, [r["text"] for r in records],
+                                             max_length=_audit_length(tokenizer, records), batch_size=batch_size,
+                                             bf16=bf16, progress=progress)
+    else:
+        logprobs = evaluation.replayed_token_logprobs(model, prefix, audit_dataset(tokenizer, records),
+                                                      batch_size=batch_size, bf16=bf16)
     # token_logprobs scores up to the EOS that encoding appends: the words are the tokens before it
     return np.array([lp[-1 - r["secret_tokens"]:-1].sum() for lp, r in zip(logprobs, records)])
+
+
+def audit_dataset(tokenizer, records: Sequence[dict]) -> TensorDataset:
+    """The audit canaries as audit_logprobs scores them: whole, EOS appended, one right-padded row each."""
+    batch = tokens.encode(tokenizer, [r["text"] for r in records], _audit_length(tokenizer, records))
+    return TensorDataset(batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+
+def _audit_length(tokenizer, records: Sequence[dict]) -> int:
+    """Room for the longest audit canary and its EOS: none is cut."""
+    return 1 + max(len(ids) for ids in tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"])
 
 
 # --- the attack -------------------------------------------------------------------------------------

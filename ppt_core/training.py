@@ -344,8 +344,8 @@ class StepLog:
 def run_steps(training: Training, steps: int | None = None, heldout: TensorDataset | None = None,
               pass_probe=None) -> StepLog:
     """Train `steps` logical steps (default: the schedule's), measuring the held-out loss curve on `heldout`
-    and calling `pass_probe(peft_model)` (eval mode, no gradient) before the first step and after every
-    expected pass (every `batches_per_pass` steps, and the last step).
+    and calling `pass_probe(peft_model, frozen_blocks)` (eval mode, no gradient) before the first step and after
+    every expected pass (every `batches_per_pass` steps, and the last step).
 
     Each Poisson logical batch is cut into physical batches of similar widths (batching.physical_batches);
     every physical batch is signalled to the optimizer (skip: not the last of its logical batch), so it clips
@@ -395,11 +395,13 @@ def _measure_heldout(training: Training, heldout: TensorDataset, step: int, log:
 
 def _probe(training: Training, pass_probe, step: int, log: StepLog) -> None:
     """pass_probe's values on the current adapter, in eval mode without gradients (its time counts with the
-    held-out curve's: neither is training)."""
+    held-out curve's: neither is training). The probe is told how many lower blocks training replays (None:
+    none), so it may replay them too."""
     started = time.perf_counter()
     training.peft_model.eval()
     with torch.no_grad():
-        values = [float(v) for v in pass_probe(training.peft_model)]
+        frozen_blocks = training.prefix.n_frozen if training.prefix is not None else None
+        values = [float(v) for v in pass_probe(training.peft_model, frozen_blocks)]
     training.module.train()
     log.pass_probes.append((step, values))
     log.seconds_heldout += time.perf_counter() - started
@@ -425,8 +427,8 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
 
     With `config.dp`, DP-SGD through Opacus at (target_epsilon, delta); else the same loop without
     clipping or noise. The held-out loss curve is measured on the first `config.loss_curve_records` of
-    `heldout_texts` (none when None). `pass_probe(peft_model) -> values` (e.g. the audit canaries' scores) is
-    called before training and after every expected pass: TrainResult.pass_probes.
+    `heldout_texts` (none when None). `pass_probe(peft_model, frozen_blocks) -> values` (e.g. the audit
+    canaries' scores) is called before training and after every expected pass: TrainResult.pass_probes.
     Losses in nats per token; seconds per logical step; peak memory in MB.
     Inside a torchrun process group, each process trains on its share of every Poisson batch
     (`ppt_core.distributed`) and every process returns the same adapter and guarantee.

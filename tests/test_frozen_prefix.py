@@ -114,3 +114,28 @@ def test_bf16_training_with_the_cache_and_the_audit_probe(tiny):
     assert result.bf16 and len(result.pass_probes) == 3  # before training and after each of the 2 passes
     assert all(len(values) == len(audit) for _, values in result.pass_probes)
     assert all(p.dtype == torch.float32 for p in peft_model.parameters())  # the weights are float32 again
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_audit_probe_replaying_the_frozen_blocks_scores_as_the_computed_one(tiny, bf16):
+    """The audit over training replays the frozen blocks' output on the audit canaries, kept once: after training
+    moved the upper blocks' adapter, its scores equal those of the full forward (to float, or bf16, rounding),
+    and a mutation that replays another canary's rows would not."""
+    from ppt_core import arm_training
+
+    model, tokenizer = tiny
+    config = small_config(**UPPER, bf16=bf16, optimizer="sgd", learning_rate=0.5)
+    audit = [{"text": f"zebra quartz {'lumen ' * (i % 3)}{i}", "secret_tokens": 2} for i in range(7)]
+    probe = arm_training.audit_probe(tokenizer, audit, config)
+    run, _ = trained_once(tiny, config, cached=True, steps=0)
+    run.peft_model.eval()
+    before = probe(run.peft_model, run.prefix.n_frozen)  # keeps the frozen blocks' output on the canaries
+    run.module.train()
+    training.run_steps(run, steps=2)
+    run.peft_model.eval()
+    replayed = probe(run.peft_model, run.prefix.n_frozen)
+    computed = probe(run.peft_model, None)
+    assert not torch.allclose(torch.tensor(before), torch.tensor(computed), atol=1e-3)  # the adapter moved them
+    tolerance = 5e-2 if bf16 else 1e-4
+    assert abs(replayed - computed).max() < tolerance
+    assert abs(replayed[::-1] - computed).max() > 10 * tolerance  # the test can tell rows apart
