@@ -62,16 +62,16 @@ def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig):
     first call and replays it at every later one: those blocks are the public model's, unchanged by training."""
     from ppt_core import frozen_prefix, membership
 
-    kept = {}
+    kept = None  # the frozen blocks' output on the audit canaries
 
     def probe(peft_model, frozen_blocks: int | None = None):
-        if frozen_blocks is not None and kept.get("blocks") != frozen_blocks:
-            kept.update(blocks=frozen_blocks, prefix=frozen_prefix.FrozenPrefix(
-                peft_model, membership.audit_dataset(tokenizer, audit_records), frozen_blocks,
-                batch_size=config.physical_batch_size, bf16=config.bf16))
+        nonlocal kept
+        if frozen_blocks is not None and (kept is None or kept.n_frozen != frozen_blocks):
+            kept = frozen_prefix.FrozenPrefix(peft_model, membership.audit_dataset(tokenizer, audit_records),
+                                              frozen_blocks, batch_size=config.physical_batch_size, bf16=config.bf16)
         return membership.audit_logprobs(peft_model, tokenizer, audit_records, batch_size=config.physical_batch_size,
                                          bf16=config.bf16, progress=False,
-                                         prefix=kept["prefix"] if frozen_blocks is not None else None)
+                                         prefix=kept if frozen_blocks is not None else None)
 
     return probe
 

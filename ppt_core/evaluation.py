@@ -75,15 +75,15 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], *, max_length: int = 
 
 
 @torch.no_grad()
-def replayed_token_logprobs(model, prefix, dataset, *, batch_size: int = 16, bf16: bool = False) -> list[np.ndarray]:
-    """token_logprobs of the records of `dataset` (right-padded rows: batching.record_dataset, tokens.encode)
-    with the frozen lower blocks replayed from `prefix` (a frozen_prefix.FrozenPrefix kept on the same dataset)
-    instead of computed: the same numbers for a fraction of the work when only the upper blocks change."""
+def replayed_token_logprobs(model, prefix, *, batch_size: int = 16, bf16: bool = False) -> list[np.ndarray]:
+    """token_logprobs of the records `prefix` was kept on (a frozen_prefix.FrozenPrefix; right-padded rows)
+    with the frozen lower blocks replayed instead of computed: the same numbers for a fraction of the work
+    when only the upper blocks change."""
     device = next(model.parameters()).device
     out: list[np.ndarray] = []
-    for start in range(0, len(dataset), batch_size):
-        rows = range(start, min(len(dataset), start + batch_size))
-        input_ids, attention_mask, labels = (t.to(device) for t in batching.collate(dataset, rows))
+    for start in range(0, len(prefix.dataset), batch_size):
+        rows = range(start, min(len(prefix.dataset), start + batch_size))
+        input_ids, attention_mask, labels = (t.to(device) for t in batching.collate(prefix.dataset, rows))
         with prefix.replaying(rows):
             logits = next_token_logits(model, input_ids, attention_mask, bf16=bf16)
         out.extend(_real_token_logprobs(logits, labels))

@@ -94,6 +94,7 @@ class FrozenPrefix:
         self.device = next(peft_model.parameters()).device
         self.bf16 = bf16
         self.tuple_length = 0  # the form of a block's output, seen while the outputs are kept
+        self.dataset = dataset  # the records whose rows `replaying` takes
         self.outputs = self._outputs(dataset, batch_size)
 
     @torch.no_grad()

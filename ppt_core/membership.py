@@ -82,8 +82,7 @@ def audit_logprobs(model, tokenizer, records: Sequence[dict], *, batch_size: int
                                              max_length=_audit_length(tokenizer, records), batch_size=batch_size,
                                              bf16=bf16, progress=progress)
     else:
-        logprobs = evaluation.replayed_token_logprobs(model, prefix, audit_dataset(tokenizer, records),
-                                                      batch_size=batch_size, bf16=bf16)
+        logprobs = evaluation.replayed_token_logprobs(model, prefix, batch_size=batch_size, bf16=bf16)
     # token_logprobs scores up to the EOS that encoding appends: the words are the tokens before it
     return np.array([lp[-1 - r["secret_tokens"]:-1].sum() for lp, r in zip(logprobs, records)])
 
