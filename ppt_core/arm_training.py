@@ -59,19 +59,20 @@ def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig):
     """The pass probe of the audit over training: each audit canary's summed log-probability of its random
     words under the adapter of the moment, scored as training computes (its bf16 setting). Where training
     replays its frozen lower blocks (`frozen_blocks`), the probe keeps their output on the audit canaries at its
-    first call and replays it at every later one: those blocks are the public model's, unchanged by training."""
-    from ppt_core import frozen_prefix, membership
+    first call and replays it at every later one: those blocks are the public model's, unchanged by training.
+    A profile's bf16="auto" settles on the model's device, as `finetune` settles it for training."""
+    from ppt_core import evaluation, frozen_prefix, membership
 
     kept = None  # the frozen blocks' output on the audit canaries
 
     def probe(peft_model, frozen_blocks: int | None = None):
         nonlocal kept
+        bf16 = evaluation.resolve_bf16(config.bf16, next(peft_model.parameters()).device)
         if frozen_blocks is not None and (kept is None or kept.n_frozen != frozen_blocks):
             kept = frozen_prefix.FrozenPrefix(peft_model, membership.audit_dataset(tokenizer, audit_records),
-                                              frozen_blocks, batch_size=config.physical_batch_size, bf16=config.bf16)
+                                              frozen_blocks, batch_size=config.physical_batch_size, bf16=bf16)
         return membership.audit_logprobs(peft_model, tokenizer, audit_records, batch_size=config.physical_batch_size,
-                                         bf16=config.bf16, progress=False,
-                                         prefix=kept if frozen_blocks is not None else None)
+                                         bf16=bf16, progress=False, prefix=kept if frozen_blocks is not None else None)
 
     return probe
 

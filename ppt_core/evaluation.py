@@ -48,6 +48,8 @@ def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """Float32 logits of every position. With `bf16`, the blocks run under bf16 autocast and the output
     head in float32 on the final hidden states: a bf16 head would round logits of ~20 to ~0.1 and every
     log-probability with them (a test bounds what bf16 changes in perplexity and membership AUC)."""
+    if not isinstance(bf16, bool):  # a profile's "auto" is truthy: settle it first (resolve_bf16)
+        raise TypeError(f"bf16 must be True or False here (got {bf16!r}): settle a profile's setting with resolve_bf16")
     if not bf16:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
     # A PEFT model (an adapter during training) wraps the causal LM whose modules its LoRA layers sit in

@@ -139,3 +139,22 @@ def test_audit_probe_replaying_the_frozen_blocks_scores_as_the_computed_one(tiny
     tolerance = 5e-2 if bf16 else 1e-4
     assert abs(replayed - computed).max() < tolerance
     assert abs(replayed[::-1] - computed).max() > 10 * tolerance  # the test can tell rows apart
+
+
+def test_audit_probe_settles_a_profiles_auto_bf16_on_the_models_device(tiny):
+    """Notebook 03 hands the probe the profile's config, whose bf16 is "auto" (training settles its own copy): the
+    probe scores as the setting resolved on the model's device, replayed or computed, and never takes the string
+    for True (the quick run failed on it in notebook 03)."""
+    from ppt_core import arm_training, evaluation, membership
+
+    model, tokenizer = tiny
+    audit = [{"text": f"zebra quartz {'lumen ' * (i % 3)}{i}", "secret_tokens": 2} for i in range(5)]
+    run, _ = trained_once(tiny, small_config(**UPPER), cached=True, steps=0)
+    run.peft_model.eval()
+    resolved = evaluation.resolve_bf16("auto", torch.device("cpu"))
+    for frozen_blocks in (run.prefix.n_frozen, None):
+        automatic = arm_training.audit_probe(tokenizer, audit, small_config(**UPPER, bf16="auto"))
+        settled = arm_training.audit_probe(tokenizer, audit, small_config(**UPPER, bf16=resolved))
+        assert abs(automatic(run.peft_model, frozen_blocks) - settled(run.peft_model, frozen_blocks)).max() == 0
+    with pytest.raises(TypeError, match="'auto'"):
+        membership.audit_logprobs(run.peft_model, tokenizer, audit, bf16="auto", progress=False)
