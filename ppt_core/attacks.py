@@ -98,7 +98,8 @@ def score_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, pro
     return {"members": membership.record_scores(model, tokenizer, [r["text"] for r in members], **score),
             "nonmembers": membership.record_scores(model, tokenizer, [r["text"] for r in nonmembers], **score),
             "audit": membership.audit_logprobs(model, tokenizer, splits.audit, **kw),
-            "canary_secrets": canaries.canary_secret_logprobs(model, tokenizer, splits.canaries)}
+            "canary_secrets": canaries.canary_secret_logprobs(model, tokenizer, splits.canaries,
+                                                              batch_size=params["eval_batch_size"])}
 
 
 def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, arm: str,

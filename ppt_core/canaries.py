@@ -86,8 +86,9 @@ class NextDigitScorer:
     """next_digit_logprobs for one canary prefix under one model (see digit_tree_rank).
 
     The prefix runs through the model once; each call copies its KV cache across the batch and feeds
-    only the partial codes' digits. Needs a tokenizer that writes each digit as its own token after the
-    prefix (Llama, SmolLM, Qwen, Gemma do; GPT-2-style merges do not: DigitTokenizationError).
+    only the partial codes' digits, codes of every length in one forward. Needs a tokenizer that writes
+    each digit as its own token after the prefix (Llama, SmolLM, Qwen, Gemma do; GPT-2-style merges do
+    not: DigitTokenizationError).
     """
 
     def __init__(self, model, tokenizer, prefix: str, secret: str):
@@ -104,8 +105,7 @@ class NextDigitScorer:
             context = model(input_ids=torch.tensor([self.prefix_ids], device=self.device), use_cache=True)
         self.cache = context.cache
         self.first = self._digits(context.logits[0, -1])
-        accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self.last_only = {"logits_to_keep": 1} if accepts else {}
+        self.accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def _digits(self, logits: torch.Tensor) -> np.ndarray:
         return torch.log_softmax(logits.float(), dim=-1)[..., self.digit_ids].cpu().numpy().astype(np.float64)
@@ -113,21 +113,26 @@ class NextDigitScorer:
     @torch.inference_mode()
     def __call__(self, partials: list[str]) -> np.ndarray:
         out = np.empty((len(partials), 10))
-        by_length: dict[int, list[int]] = {}
-        for i, partial in enumerate(partials):
-            by_length.setdefault(len(partial), []).append(i)
-        for length, rows in by_length.items():
-            if length == 0:
-                out[rows] = self.first
-                continue
-            # one length per forward: no padding, so positions follow the cache, and one position's logits
-            ids = torch.tensor([[self.digit_ids[int(c)] for c in partials[i]] for i in rows], device=self.device)
-            cache = copy.deepcopy(self.cache)
-            cache.batch_repeat_interleave(len(rows))
-            attention = torch.ones((len(rows), len(self.prefix_ids) + length), dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=ids, attention_mask=attention, cache=cache, use_cache=True,
-                                **self.last_only).logits
-            out[rows] = self._digits(logits[:, -1])
+        rows = [i for i, partial in enumerate(partials) if partial]
+        out[[i for i, partial in enumerate(partials) if not partial]] = self.first
+        if not rows:
+            return out
+        # One forward for every length: each partial code is right-padded to the longest with digit 0. A position
+        # never attends to later ones, so the output at a code's last digit reads only the prefix and its own
+        # digits, the same as it would unpadded; positions follow the cache. (A forward per length read the
+        # model's weights once per length: on a CPU that, not the tokens, is a short forward's cost.)
+        width = max(len(partials[i]) for i in rows)
+        ids = torch.tensor([[self.digit_ids[int(c)] for c in partials[i].ljust(width, "0")] for i in rows],
+                           device=self.device)
+        last = [len(partials[i]) - 1 for i in rows]
+        kept = sorted(set(last))  # the output head only where a code's last digit is
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(len(rows))
+        attention = torch.ones((len(rows), len(self.prefix_ids) + width), dtype=torch.long, device=self.device)
+        keep = {"logits_to_keep": torch.tensor(kept, device=self.device)} if self.accepts_logits_to_keep else {}
+        logits = self.model(input_ids=ids, attention_mask=attention, cache=cache, use_cache=True, **keep).logits
+        column = [kept.index(t) if keep else t for t in last]
+        out[rows] = self._digits(logits[torch.arange(len(rows)), column])
         return out
 
 
@@ -184,11 +189,31 @@ def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, ba
     return np.concatenate(out)
 
 
-def canary_secret_logprobs(model, tokenizer, canaries: Sequence[dict]) -> np.ndarray:
-    """log p(secret | prefix) of each canary's own secret under `model`, in nats (secret_logprobs of one
-    candidate per canary: the prefixes differ, so each runs on its own). An arm's minus its starting model's
-    is the canary's secret gain."""
-    return np.array([secret_logprobs(model, tokenizer, c["prefix"], [c["secret"]])[0] for c in canaries])
+@torch.inference_mode()
+def canary_secret_logprobs(model, tokenizer, canaries: Sequence[dict], *, batch_size: int = 16) -> np.ndarray:
+    """log p(secret | prefix) of each canary's own secret under `model`, in nats: secret_logprobs of its one
+    candidate (the tokens of prefix + secret past those shared with the prefix alone), with the canaries' whole
+    texts right-padded into batches of `batch_size`, a forward per batch instead of two per canary. An arm's minus
+    its starting model's is the canary's secret gain."""
+    device = next(model.parameters()).device
+    out = []
+    for chunk in tokens.batched(list(canaries), batch_size):
+        ids = tokenizer([c["prefix"] + c["secret"] for c in chunk], add_special_tokens=False)["input_ids"]
+        prefixes = tokenizer([c["prefix"] for c in chunk], add_special_tokens=False)["input_ids"]
+        shared = [_common_prefix_length([seq, prefix]) for seq, prefix in zip(ids, prefixes)]
+        if min(shared) < 1:
+            raise ValueError(f"canary prefix {chunk[shared.index(min(shared))]['prefix']!r} shares no token with "
+                             "its secret's text")
+        width = max(len(seq) for seq in ids)
+        batch = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
+        for row, seq in enumerate(ids):
+            batch[row, :len(seq)] = torch.tensor(seq, device=device)
+            mask[row, :len(seq)] = 1
+        logits = model(input_ids=batch, attention_mask=mask).logits[:, :-1].float()  # position t predicts t + 1
+        picked = logits.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        out += [float(picked[row, start - 1:len(seq) - 1].sum()) for row, (seq, start) in enumerate(zip(ids, shared))]
+    return np.array(out, dtype=np.float64)
 
 
 def rank_p_value(gain: float, null_gains: Sequence[float]) -> float:

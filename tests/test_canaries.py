@@ -93,6 +93,19 @@ def test_next_digit_scorer_agrees_with_plain_scoring_and_ranks_exactly(tiny):
     assert found["exact"] and found["rank"] == expected
 
 
+def test_next_digit_scorer_scores_codes_of_mixed_lengths_in_one_batch_as_each_alone(tiny):
+    """Partial codes of several lengths share one padded forward: each row equals the code scored on its own (the
+    padding after a shorter code never reaches its last digit), in any order."""
+    model, tokenizer = tiny
+    scorer = canaries.NextDigitScorer(model, tokenizer, "Patient portal access code for Ada (MRN 1234): ", "4071")
+    partials = ["40", "", "4", "407", "9", "12", "0"]
+    together = scorer(partials)
+    alone = np.concatenate([scorer([partial]) for partial in partials])
+    assert np.abs(together - alone).max() < 1e-5
+    assert np.abs(scorer(partials[::-1]) - together[::-1]).max() < 1e-5
+    assert np.abs(together[0] - together[-2]).max() > 1e-3  # the rows differ: the test can tell them apart
+
+
 def test_a_tokenizer_that_merges_digits_is_detected(tiny):
     model, tokenizer = tiny
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from ppt_core import batching, errors, evaluation, privacy, train_config, training
+from ppt_core import batching, errors, evaluation, privacy, tokens, train_config, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model runs faster on one thread of a shared CPU
 
@@ -135,6 +135,26 @@ def test_logical_batches_are_poisson_then_ordered_by_length(tiny, dp):
     assert len(batches) == 50
     assert all([lengths[i] for i in batch] == sorted(lengths[i] for i in batch) for batch in batches)
     assert any(lengths[batch[0]] < lengths[batch[-1]] for batch in batches if batch)
+
+
+def test_record_loss_is_the_mean_next_token_loss_over_its_own_real_tokens():
+    """Each record's loss, from a batch with padding of several widths, equals the mean of -log softmax(logits at t)
+    [token t + 1] over its own real targets, computed on the record alone; padding and the last position never
+    count, and a record's loss does not depend on the others in its batch."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 50, dtype=torch.bfloat16)
+    labels = torch.randint(0, 50, (3, 7))
+    labels[1, 5:] = tokens.IGNORE_INDEX
+    labels[2, 2:] = tokens.IGNORE_INDEX
+    expected = []
+    for record in range(3):
+        real = int((labels[record] != tokens.IGNORE_INDEX).sum())
+        logprobs = torch.log_softmax(logits[record, : real - 1].float(), dim=-1)
+        expected.append(-logprobs[torch.arange(real - 1), labels[record, 1:real]].mean())
+    losses = training.record_losses(logits, labels)
+    assert losses.dtype == torch.float32
+    assert torch.allclose(losses, torch.stack(expected), atol=1e-6)
+    assert torch.allclose(training.record_losses(logits[2:], labels[2:]), losses[2:], atol=1e-6)
 
 
 def _record_gradient(peft_model, dataset, index) -> torch.Tensor:
