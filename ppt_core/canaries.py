@@ -168,12 +168,8 @@ def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, ba
     first_logprobs = torch.log_softmax(context.logits[0, -1].float(), dim=-1)
     out = []
     for chunk in tokens.batched([seq[shared:] for seq in ids], batch_size):
-        width = max(len(seq) for seq in chunk)
-        rest = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
-        for row, seq in enumerate(chunk):
-            rest[row, :len(seq)] = torch.tensor(seq, device=device)
-            mask[row, :len(seq)] = 1
+        rest, mask = tokens.pad(chunk, tokenizer.pad_token_id, device=device)
+        width = rest.shape[1]
         total = first_logprobs[rest[:, 0]]
         if width > 1:
             cache = copy.deepcopy(context.cache)
@@ -204,12 +200,7 @@ def canary_secret_logprobs(model, tokenizer, canaries: Sequence[dict], *, batch_
         if min(shared) < 1:
             raise ValueError(f"canary prefix {chunk[shared.index(min(shared))]['prefix']!r} shares no token with "
                              "its secret's text")
-        width = max(len(seq) for seq in ids)
-        batch = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
-        for row, seq in enumerate(ids):
-            batch[row, :len(seq)] = torch.tensor(seq, device=device)
-            mask[row, :len(seq)] = 1
+        batch, mask = tokens.pad(ids, tokenizer.pad_token_id, device=device)
         logits = model(input_ids=batch, attention_mask=mask).logits[:, :-1].float()  # position t predicts t + 1
         picked = logits.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         out += [float(picked[row, start - 1:len(seq) - 1].sum()) for row, (seq, start) in enumerate(zip(ids, shared))]

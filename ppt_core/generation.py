@@ -44,18 +44,6 @@ def check_params(params: dict) -> None:
 
 
 # --- sampling -----------------------------------------------------------------------------------
-def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (B, T), with each sequence right-aligned."""
-    width = max(len(seq) for seq in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if len(seq):
-            input_ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
-            attention_mask[row, width - len(seq):] = 1
-    return input_ids, attention_mask
-
-
 @torch.inference_mode()
 def generate_ids(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
                  temperature: float | None = None, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
@@ -76,7 +64,7 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_n
         torch.manual_seed(seed)
         for chunk in tqdm(list(tokens.batched(list(prompt_ids), batch_size)), desc="generating",
                           disable=not progress, leave=False):
-            input_ids, attention_mask = left_pad(chunk, tokenizer.pad_token_id)
+            input_ids, attention_mask = tokens.pad(chunk, tokenizer.pad_token_id, side="left")
             generated = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                 max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,

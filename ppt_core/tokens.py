@@ -23,15 +23,27 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, *, add_eos: bool = 
         ids = [seq[: max_length - 1] + [tokenizer.eos_token_id] for seq in ids]
     else:
         ids = [seq[:max_length] for seq in ids]
-    width = max(len(seq) for seq in ids)
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        span = slice(0, len(seq)) if padding_side == "right" else slice(width - len(seq), width)
-        input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, span] = 1
+    input_ids, attention_mask = pad(ids, tokenizer.pad_token_id, side=padding_side)
     labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_token_id: int, *, side: str = "right",
+        device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T) long tensors on `device`: token id sequences padded to the longest
+    with `pad_token_id`, after each one's end (`side="right"`) or before its start ("left": right-aligned, as
+    generation needs); the mask is 1 on real tokens."""
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' or 'left' (got {side!r})")
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+            input_ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
+            attention_mask[row, span] = 1
+    return input_ids.to(device), attention_mask.to(device)
 
 
 def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:

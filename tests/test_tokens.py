@@ -27,3 +27,13 @@ def test_batched_slices_and_refuses_an_empty_batch_size():
         list(tokens.batched([1], 0))
     with pytest.raises(ValueError, match="no texts"):
         tokens.encode(None, [], 8)
+
+
+def test_pad_right_and_left_masks_exactly_the_real_tokens():
+    sequences = [[5, 6, 7], [8], []]
+    ids, mask = tokens.pad(sequences, 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    ids, mask = tokens.pad(sequences, 0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]] and mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    with pytest.raises(ValueError, match="'middle'"):
+        tokens.pad(sequences, 0, side="middle")
