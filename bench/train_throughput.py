@@ -10,7 +10,8 @@ In one process, one after the other on the same Poisson logical batches of a pro
   `count` cuts a logical batch into physical batches by record count (every record padded to the longest),
   `width` by width (`batching.physical_batches` with lengths: short canaries apart from notes), and
   `width+bf16` also stores the frozen weights in bf16 once (`training._frozen_weights_in_bf16`) instead of
-  autocast casting them in every pass (bf16 machines only).
+  autocast casting them in every pass (bf16 machines only), and `+cache` replays the frozen lower blocks
+  (`ppt_core.frozen_prefix`), on a bf16 machine both with and without the bf16 weights.
 
 Each setting's FLOPs per step are counted by torch's FlopCounterMode (matmuls and attention, forward and
 backward, per-sample gradients included) on the same steps; the table gives real tokens per second, the
@@ -122,6 +123,7 @@ def main(argv=None) -> int:
     cached = params["lora_blocks"] is not None
     settings = [("count", False, False), ("width", False, False)]
     settings += [("width", True, False)] if bf16 else []
+    settings += [("width", False, True)] if cached and bf16 else []  # the cache with autocast casting the weights
     settings += [("width", bf16, True)] if cached else []
     rows = []
     for private in (False, True):
