@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ppt_core import stats, tokens
+from ppt_core import evaluation, stats, tokens
 from ppt_core.generation import generate_ids
 
 TIE_TOLERANCE = 1e-4  # nats: two codes this close in log-likelihood tie (float noise between batch shapes)
@@ -185,26 +185,22 @@ def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, ba
     return np.concatenate(out)
 
 
-@torch.inference_mode()
 def canary_secret_logprobs(model, tokenizer, canaries: Sequence[dict], *, batch_size: int = 16) -> np.ndarray:
     """log p(secret | prefix) of each canary's own secret under `model`, in nats: secret_logprobs of its one
-    candidate (the tokens of prefix + secret past those shared with the prefix alone), with the canaries' whole
-    texts right-padded into batches of `batch_size`, a forward per batch instead of two per canary. An arm's minus
+    candidate (the tokens of prefix + secret past those shared with the prefix alone), read from the canaries'
+    whole texts scored together in batches of `batch_size` (evaluation.token_logprobs, float32). An arm's minus
     its starting model's is the canary's secret gain."""
-    device = next(model.parameters()).device
-    out = []
-    for chunk in tokens.batched(list(canaries), batch_size):
-        ids = tokenizer([c["prefix"] + c["secret"] for c in chunk], add_special_tokens=False)["input_ids"]
-        prefixes = tokenizer([c["prefix"] for c in chunk], add_special_tokens=False)["input_ids"]
-        shared = [_common_prefix_length([seq, prefix]) for seq, prefix in zip(ids, prefixes)]
-        if min(shared) < 1:
-            raise ValueError(f"canary prefix {chunk[shared.index(min(shared))]['prefix']!r} shares no token with "
-                             "its secret's text")
-        batch, mask = tokens.pad(ids, tokenizer.pad_token_id, device=device)
-        logits = model(input_ids=batch, attention_mask=mask).logits[:, :-1].float()  # position t predicts t + 1
-        picked = logits.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        out += [float(picked[row, start - 1:len(seq) - 1].sum()) for row, (seq, start) in enumerate(zip(ids, shared))]
-    return np.array(out, dtype=np.float64)
+    ids = tokenizer([c["prefix"] + c["secret"] for c in canaries], add_special_tokens=False)["input_ids"]
+    prefixes = tokenizer([c["prefix"] for c in canaries], add_special_tokens=False)["input_ids"]
+    shared = [_common_prefix_length([seq, prefix]) for seq, prefix in zip(ids, prefixes)]
+    if min(shared) < 1:
+        raise ValueError(f"canary prefix {canaries[shared.index(min(shared))]['prefix']!r} shares no token with "
+                         "its secret's text")
+    # logprobs[t - 1] scores token t; the EOS that scoring appends comes after the secret and is not read
+    scored = evaluation.token_logprobs(model, tokenizer, [c["prefix"] + c["secret"] for c in canaries],
+                                       max_length=max(map(len, ids)) + 1, batch_size=batch_size, progress=False)
+    return np.array([logprobs[start - 1:len(seq) - 1].sum() for logprobs, seq, start in zip(scored, ids, shared)],
+                    dtype=np.float64)
 
 
 def rank_p_value(gain: float, null_gains: Sequence[float]) -> float:
