@@ -3,8 +3,8 @@
 A profile is a flat dict of plain values, so papermill can pass it into a notebook's
 `parameters` cell unchanged. `quick` is the default: SmolLM2-135M on a 2-core CPU.
 `smoke` runs the whole pipeline in seconds on a tiny random model (tests, CI).
-`paper` is the quick profile's model over the epsilon sweep and three seeds, with a smaller budget per arm so
-that it finishes in at most 100 minutes on a 2-core CPU; committed under figures/paper/.
+`paper` is the quick profile's memorisation regime over the epsilon sweep and three seeds, with fewer records per
+seed so that it finishes in at most 100 minutes on a 2-core CPU; committed under figures/paper/.
 `full` is the paper-scale run (more data and steps, an epsilon sweep, several seeds; a GPU helps).
 
 `seeds` lists the seeds of a run: one seed runs the study once in runs/<run>/ (with `seed`), several
@@ -204,52 +204,44 @@ _FULL = dict(
     seeds=[0, 1, 2],
 )
 
-# The paper profile: the quick profile's model over the epsilon sweep and three seeds, with the training settings of
-# its committed run (one pass, rank 2 on q/v: before quick's memorisation regime; issue 24 moves it there), sized to
-# finish in at most 100 minutes on a 2-core CPU without native bf16 (the machine it was run on). That is 24
-# fine-tuned arms and 30 attacked ones, so each got about a seventh of quick's tokens then: every stage reads each
-# record's first 40 tokens (whole canaries and audit canaries; a note's opening, which carries its name,
-# birth date and record number), with fewer notes, canaries and audit canaries per seed (three seeds pool
-# them), and pruning's strategy sweep only at the studied level. Training and evaluation must read the same
-# length: an arm trained on openings and scored on whole notes loses on the whole notes what it gains on the
-# openings. Quick's per-arm budget over this sweep would take hours here (the projection under Results).
+# The paper profile: quick's memorisation regime (issue 21) over the epsilon sweep and three seeds, sized to finish in
+# at most 100 minutes on a 2-core CPU (issue 24). It trains 24 arms and attacks 30, so each seed gets about half of
+# quick's training tokens per arm, cut where three seeds pool what one seed lacks and kept where the positive control
+# lives. Kept as in quick: every training setting (6 expected passes, LoRA rank 16 on every projection of the last 10
+# blocks, a constant rate, batches of 16), records of 48 tokens, the canaries' repetitions up to 32 and all 256
+# one-run audit canaries (the audit's power grows with their number; at 14 tokens each they cost the least).
+# Halved per seed: the notes (50, 2,400 of quick's 4,800 tokens a pass), the canaries per repetition count (2: 82
+# copies, 2,300 of 4,611 tokens), the members and non-members of the membership attack (50 each); the canary rank
+# search stops at 20 (descriptive: the verdicts read the secret gains), pruning's strategy sweep runs at the studied
+# level only, and the held-out loss and audit curve are read 3 times during training (quick: 6), each read of the
+# audit curve scoring all 256 audit canaries. A pass is 6,464 tokens over 260 expected records, 102 steps an arm.
 _PAPER = dict(
     _QUICK,
     profile="paper",
-    # the settings of its last run (figures/paper/), before quick's memorisation regime; issue 24 re-runs it there
-    canary_repetitions=[1, 4, 16],
-    n_eval=16,
-    expected_batch_size=32,
-    physical_batch_size=8,
-    epochs=1.0,
-    lora_rank=2,
-    lora_targets="query+value",
-    lora_blocks=None,
-    lr_schedule="linear",
-    n_train=100,
+    epsilons=[1, 3, 8],  # with the non-private arms of both families: 8 fine-tuned arms per seed
+    seeds=[0, 1, 2],
+    n_train=50,
     n_heldout=100,
     n_public=100,
     canaries_per_repetition=2,
-    n_reference_canaries=4,
-    n_audit_canaries=128,
-    max_length=40,
-    prune_strategies=["pairwise", "block", "last", "random"],  # iterative chose pairwise's blocks in quick
-    prune_sweep=[0, 4],
-    train_max_length=40,
-    dp_learning_rate=2e-2,  # `python -m ppt_core.lr_tuning --profile paper --learning-rates 5e-3,1e-2,2e-2,4e-2,8e-2`
-    #                      on full-dp1 (figures/tuning/paper.json); its few short steps want a larger rate than quick
-    nodp_learning_rate=2e-2,  # tuned on full-dp1 too, then (seed 1's full-nodp diverged at it: issue 24 tunes it apart)
-    loss_curve_points=2,
-    loss_curve_records=8,
-    n_synthetic=8,
-    synthetic_max_new_tokens=32,
+    n_membership=50,
     n_attack=8,
     attack_prefix_tokens=16,
     attack_suffix_tokens=16,
-    n_membership=100,
     canary_rank_cap=20,
-    epsilons=[1, 3, 8],  # with the non-private arms of both families: 8 fine-tuned arms per seed
-    seeds=[0, 1, 2],
+    n_eval=32,
+    prune_strategies=["pairwise", "block", "last", "random"],  # iterative chose pairwise's blocks in quick
+    prune_sweep=[0, 4],
+    loss_curve_points=3,
+    loss_curve_records=8,
+    n_synthetic=8,
+    synthetic_max_new_tokens=32,
+    n_synthetic_references=16,
+    # One rate per family, chosen by `make tune PROFILE=paper` on an independent draw of the data, never the study's
+    # records (figures/tuning/paper.json): held-out loss of full-dp1 at 2e-3, 5e-3, 1e-2: 3.94, 3.82, 4.04; of
+    # full-nodp at 5e-4, 1e-3, 2e-3: 2.00, 1.78, 1.81 (about 80 s a run on a 2-core bf16 CPU)
+    dp_learning_rate=5e-3,
+    nodp_learning_rate=1e-3,
 )
 
 PROFILES = {"smoke": _SMOKE, "quick": _QUICK, "paper": _PAPER, "full": _FULL}

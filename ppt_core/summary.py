@@ -206,6 +206,7 @@ class Study:
     seeds: list[int]
     notebook_seconds: dict
     seed_tables: dict = dataclasses.field(default_factory=dict)  # each seed's own table, with several seeds
+    seed_results: dict = dataclasses.field(default_factory=dict)  # each seed's own results.json, with several seeds
 
 
 def load_study(params: dict) -> Study:
@@ -237,7 +238,7 @@ def load_study(params: dict) -> Study:
             seconds[notebook] = seconds.get(notebook, 0.0) + value
     seed_tables = {seed: summary_table(params, results[seed], timings[seed]) for seed in seeds}
     return Study(pooled_table(seed_tables), pooled_results, pooling.pool_timings(timings), pooled_records, seeds,
-                 seconds, seed_tables)
+                 seconds, seed_tables, results)
 
 
 def _largest(*tables):

@@ -443,16 +443,17 @@ def mitigates_memorisation(attacks: Mapping[str, Mapping] | None, records: Mappi
         twin = arms.parse(arm).twin
         twin_leak = leak(attacks.get(twin))
         if twin_leak.outcome != SUPPORTED:
-            parts.append(Verdict(INCONCLUSIVE,
-                                 f"{arm}: its twin {twin} shows no leak to mitigate ({twin_leak.evidence})"))
+            parts.append(Verdict(INCONCLUSIVE, f"{arm}: {INCONCLUSIVE}, its twin {twin} shows no leak to mitigate "
+                                               f"({twin_leak.evidence})"))
             continue
         gain = audit_gain_difference(records, arm, twin, **boot)
         if gain is None:
-            parts.append(Verdict(INCONCLUSIVE, f"{arm}: not measured: audit scores of {arm} and {twin}"))
+            parts.append(Verdict(INCONCLUSIVE,
+                                 f"{arm}: {INCONCLUSIVE}, not measured: audit scores of {arm} and {twin}"))
             continue
-        own = leak(attacks[arm])
-        parts.append(Verdict(side(gain, 0.0, "below"),
-                             f"{arm}: {_audit_gain_text(gain, arm, twin)}; beside it: "
+        own, outcome = leak(attacks[arm]), side(gain, 0.0, "below")
+        parts.append(Verdict(outcome,  # each DP arm (each ε of each family) decided on its own, then combined
+                             f"{arm}: {outcome}, {_audit_gain_text(gain, arm, twin)}; beside it: "
                              f"{_membership_difference_text(records, arm, twin, **boot)}; {arm}'s own leak test "
                              f"{own.outcome} ({own.evidence}); its twin {twin} leaks", seeds=gain["seeds"]))
     return _conjunction(parts)
@@ -583,7 +584,8 @@ def criteria(params: dict) -> dict[str, str]:
                                   "memorisation gain (mean audit score of included minus excluded audit canaries, "
                                   "nats) of the DP arm minus its twin's, paired per audit canary: 95% interval below "
                                   "0 (above 0: contradicted; containing 0: inconclusive); the calibrated membership "
-                                  "AUC difference and the DP arm's own leak test shown",
+                                  "AUC difference and the DP arm's own leak test shown; each DP arm (each ε) decided "
+                                  "apart, the claim supported where every one is",
         "complements_privacy": "audit memorisation gain (mean audit score of included minus excluded audit "
                                "canaries, nats) of `pruned-nodp` minus `full-nodp`, paired per audit canary: 95% "
                                "interval below 0 (above 0: contradicted; containing 0: inconclusive); calibrated "

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 from conftest import REPO, run_all, run_all_in_process
 
-from ppt_core import artifacts, checks, cost, figures, pooling, profiles, report, summary, verdicts
+from ppt_core import arms, artifacts, checks, cost, figures, pooling, profiles, report, summary, verdicts
 from ppt_core.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 
 N, TOKENS = 60, 40
@@ -218,11 +218,16 @@ def test_paper_profile_is_quicks_model_over_the_epsilon_sweep_and_three_seeds():
     # the same model, pruning and privacy setting; fewer tokens per arm, so it fits 100 minutes on a laptop
     same = ("model", "delta", "max_grad_norm", "accountant", "optimizer", "n_remove", "prune_strategy", "secure_mode")
     assert {k: paper[k] for k in same} == {k: quick[k] for k in same}
-    # its training keeps the settings of its committed run (figures/paper/) until it is re-run in quick's regime
-    assert {k: paper[k] for k in ("expected_batch_size", "epochs", "lora_rank", "lora_targets", "lr_schedule")} == \
-        dict(expected_batch_size=32, epochs=1.0, lora_rank=2, lora_targets="query+value", lr_schedule="linear")
-    assert cost.notebook_tokens(paper)["03_dp_lora_finetuning"] < cost.notebook_tokens(quick)["03_dp_lora_finetuning"]
-    assert paper["attack_prefix_tokens"] + paper["attack_suffix_tokens"] <= paper["train_max_length"]
+    # quick's memorisation regime: the same training and the same positive controls (audit canaries, repetitions)
+    regime = ("expected_batch_size", "physical_batch_size", "epochs", "lora_rank", "lora_alpha", "lora_targets",
+              "lora_blocks", "lr_schedule", "max_length", "train_max_length", "canary_repetitions",
+              "n_audit_canaries", "audit_canary_tokens", "n_reference_canaries")
+    assert {k: paper[k] for k in regime} == {k: quick[k] for k in regime}
+    # fewer training tokens per arm (it trains twice quick's arms per seed, over three seeds)
+    per_arm = {name: cost.notebook_tokens(p)["03_dp_lora_finetuning"] / len(arms.trained_arm_names(p))
+               for name, p in (("quick", quick), ("paper", paper))}
+    assert per_arm["paper"] < 0.75 * per_arm["quick"]
+    assert paper["attack_prefix_tokens"] + paper["attack_suffix_tokens"] <= paper["max_length"]
     # a notebook run by hand (the profile alone) writes under runs/; run_all regenerating a committed run, to figures/
     assert artifacts.figures_dir(paper) == REPO / "runs" / "paper" / "figures"
     assert artifacts.figures_dir(quick) == REPO / "runs" / "quick" / "figures"
@@ -264,6 +269,7 @@ def test_smoke_profile_with_two_seeds_runs_each_seed_and_pools_them():
         results_md = (root / "figures" / "results.md").read_text()
         assert "2 seeds" in results_md and "(2 seeds)" in results_md
         assert (root / "figures" / "frontier.png").exists() and (root / "figures" / "summary.png").exists()
+        assert (root / "figures" / "audit_over_training_seed-0.png").exists()  # the first seed's, beside the pooled
         again = run_all("--profile", "smoke", "--seeds", "0,1", "--run-name", name)
         assert again.returncode == 0
         assert (again.stdout + again.stderr).count("inputs unchanged, skipped") == 2 * (len(notebooks) - 1) + 1

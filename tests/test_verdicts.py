@@ -280,9 +280,10 @@ def test_mitigates_memorisation_reaches_every_verdict_from_the_audit_gain():
     # The DP arm's ΔAUC interval reaches 0.07: an absolute "no leak" would be inconclusive; the paired gain decides.
     supported = decided(0.2)
     assert supported.outcome == SUPPORTED and len(supported.parts) == 1
-    assert "audit memorisation gain full-dp8 − full-nodp" in supported.evidence
+    assert "full-dp8: supported, audit memorisation gain full-dp8 − full-nodp" in supported.evidence  # per arm
     assert "full-dp8's own leak test inconclusive" in supported.evidence
-    assert decided(4.0).outcome == CONTRADICTED  # memorised more than its twin
+    contradicted = decided(4.0)  # memorised more than its twin
+    assert contradicted.outcome == CONTRADICTED and "full-dp8: contradicted, " in contradicted.evidence
     assert decided(3.0, scale=1.0).outcome == INCONCLUSIVE
     quiet = {"full-nodp": arm_attacks(), "full-dp8": arm_attacks()}
     no_twin_leak = decided(0.2, attacks=quiet)
