@@ -112,6 +112,9 @@ def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
 LOG_SCALE = ("perplexity",)  # geometric mean, Student-t interval on the log: a perplexity interval stays above 0
 COUNTED_SHARES = ("extraction_hits", "synthetic_pii_leak")  # hits and trials summed, exact interval on the sums
 LOWER_BOUNDS = ("audit_epsilon_one_run", "audit_epsilon_fdp")  # the smallest of the seeds', each seed's listed
+# What a quantity can be: a Student-t interval over a few seeds can cross it (an AUC of 0.99, 0.97 and 0.80 reads
+# [0.69, 1.2]); the interval is cut to it, which keeps its coverage (the truth is inside the range).
+RANGES = {"membership_auc": (0.0, 1.0), "delta_auc": (-1.0, 1.0)}
 DIVERGED_FACTOR = 10.0  # a seed's perplexity above this many times the arm's median over seeds: diverged
 
 
@@ -140,7 +143,8 @@ def pooled_table(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
     - audit ε lower bounds (LOWER_BOUNDS): the smallest of the seeds' (the least of valid 95% lower bounds is
       one for every seed's model; a mean of lower bounds is not a lower bound), each seed's in `<column>_seeds`;
     - any other number with an interval per seed: the mean over seeds with a Student-t 95% interval
-      (stats.mean_interval: honest for a handful of seeds, wide for two); an interval without a value (canary
+      (stats.mean_interval: honest for a handful of seeds, wide for two), cut to the quantity's RANGES (an AUC
+      interval never passes 1); an interval without a value (canary
       exposure) the envelope of the seeds'; any other number the mean; a label the first seed's.
     Column `seeds`: how many seeds measured the arm's perplexity (diverged ones included).
     """
@@ -174,6 +178,9 @@ def pooled_table(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
                 continue
             elif f"{column}_low" in columns:
                 interval = stats.mean_interval(numbers.dropna().to_numpy(dtype=float))
+                if column in RANGES:
+                    lowest, highest = RANGES[column]
+                    interval = dict(interval, low=max(interval["low"], lowest), high=min(interval["high"], highest))
             elif column.endswith("_low"):
                 row[column] = numbers.min()
                 continue

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 from conftest import REPO, run_all, run_all_in_process
 
-from ppt_core import arms, artifacts, checks, cost, figures, pooling, profiles, report, summary, verdicts
+from ppt_core import arms, artifacts, checks, cost, figures, pooling, profiles, report, stats, summary, verdicts
 from ppt_core.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 
 N, TOKENS = 60, 40
@@ -172,6 +172,25 @@ def test_shares_pool_their_counts_and_audit_bounds_their_smallest():
     assert "1.95 / 3.9 (seeds: 2.17, 1.95, – / 4.35, 3.9, –)" in report.markdown_table(table)
     hits = summary.pooled_table({0: planted_seed(0, 20.0, 1, 8, 1.0), 1: planted_seed(1, 22.0, 2, 8, 1.0)})
     assert hits.loc["full-nodp", "extraction_hits"] == pytest.approx(3 / 16)
+
+
+def test_an_auc_interval_over_seeds_stays_inside_what_an_auc_can_be():
+    """The paper run's pruned-nodp: membership AUCs near 1 on three seeds read 0.92 [0.78, 1.1] as a plain
+    Student-t interval; an AUC cannot pass 1, and cutting the interval there keeps its coverage."""
+    seeds = {}
+    for seed, auc, delta in ((0, 0.99, 0.5), (1, 0.97, 0.45), (2, 0.80, 0.3)):
+        row = planted_seed(seed, 7.0, 0, 8, 4.0)
+        row.loc["full-nodp", ["membership_auc", "membership_auc_low", "membership_auc_high"]] = (auc, auc - 0.05,
+                                                                                                min(auc + 0.05, 1))
+        row.loc["full-nodp", ["delta_auc", "delta_auc_low", "delta_auc_high"]] = (delta, delta - 0.1, delta + 0.1)
+        seeds[seed] = row
+    row = summary.pooled_table(seeds).loc["full-nodp"]
+    plain = stats.mean_interval(np.array([0.99, 0.97, 0.80]))
+    assert plain["high"] > 1  # what the table would say without the range
+    assert row.membership_auc == pytest.approx(plain["value"])
+    assert row.membership_auc_low == pytest.approx(plain["low"])
+    assert row.membership_auc_high == 1.0
+    assert row.delta_auc_low == pytest.approx(stats.mean_interval(np.array([0.5, 0.45, 0.3]))["low"])
 
 
 # --- the frontier figure --------------------------------------------------------------------------------
