@@ -214,7 +214,8 @@ _FULL = dict(
 # copies, 2,300 of 4,611 tokens), the members and non-members of the membership attack (50 each); the canary rank
 # search stops at 20 (descriptive: the verdicts read the secret gains), pruning's strategy sweep runs at the studied
 # level only, and the held-out loss and audit curve are read 3 times during training (quick: 6), each read of the
-# audit curve scoring all 256 audit canaries. A pass is 6,464 tokens over 260 expected records, 102 steps an arm.
+# audit curve scoring all 256 audit canaries. A pass is about 6,500 tokens (its run's seeds: 6,473-6,594 over 255-264
+# records; quick's 11,175 over 390), 96-102 steps an arm. Its committed run: README, under Results.
 _PAPER = dict(
     _QUICK,
     profile="paper",
