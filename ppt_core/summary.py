@@ -213,7 +213,7 @@ class Study:
     seeds: list[int]
     notebook_seconds: dict
     seed_tables: dict = dataclasses.field(default_factory=dict)  # each seed's own table, with several seeds
-    seed_results: dict = dataclasses.field(default_factory=dict)  # each seed's own results.json, with several seeds
+    seed_results: dict = dataclasses.field(default_factory=dict)  # each seed's own results.json (one seed: the run's)
 
 
 def load_study(params: dict) -> Study:
@@ -228,7 +228,7 @@ def load_study(params: dict) -> Study:
     if len(seeds) == 1:
         seed = seeds[0]
         return Study(summary_table(params, results[seed], timings[seed]), results[seed], timings[seed],
-                     records[seed], seeds, timings[seed].get("notebooks", {}))
+                     records[seed], seeds, timings[seed].get("notebooks", {}), seed_results=results)
     missing = [str(paths.results) for paths in runs.values() if not paths.results.exists()]
     if missing:
         raise FileNotFoundError(f"no results for seed run(s) {', '.join(missing)}: run notebooks 00-06 for "
