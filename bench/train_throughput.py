@@ -11,7 +11,9 @@ In one process, one after the other on the same Poisson logical batches of a pro
   `width` by width (`batching.physical_batches` with lengths: short canaries apart from notes), and
   `width+bf16` also stores the frozen weights in bf16 once (`training._frozen_weights_in_bf16`) instead of
   autocast casting them in every pass (bf16 machines only), and `+cache` replays the frozen lower blocks
-  (`ppt_core.frozen_prefix`), on a bf16 machine both with and without the bf16 weights.
+  (`ppt_core.frozen_prefix`), on a bf16 machine both with and without the bf16 weights. Every setting trains
+  with the attention the study does (`training.training_attention`: eager for bf16 on a CPU); `+sdpa` is the
+  study's loop with torch's scaled-dot-product attention instead (bf16 CPU only).
 
 Each setting's FLOPs per step are counted by torch's FlopCounterMode (matmuls and attention, forward and
 backward, per-sample gradients included) on the same steps; the table gives real tokens per second, the
@@ -60,9 +62,13 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 10) -> 
     return 2 * SIDE**3 / statistics.median(seconds)
 
 
-def measure(model, dataset, config, *, cut: str, bf16_weights: bool, cached: bool, steps: int) -> dict:
-    """Seconds, tokens and FLOPs per logical step of the loop (training.logical_step) with these levers."""
+def measure(model, dataset, config, *, cut: str, bf16_weights: bool, cached: bool, steps: int,
+            attention: str | None = None) -> dict:
+    """Seconds, tokens and FLOPs per logical step of the loop (training.logical_step) with these levers
+    (`attention`: an implementation instead of training.training_attention's)."""
     peft_model = training._lora_model(model, config, next(model.parameters()).device)
+    if attention is not None:
+        peft_model.get_base_model().set_attn_implementation(attention)
     if bf16_weights:
         training._frozen_weights_in_bf16(peft_model)
     started = time.perf_counter()
@@ -121,19 +127,21 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} threads on {device}; training dtype {str(dtype).split('.')[-1]}, "
           f"its {SIDE}² matmul peak {peak / 1e9:.0f} GFLOP/s")
     cached = params["lora_blocks"] is not None
-    settings = [("count", False, False), ("width", False, False)]
-    settings += [("width", True, False)] if bf16 else []
-    settings += [("width", False, True)] if cached and bf16 else []  # the cache with autocast casting the weights
-    settings += [("width", bf16, True)] if cached else []
+    settings = [("count", False, False, None), ("width", False, False, None)]
+    settings += [("width", True, False, None)] if bf16 else []
+    settings += [("width", False, True, None)] if cached and bf16 else []  # the cache, autocast casting the weights
+    settings += [("width", bf16, True, "sdpa")] if cached and bf16 and device.type == "cpu" else []
+    settings += [("width", bf16, True, None)] if cached else []
     rows = []
     for private in (False, True):
         epsilon = params["epsilons"][0] if private else None
         config = train_config.config_from_params(params, epsilon, progress=False, bf16=bf16)
-        for cut, bf16_weights, cache in settings:
+        for cut, bf16_weights, cache, attention in settings:
             torch.manual_seed(0)
             result = measure(model, dataset, config, cut=cut, bf16_weights=bf16_weights, cached=cache,
-                             steps=args.steps)
-            levers = f"{cut}{'+bf16' if bf16_weights else ''}{'+cache' if cache else ''}"
+                             steps=args.steps, attention=attention)
+            levers = (f"{cut}{'+bf16' if bf16_weights else ''}{'+cache' if cache else ''}"
+                      f"{'+' + attention if attention else ''}")
             rows.append((levers, result))
             once = f", cache built in {result['cache_seconds']:.1f} s" if result["cache_seconds"] is not None else ""
             print(f"  {('dp ' if private else 'non-private ') + levers:<30} {result['seconds_per_step']:6.2f} s/step "

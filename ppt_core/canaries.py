@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import heapq
-import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -91,8 +90,8 @@ class NextDigitScorer:
     not: DigitTokenizationError).
     """
 
-    def __init__(self, model, tokenizer, prefix: str, secret: str):
-        self.model, self.device = model, next(model.parameters()).device
+    def __init__(self, model, tokenizer, prefix: str, secret: str, *, bf16: bool = False):
+        self.model, self.device, self.bf16 = model, next(model.parameters()).device, bf16
         self.prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
         digit_ids = [tokenizer(str(d), add_special_tokens=False)["input_ids"] for d in range(10)]
         if any(len(ids) != 1 for ids in digit_ids):
@@ -102,10 +101,10 @@ class NextDigitScorer:
         if spelled != self.prefix_ids + [self.digit_ids[int(c)] for c in secret]:
             raise DigitTokenizationError(f"{prefix + secret!r} is not tokenized as its prefix and one token per digit")
         with torch.inference_mode():
-            context = model(input_ids=torch.tensor([self.prefix_ids], device=self.device), use_cache=True)
-        self.cache = context.cache
-        self.first = self._digits(context.logits[0, -1])
-        self.accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+            logits, self.cache = evaluation.causal_lm_forward(
+                model, torch.tensor([self.prefix_ids], device=self.device), bf16=bf16, use_cache=True,
+                keep=torch.tensor([len(self.prefix_ids) - 1], device=self.device))
+        self.first = self._digits(logits[0, -1])
 
     def _digits(self, logits: torch.Tensor) -> np.ndarray:
         return torch.log_softmax(logits.float(), dim=-1)[..., self.digit_ids].cpu().numpy().astype(np.float64)
@@ -129,10 +128,9 @@ class NextDigitScorer:
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(len(rows))
         attention = torch.ones((len(rows), len(self.prefix_ids) + width), dtype=torch.long, device=self.device)
-        keep = {"logits_to_keep": torch.tensor(kept, device=self.device)} if self.accepts_logits_to_keep else {}
-        logits = self.model(input_ids=ids, attention_mask=attention, cache=cache, use_cache=True, **keep).logits
-        column = [kept.index(t) if keep else t for t in last]
-        out[rows] = self._digits(logits[torch.arange(len(rows)), column])
+        logits, _ = evaluation.causal_lm_forward(self.model, ids, attention, bf16=self.bf16, cache=cache,
+                                                 keep=torch.tensor(kept, device=self.device))
+        out[rows] = self._digits(logits[torch.arange(len(rows)), [kept.index(t) for t in last]])
         return out
 
 
@@ -149,12 +147,14 @@ def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
 
 
 @torch.inference_mode()
-def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, batch_size: int = 128) -> np.ndarray:
+def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, batch_size: int = 128,
+                    bf16: bool = False) -> np.ndarray:
     """log p(prefix + secret) - log p(shared prefix) for each secret, in nats: the part of the canary's
     log-likelihood that depends on the secret, so ranking secrets by it ranks the whole canaries.
 
     The shared prefix runs through the model once; its KV cache is copied across each batch of
-    candidate secrets, which then cost only their own few tokens. Works for any tokenizer.
+    candidate secrets, which then cost only their own few tokens. Works for any tokenizer. `bf16`: the
+    blocks under bf16 autocast, the head in float32 (evaluation.causal_lm_forward).
     """
     device = next(model.parameters()).device
     ids = tokenizer([prefix + secret for secret in secrets], add_special_tokens=False)["input_ids"]
@@ -164,20 +164,21 @@ def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, ba
     shared = _common_prefix_length([*ids, prefix_ids])
     if shared < 1:
         raise ValueError(f"canary prefix {prefix!r} shares no token across candidate secrets")
-    context = model(input_ids=torch.tensor([ids[0][:shared]], device=device), use_cache=True)
-    first_logprobs = torch.log_softmax(context.logits[0, -1].float(), dim=-1)
+    first_logits, context = evaluation.causal_lm_forward(model, torch.tensor([ids[0][:shared]], device=device),
+                                                         bf16=bf16, use_cache=True,
+                                                         keep=torch.tensor([shared - 1], device=device))
+    first_logprobs = torch.log_softmax(first_logits[0, -1], dim=-1)
     out = []
     for chunk in tokens.batched([seq[shared:] for seq in ids], batch_size):
         rest, mask = tokens.pad(chunk, tokenizer.pad_token_id, device=device)
         width = rest.shape[1]
         total = first_logprobs[rest[:, 0]]
         if width > 1:
-            cache = copy.deepcopy(context.cache)
+            cache = copy.deepcopy(context)
             cache.batch_repeat_interleave(len(chunk))
             # The last token's output would predict what follows the secret: not needed.
             attention = torch.cat([torch.ones((len(chunk), shared), dtype=torch.long, device=device), mask[:, :-1]], 1)
-            logits = model(input_ids=rest[:, :-1], attention_mask=attention, cache=cache,
-                           use_cache=True).logits.float()
+            logits, _ = evaluation.causal_lm_forward(model, rest[:, :-1], attention, bf16=bf16, cache=cache)
             targets = rest[:, 1:]
             picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
             total = total + (picked * mask[:, 1:]).sum(dim=1)
@@ -236,7 +237,7 @@ def exposure_from_samples(secret_logprob: float, sample_logprobs: np.ndarray, sp
 
 
 def canary_exposure(model, tokenizer, canary: dict, *, rank_cap: int, n_samples: int, seed: int = 0,
-                    batch_size: int = 16) -> dict:
+                    batch_size: int = 16, bf16: bool = False) -> dict:
     """Exposure (bits) of one canary's secret as an interval [exposure_low, exposure_high].
 
     method "exact": the digit-tree search ranked the secret (low == high = log2|R| - log2 rank).
@@ -248,10 +249,10 @@ def canary_exposure(model, tokenizer, canary: dict, *, rank_cap: int, n_samples:
     space = 10 ** int(canary["secret_digits"])
     row = {"id": canary["id"], "repetitions": canary["repetitions"]}
     try:
-        scorer = NextDigitScorer(model, tokenizer, canary["prefix"], canary["secret"])
+        scorer = NextDigitScorer(model, tokenizer, canary["prefix"], canary["secret"], bf16=bf16)
     except DigitTokenizationError:
         secrets = [canary["secret"]] + sampled_secrets(canary, n_samples, seed)
-        scores = secret_logprobs(model, tokenizer, canary["prefix"], secrets, batch_size=batch_size)
+        scores = secret_logprobs(model, tokenizer, canary["prefix"], secrets, batch_size=batch_size, bf16=bf16)
         low, high = exposure_from_samples(scores[0], scores[1:], space)
         return dict(row, method="sampled", rank=None, exposure_low=low, exposure_high=high)
     found = digit_tree_rank(scorer, canary["secret"], cap=rank_cap, batch_size=batch_size)

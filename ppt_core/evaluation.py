@@ -10,6 +10,7 @@ Speed is elsewhere: wall-clock in ppt_core.timing, the ideal from counting FLOPs
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,18 +49,37 @@ def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """Float32 logits of every position. With `bf16`, the blocks run under bf16 autocast and the output
     head in float32 on the final hidden states: a bf16 head would round logits of ~20 to ~0.1 and every
     log-probability with them (a test bounds what bf16 changes in perplexity and membership AUC)."""
+    return causal_lm_forward(model, input_ids, attention_mask, bf16=bf16)[0]
+
+
+def causal_lm_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                      bf16: bool = False, cache=None, use_cache: bool = False,
+                      keep: torch.Tensor | None = None) -> tuple[torch.Tensor, object]:
+    """(float32 logits, the forward's KV cache or None) of one forward of a causal LM, with `bf16` as in
+    next_token_logits. `cache`: the KV cache of the tokens before `input_ids` (the caller's copy: the forward
+    extends it); `use_cache`: return the cache; `keep`: the positions (1-D tensor) whose logits are computed,
+    else every position's."""
     if not isinstance(bf16, bool):  # a profile's "auto" is truthy: settle it first (resolve_bf16)
         raise TypeError(f"bf16 must be True or False here (got {bf16!r}): settle a profile's setting with resolve_bf16")
+    cached = dict(cache=cache, use_cache=True) if cache is not None or use_cache else {}
     if not bf16:
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        kept = {"logits_to_keep": keep} if keep is not None and _accepts_logits_to_keep(model) else {}
+        output = model(input_ids=input_ids, attention_mask=attention_mask, **cached, **kept)
+        logits = output.logits if keep is None or kept else output.logits[:, keep]
+        return logits.float(), getattr(output, "cache", None)
     # A PEFT model (an adapter during training) wraps the causal LM whose modules its LoRA layers sit in
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.autocast(device_type=input_ids.device.type, dtype=torch.bfloat16):
-        hidden = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                      use_cache=False).last_hidden_state
+        output = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                      **(cached or dict(use_cache=False)))
+    hidden = output.last_hidden_state if keep is None else output.last_hidden_state[:, keep]
     logits = causal_lm.get_output_embeddings()(hidden.float())
     cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2 and 3 squash their logits
-    return logits if cap is None else torch.tanh(logits / cap) * cap
+    return (logits if cap is None else torch.tanh(logits / cap) * cap), getattr(output, "cache", None)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 @torch.no_grad()

@@ -3,8 +3,8 @@
 A profile is a flat dict of plain values, so papermill can pass it into a notebook's
 `parameters` cell unchanged. `quick` is the default: SmolLM2-135M on a 2-core CPU.
 `smoke` runs the whole pipeline in seconds on a tiny random model (tests, CI).
-`paper` is the quick profile's memorisation regime over the epsilon sweep and three seeds, with fewer records per
-seed so that it finishes in at most 100 minutes on a 2-core CPU; committed under figures/paper/.
+`paper` is the quick profile over the epsilon sweep and three seeds (at most 100 minutes on a 2-core CPU);
+committed under figures/paper/.
 `full` is the paper-scale run (more data and steps, an epsilon sweep, several seeds; a GPU helps).
 
 `seeds` lists the seeds of a run: one seed runs the study once in runs/<run>/ (with `seed`), several
@@ -29,22 +29,25 @@ _QUICK = dict(
     data_path=None,  # None: the synthetic clinical-notes corpus; else a .jsonl/.csv/.txt file
     text_field="text",  # JSONL key or CSV column holding the text of a user record
     # The memorisation regime (issue 21): a study of what DP mitigates needs non-private twins that leak,
-    # measurably. Few short records seen several times, by an adapter with the capacity to memorise: 100
-    # notes cut to max_length tokens, canaries up to 32 copies, 256 single-copy audit canaries, 6 expected
-    # passes (each included record drawn about 6 times), LoRA rank 16 on every linear projection of the
-    # blocks (value, output and MLP matter most for memorisation: Savine 2025, arXiv 2507.21009), a constant
-    # learning rate. Its probe on this model (non-private, 6 passes over ~40k tokens, 2e-3) took the audit AUC
-    # from 0.52 after one pass to 0.99 after six; one pass at rank 2 on q/v memorised nothing any attack saw.
-    # The run of these settings at the tuned rates (figures/results.md, commit 387062f, LoRA on the last 10
-    # blocks): full-nodp audit AUC 0.57 after one pass, 0.96 after six, f-DP / one-run bounds 4.35 / 2.66,
-    # calibrated membership ΔAUC 0.33 [0.28, 0.38], all 4 canaries at 32x above the null; the DP arms' bounds 0
-    # at every pass (on all 30 blocks: see lora_blocks). Kept as they are: random-word audit canaries (Panda et
-    # al.'s rare-token canaries were not needed) and m = 256.
-    n_train=100,  # training notes; the membership attack takes n_membership of them
-    n_heldout=200,  # never trained on: the attacks' non-members and the held-out perplexity
-    n_public=200,
+    # measurably. Few short records seen several times, by an adapter with the capacity to memorise: notes cut to
+    # max_length tokens, canaries up to 32 copies, 256 single-copy audit canaries, 6 expected passes (each
+    # included record drawn about 6 times), LoRA rank 16 on every linear projection of the last 10 blocks (value,
+    # output and MLP matter most for memorisation: Savine 2025, arXiv 2507.21009), a constant learning rate. Its
+    # probe on this model (non-private, 6 passes over ~40k tokens, 2e-3) took the audit AUC from 0.52 after one
+    # pass to 0.99 after six; one pass at rank 2 on q/v memorised nothing any attack saw. Kept as they are:
+    # random-word audit canaries (Panda et al.'s rare-token canaries were not needed) and m = 256.
+    # Every token pays (issue 22): 50 notes and 2 canaries per repetition count (a pass is about 6,500 tokens over
+    # about 260 records, 96-102 steps an arm; with 100 notes and 4 canaries it was 11,175 over 390, 150 steps). The
+    # audit canaries are then a larger share of what the model sees, and the twins leaked more, not less: the paper
+    # profile's 3 seeds of these sizes gave full-nodp f-DP bounds 4.35-4.76 and pruned-nodp 4.83-5.4, against 4.45
+    # and 4.77 with twice the notes and canaries (commit bc210a9). Every DP arm's bound was 0.
+    n_train=50,  # training notes; the membership attack takes n_membership of them
+    n_heldout=100,  # never trained on: the attacks' non-members and the held-out perplexity
+    n_public=100,
     canary_repetitions=[1, 8, 32],  # copies of each inserted canary in train
-    canaries_per_repetition=4,  # canaries per repetition count: a point each in the exposure figure
+    # Canaries per repetition count: a point each in the exposure figure. Two at 32x give the canary test a
+    # floor of p = 1/231 against 20 references (Mann-Whitney); the verdicts decide on the audit canaries.
+    canaries_per_repetition=2,
     n_reference_canaries=20,  # same form, never inserted: the null of the canary test (20 give a level of 1/21)
     n_audit_canaries=256,  # one-run audit: each included in train with probability 1/2 (its own random stream)
     audit_canary_tokens=10,  # random single-token words per audit canary, the tokens its score reads
@@ -58,7 +61,9 @@ _QUICK = dict(
     prune_strategies=["pairwise", "block", "iterative", "last", "random"],
     prune_sweep=[0, 4, 8, 12],  # blocks removed in the perplexity/speed sweep
     n_calibration_iterative=8,  # public records for each re-measurement of S by the iterative strategy
-    n_eval=64,  # held-out records for perplexity (02 scores 5 strategies x 4 levels on 2 CPU cores)
+    # Held-out records for perplexity (02 scores 5 strategies x 4 levels). 64 gave the verdicts they read intervals
+    # of about +-3% (ratio pruned / base 1.36 [1.32, 1.41], heal 0.547 [0.522, 0.575]): 32 still decide them.
+    n_eval=32,
     eval_batch_size=16,
     timing_prompt_tokens=32,  # inference timing: prompt length, generated tokens, timed runs per setting
     timing_new_tokens=8,
@@ -78,11 +83,11 @@ _QUICK = dict(
     physical_batch_size=16,  # records per forward/backward; larger logical batches are split
     epochs=6.0,  # expected passes over train (a float): steps = floor(epochs * ceil(N / expected_batch_size))
     train_max_length=None,  # tokens per record while training (None: max_length); scoring reads the same length
-    # One learning rate per family, each chosen by `make tune` (ppt_core/lr_tuning.py) on an independent draw of
-    # the data, never the study's records (figures/tuning/quick.json), with LoRA on the last 10 blocks: held-out
-    # loss of full-dp8 at 2e-3, 5e-3, 1e-2: 3.66, 3.39, 3.48 (the start: 3.92); of full-nodp at 5e-4, 1e-3,
-    # 2e-3: 1.66, 1.64, 1.68
-    dp_learning_rate=5e-3,  # the DP arms'
+    # One learning rate per family, each chosen by `make tune` (ppt_core/lr_tuning.py) on an independent draw of the
+    # data, never the study's records (figures/tuning/quick.json), at these sizes with LoRA on the last 10 blocks:
+    # held-out loss of full-dp8 at 2e-3, 5e-3, 1e-2: 3.80, 3.70, 3.69 (the best at the grid's edge, by 0.004 nats: the
+    # curve is flat there); of full-nodp at 5e-4, 1e-3, 2e-3: 2.00, 1.78, 1.81 (71-92 s a run on a 2-core bf16 CPU)
+    dp_learning_rate=1e-2,  # the DP arms'
     nodp_learning_rate=1e-3,  # the non-private arms'
     lora_rank=16,  # the capacity to memorise (see the regime above); rank 2 on q/v memorised nothing
     lora_alpha=16,
@@ -103,25 +108,30 @@ _QUICK = dict(
     warmup_fraction=0.0,  # share of the steps whose learning rate ramps up linearly before the decay
     secure_mode=False,  # False: Poisson draws and DP noise come from the seed (reproducible study, not a
     #                     release); True: Opacus's cryptographic generator (needs torchcsprng), for a release
-    loss_curve_points=6,  # held-out loss measured this many times during training (and once before): the
-    #                       only loss curve a DP arm publishes
-    loss_curve_records=16,  # held-out notes each held-out-loss measurement averages over
+    # Held-out loss and audit curve read this many times during training (and once before): the only loss curve a
+    # DP arm publishes. Each read scores all 256 audit canaries: 3 reads (passes 2, 4, 6) cost 4 of them an arm, 6
+    # cost 7 (about 4 s each).
+    loss_curve_points=3,
+    loss_curve_records=8,  # held-out notes each held-out-loss measurement averages over
     # --- synthetic data (05) -----------------------------------------------------------------
-    n_synthetic=16,
-    synthetic_max_new_tokens=64,
+    n_synthetic=8,
+    synthetic_max_new_tokens=32,
     synthetic_prompt_tokens=8,  # user data only: prompts are the first tokens of held-out records (never train)
     temperature=0.8,
     top_p=0.95,
     generation_batch_size=16,
-    n_synthetic_references=32,  # train and held-out notes each, for "nearest record" BERTScore
+    n_synthetic_references=16,  # train and held-out notes each, for "nearest record" BERTScore
     # --- attacks (06) ------------------------------------------------------------------------
-    n_attack=12,  # members and as many held-out records for prefix extraction (the first of n_membership)
-    attack_prefix_tokens=24,
-    attack_suffix_tokens=24,
-    n_membership=100,  # members (every training note) and as many non-members: AUC intervals of about +-0.08
+    n_attack=8,  # members and as many held-out records for prefix extraction (the first of n_membership)
+    attack_prefix_tokens=16,
+    attack_suffix_tokens=16,
+    # Members (every training note) and as many non-members: AUC intervals of about +-0.11 (+-0.08 with 100). The
+    # twins' calibrated membership gain was 0.34 [0.28, 0.39] with 100 and the DP arms' about 0: both still read
+    # apart; "DP mitigates" decides on the audit canaries, the membership difference is shown beside it.
+    n_membership=50,
     min_k_percent=20,
-    canary_rank_cap=100,  # exact rank up to this (exposure above 13.3 of 19.9 bits; past it an interval): descriptive,
-    #                      the verdicts test each canary's secret gain against the reference canaries instead
+    canary_rank_cap=20,  # exact rank up to this (exposure above 15.6 of 19.9 bits; past it an interval): descriptive,
+    #                     the verdicts test each canary's secret gain against the reference canaries instead
     n_secret_samples=64,  # only for tokenizers that merge digits: uniform codes that bound the rank instead
     secret_batch_size=16,  # digit-tree branches (or sampled codes) scored per forward pass
     bf16_scoring="auto",  # bf16 autocast for scoring where the CPU or GPU has native bf16 ("auto"), or True/False
@@ -169,7 +179,9 @@ _SMOKE = dict(
     n_bootstrap=50,
     bf16=False,
     bf16_scoring=False,
+    loss_curve_points=6,
     loss_curve_records=8,
+    n_synthetic_references=32,
 )
 
 _FULL = dict(
@@ -197,47 +209,27 @@ _FULL = dict(
     n_synthetic=200,
     synthetic_max_new_tokens=128,
     n_synthetic_references=200,
+    loss_curve_points=6,
+    loss_curve_records=16,
     n_attack=200,
+    attack_prefix_tokens=24,
+    attack_suffix_tokens=24,
     n_membership=1000,
     canary_rank_cap=10000,
     n_secret_samples=5000,
     seeds=[0, 1, 2],
 )
 
-# The paper profile: quick's memorisation regime (issue 21) over the epsilon sweep and three seeds, sized to finish in
-# at most 100 minutes on a 2-core CPU (issue 24). It trains 24 arms and attacks 30, so each seed gets about half of
-# quick's training tokens per arm, cut where three seeds pool what one seed lacks and kept where the positive control
-# lives. Kept as in quick: every training setting (6 expected passes, LoRA rank 16 on every projection of the last 10
-# blocks, a constant rate, batches of 16), records of 48 tokens, the canaries' repetitions up to 32 and all 256
-# one-run audit canaries (the audit's power grows with their number; at 14 tokens each they cost the least).
-# Halved per seed: the notes (50, 2,400 of quick's 4,800 tokens a pass), the canaries per repetition count (2: 82
-# copies, 2,300 of 4,611 tokens), the members and non-members of the membership attack (50 each); the canary rank
-# search stops at 20 (descriptive: the verdicts read the secret gains), pruning's strategy sweep runs at the studied
-# level only, and the held-out loss and audit curve are read 3 times during training (quick: 6), each read of the
-# audit curve scoring all 256 audit canaries. A pass is about 6,500 tokens (its run's seeds: 6,473-6,594 over 255-264
-# records; quick's 11,175 over 390), 96-102 steps an arm. Its committed run: README, under Results.
+# The paper profile: the quick profile, record for record, over the epsilon sweep and three seeds: 8 fine-tuned
+# arms a seed and 30 attacked in all, in at most 100 minutes on a 2-core CPU (issue 24). Pruning's strategy sweep
+# runs at the studied level only. Its committed run: README, under Results.
 _PAPER = dict(
     _QUICK,
     profile="paper",
     epsilons=[1, 3, 8],  # with the non-private arms of both families: 8 fine-tuned arms per seed
     seeds=[0, 1, 2],
-    n_train=50,
-    n_heldout=100,
-    n_public=100,
-    canaries_per_repetition=2,
-    n_membership=50,
-    n_attack=8,
-    attack_prefix_tokens=16,
-    attack_suffix_tokens=16,
-    canary_rank_cap=20,
-    n_eval=32,
     prune_strategies=["pairwise", "block", "last", "random"],  # iterative chose pairwise's blocks in quick
     prune_sweep=[0, 4],
-    loss_curve_points=3,
-    loss_curve_records=8,
-    n_synthetic=8,
-    synthetic_max_new_tokens=32,
-    n_synthetic_references=16,
     # One rate per family, chosen by `make tune PROFILE=paper` on an independent draw of the data, never the study's
     # records (figures/tuning/paper.json): held-out loss of full-dp1 at 2e-3, 5e-3, 1e-2: 3.94, 3.82, 4.04; of
     # full-nodp at 5e-4, 1e-3, 2e-3: 2.00, 1.78, 1.81 (about 80 s a run on a 2-core bf16 CPU)

@@ -55,8 +55,8 @@ class TrainConfig:
     max_length: int = 48
     seed: int = 0
     bf16: bool | str = "auto"  # "auto": bf16 where the device computes it natively (evaluation.bf16_available)
-    loss_curve_points: int = 6
-    loss_curve_records: int = 16
+    loss_curve_points: int = 3
+    loss_curve_records: int = 8
     device: str | None = None
     progress: bool = True
     dp: DPConfig | None = None

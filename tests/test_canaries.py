@@ -106,6 +106,30 @@ def test_next_digit_scorer_scores_codes_of_mixed_lengths_in_one_batch_as_each_al
     assert np.abs(together[0] - together[-2]).max() > 1e-3  # the rows differ: the test can tell them apart
 
 
+def test_the_bf16_digit_scorer_reads_what_float32_does_within_bf16_rounding(tiny):
+    """Under bf16 (the blocks in bf16 autocast, the head in float32: evaluation.causal_lm_forward) the scorer's
+    KV cache and its kept positions give what bf16 scoring of the whole text gives, and stay within bf16's
+    rounding of the float32 scorer, which they differ from (so the setting reaches the forward)."""
+    model, tokenizer = tiny
+    prefix, secret = "Patient portal access code for Ada (MRN 1234): ", "4071"
+    exact = canaries.NextDigitScorer(model, tokenizer, prefix, secret)
+    rounded = canaries.NextDigitScorer(model, tokenizer, prefix, secret, bf16=True)
+    partials = ["", "4", "40", "407", "9", "12"]
+    difference = np.abs(rounded(partials) - exact(partials)).max()
+    assert 0 < difference < 0.05
+    path = rounded([secret[:i] for i in range(len(secret))])
+    via_digits = sum(path[i, int(c)] for i, c in enumerate(secret))
+    n_prefix = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    whole = evaluation.token_logprobs(model, tokenizer, [prefix + secret], max_length=64, bf16=True, progress=False)[0]
+    assert via_digits == pytest.approx(whole[n_prefix - 1:-1].sum(), abs=2e-2)
+    assert canaries.secret_logprobs(model, tokenizer, prefix, [secret], bf16=True)[0] == pytest.approx(via_digits,
+                                                                                                     abs=2e-2)
+    found = canaries.canary_exposure(model, tokenizer, {"id": "canary-0", "repetitions": 1, "prefix": prefix,
+                                                        "secret": secret, "secret_digits": 4},
+                                     rank_cap=10_000, n_samples=16, bf16=True)
+    assert found["method"] == "exact" and found["exposure_low"] == found["exposure_high"]
+
+
 def test_a_tokenizer_that_merges_digits_is_detected(tiny):
     model, tokenizer = tiny
 

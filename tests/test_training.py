@@ -353,3 +353,31 @@ def test_frozen_weights_stored_in_bf16_give_the_autocast_products(tiny):
     (loss_cast, grads_cast), (loss_stored, grads_stored) = outcomes
     assert loss_cast == loss_stored
     assert all(torch.equal(a, b) for a, b in zip(grads_cast, grads_stored))
+
+
+def test_a_bf16_run_on_a_cpu_trains_with_eager_attention_which_gives_sdpas_per_record_gradients(tiny):
+    """training_attention: eager for bf16 on a CPU (torch's CPU flash-attention backward is the slow part of a bf16
+    step), the model's own otherwise. The two implementations compute the same function: in float32 the same
+    loss and per-record clipped-before gradients (Opacus's grad_sample) up to rounding, so the guarantee's
+    mechanics are untouched."""
+    model, tokenizer = tiny
+    cpu = torch.device("cpu")
+    assert model.config._attn_implementation == "sdpa"
+    assert training._lora_model(model, small_config(bf16=True), cpu).config._attn_implementation == "eager"
+    assert training._lora_model(model, small_config(bf16=False), cpu).config._attn_implementation == "sdpa"
+    assert training.training_attention(small_config(bf16=True), torch.device("cuda")) is None
+    config = small_config(dp=dp_config(), lora_targets="attention+mlp")
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    outcomes = []
+    for attention in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        peft_model = training._lora_model(model, config, cpu)
+        peft_model.get_base_model().set_attn_implementation(attention)
+        run = training.prepare(peft_model, dataset, config)
+        run.module.train()
+        loss = training.physical_step(run, batching.collate(dataset, range(4)))
+        outcomes.append((loss, [p.grad_sample.clone() for p in run.lora_params]))
+    (loss_sdpa, grads_sdpa), (loss_eager, grads_eager) = outcomes
+    assert loss_eager == pytest.approx(loss_sdpa, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads_sdpa, grads_eager))
+    assert any(g.abs().max() > 1e-4 for g in grads_sdpa)  # gradients that could differ
