@@ -144,7 +144,7 @@ def main(argv=None) -> int:
                       f"{'+' + attention if attention else ''}")
             rows.append((levers, result))
             once = f", cache built in {result['cache_seconds']:.1f} s" if result["cache_seconds"] is not None else ""
-            print(f"  {('dp ' if private else 'non-private ') + levers:<30} {result['seconds_per_step']:6.2f} s/step "
+            print(f"  {('dp ' if private else 'non-private ') + levers:<36} {result['seconds_per_step']:6.2f} s/step "
                   f"{result['tokens_per_s']:7.0f} tokens/s {result['flops_per_s'] / 1e9:6.0f} GFLOP/s = "
                   f"{result['flops_per_s'] / peak:5.1%} of peak (padding {result['padded_share']:.0%}{once})",
                   flush=True)
