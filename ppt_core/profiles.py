@@ -40,7 +40,8 @@ _QUICK = dict(
     # about 260 records, 96-102 steps an arm; with 100 notes and 4 canaries it was 11,175 over 390, 150 steps). The
     # audit canaries are then a larger share of what the model sees, and the twins leaked more, not less: the paper
     # profile's 3 seeds of these sizes gave full-nodp f-DP bounds 4.35-4.76 and pruned-nodp 4.83-5.4, against 4.45
-    # and 4.77 with twice the notes and canaries (commit bc210a9). Every DP arm's bound was 0.
+    # and 4.77 with twice the notes and canaries (commit bc210a9). Every DP arm's bound was 0. The quick run of these
+    # sizes (figures/results.md, commit ab45601): the twins' bounds 4.53 and 5.3, every DP arm's 0.
     n_train=50,  # training notes; the membership attack takes n_membership of them
     n_heldout=100,  # never trained on: the attacks' non-members and the held-out perplexity
     n_public=100,
@@ -62,7 +63,8 @@ _QUICK = dict(
     prune_sweep=[0, 4, 8, 12],  # blocks removed in the perplexity/speed sweep
     n_calibration_iterative=8,  # public records for each re-measurement of S by the iterative strategy
     # Held-out records for perplexity (02 scores 5 strategies x 4 levels). 64 gave the verdicts they read intervals
-    # of about +-3% (ratio pruned / base 1.36 [1.32, 1.41], heal 0.547 [0.522, 0.575]): 32 still decide them.
+    # of about +-3% (ratio pruned / base 1.36 [1.32, 1.41]); 32 give about +-6% and decide the same verdicts (ratio
+    # pruned / base 1.34 [1.27, 1.44], pruned-dp8 / pruned-noft 0.691 [0.64, 0.743]; commit ab45601).
     n_eval=32,
     eval_batch_size=16,
     timing_prompt_tokens=32,  # inference timing: prompt length, generated tokens, timed runs per setting
@@ -108,9 +110,9 @@ _QUICK = dict(
     warmup_fraction=0.0,  # share of the steps whose learning rate ramps up linearly before the decay
     secure_mode=False,  # False: Poisson draws and DP noise come from the seed (reproducible study, not a
     #                     release); True: Opacus's cryptographic generator (needs torchcsprng), for a release
-    # Held-out loss and audit curve read this many times during training (and once before): the only loss curve a
-    # DP arm publishes. Each read scores all 256 audit canaries: 3 reads (passes 2, 4, 6) cost 4 of them an arm, 6
-    # cost 7 (about 4 s each).
+    # Held-out loss read this many times during training (and once before), on loss_curve_records held-out notes:
+    # the only loss curve a DP arm publishes. (The audit over training reads all 256 audit canaries after every
+    # expected pass whatever this is: arm_training.audit_probe; 7 reads, 22-25 s of an arm's 82-93 s in bf16.)
     loss_curve_points=3,
     loss_curve_records=8,  # held-out notes each held-out-loss measurement averages over
     # --- synthetic data (05) -----------------------------------------------------------------
@@ -126,8 +128,9 @@ _QUICK = dict(
     attack_prefix_tokens=16,
     attack_suffix_tokens=16,
     # Members (every training note) and as many non-members: AUC intervals of about +-0.11 (+-0.08 with 100). The
-    # twins' calibrated membership gain was 0.34 [0.28, 0.39] with 100 and the DP arms' about 0: both still read
-    # apart; "DP mitigates" decides on the audit canaries, the membership difference is shown beside it.
+    # twins' calibrated membership gain (ΔAUC vs start) read 0.39 [0.31, 0.44] and 0.36 [0.28, 0.42] with 50, the DP
+    # arms' 0.036 [-0.085, 0.14] and 0.044 [-0.073, 0.14] (commit ab45601): still apart. "DP mitigates" decides on
+    # the audit canaries; the membership difference is shown beside it.
     n_membership=50,
     min_k_percent=20,
     canary_rank_cap=20,  # exact rank up to this (exposure above 15.6 of 19.9 bits; past it an interval): descriptive,
