@@ -140,8 +140,9 @@ def training_attention(config: TrainConfig, device: torch.device) -> str | None:
     else None (the model's own, sdpa for most). torch's CPU flash attention takes about 4 ms for the backward of
     16 records of 48 tokens against 0.6 ms for its forward: a bf16 step trained 10-14% faster on eager, a float32
     one the same (bench/train_throughput.py's `+sdpa` row; SmolLM2-135M, 2-core CPU). Attention holds no trained
-    weights: per-sample gradients, clipping and noise are the same computations either way."""
-    return "eager" if device.type == "cpu" and config.bf16 else None
+    weights: per-sample gradients, clipping and noise are the same computations either way. A config's
+    bf16="auto" settles on the device first (evaluation.resolve_bf16), as `finetune` settles it."""
+    return "eager" if device.type == "cpu" and evaluation.resolve_bf16(config.bf16, device) else None
 
 
 def _frozen_weights_in_bf16(peft_model) -> list:

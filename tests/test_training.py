@@ -366,6 +366,8 @@ def test_a_bf16_run_on_a_cpu_trains_with_eager_attention_which_gives_sdpas_per_r
     assert training._lora_model(model, small_config(bf16=True), cpu).config._attn_implementation == "eager"
     assert training._lora_model(model, small_config(bf16=False), cpu).config._attn_implementation == "sdpa"
     assert training.training_attention(small_config(bf16=True), torch.device("cuda")) is None
+    native = evaluation.bf16_available(cpu)  # "auto" settles on the device: eager only where bf16 is native
+    assert training.training_attention(small_config(bf16="auto"), cpu) == ("eager" if native else None)
     config = small_config(dp=dp_config(), lora_targets="attention+mlp")
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     outcomes = []
