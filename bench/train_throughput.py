@@ -13,7 +13,9 @@ In one process, one after the other on the same Poisson logical batches of a pro
   autocast casting them in every pass (bf16 machines only), and `+cache` replays the frozen lower blocks
   (`ppt_core.frozen_prefix`), on a bf16 machine both with and without the bf16 weights. Every setting trains
   with the attention the study does (`training.training_attention`: eager for bf16 on a CPU); `+sdpa` is the
-  study's loop with torch's scaled-dot-product attention instead (bf16 CPU only).
+  study's loop with torch's scaled-dot-product attention instead (bf16 CPU only). Every setting but `+logits`
+  reads the loss through the frozen head in chunks, on the positions with a target (`ppt_core.head_loss`);
+  `+logits` is the study's loop reading it from the whole logits instead.
 
 Each setting's FLOPs per step are counted by torch's FlopCounterMode (matmuls and attention, forward and
 backward, per-sample gradients included) on the same steps; the table gives real tokens per second, the
@@ -63,7 +65,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 10) -> 
 
 
 def measure(model, dataset, config, *, cut: str, bf16_weights: bool, cached: bool, steps: int,
-            attention: str | None = None) -> dict:
+            attention: str | None = None, chunked_head: bool = True) -> dict:
     """Seconds, tokens and FLOPs per logical step of the loop (training.logical_step) with these levers
     (`attention`: an implementation instead of training.training_attention's)."""
     peft_model = training._lora_model(model, config, next(model.parameters()).device)
@@ -74,7 +76,7 @@ def measure(model, dataset, config, *, cut: str, bf16_weights: bool, cached: boo
     started = time.perf_counter()
     prefix = training._frozen_prefix(peft_model, dataset, config) if cached else None
     cache_seconds = time.perf_counter() - started
-    run = training.prepare(peft_model, dataset, config, prefix=prefix)
+    run = training.prepare(peft_model, dataset, config, prefix=prefix, chunked_head=chunked_head)
     run.module.train()
     lengths = dataset.tensors[1].sum(1).tolist()
     by = lengths if cut == "width" else None  # what physical_batches cuts by: widths, or counts alone
@@ -127,21 +129,22 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} threads on {device}; training dtype {str(dtype).split('.')[-1]}, "
           f"its {SIDE}² matmul peak {peak / 1e9:.0f} GFLOP/s")
     cached = params["lora_blocks"] is not None
-    settings = [("count", False, False, None), ("width", False, False, None)]
-    settings += [("width", True, False, None)] if bf16 else []
-    settings += [("width", False, True, None)] if cached and bf16 else []  # the cache, autocast casting the weights
-    settings += [("width", bf16, True, "sdpa")] if cached and bf16 and device.type == "cpu" else []
-    settings += [("width", bf16, True, None)] if cached else []
+    settings = [("count", False, False, None, True), ("width", False, False, None, True)]
+    settings += [("width", True, False, None, True)] if bf16 else []
+    settings += [("width", False, True, None, True)] if cached and bf16 else []  # the cache, autocast casting weights
+    settings += [("width", bf16, True, "sdpa", True)] if cached and bf16 and device.type == "cpu" else []
+    settings += [("width", bf16, cached, None, False)]  # the study's loop, the loss from the whole logits
+    settings += [("width", bf16, cached, None, True)]  # the loop as the study runs it: last
     rows = []
     for private in (False, True):
         epsilon = params["epsilons"][0] if private else None
         config = train_config.config_from_params(params, epsilon, progress=False, bf16=bf16)
-        for cut, bf16_weights, cache, attention in settings:
+        for cut, bf16_weights, cache, attention, chunked_head in settings:
             torch.manual_seed(0)
             result = measure(model, dataset, config, cut=cut, bf16_weights=bf16_weights, cached=cache,
-                             steps=args.steps, attention=attention)
+                             steps=args.steps, attention=attention, chunked_head=chunked_head)
             levers = (f"{cut}{'+bf16' if bf16_weights else ''}{'+cache' if cache else ''}"
-                      f"{'+' + attention if attention else ''}")
+                      f"{'+' + attention if attention else ''}{'' if chunked_head else '+logits'}")
             rows.append((levers, result))
             once = f", cache built in {result['cache_seconds']:.1f} s" if result["cache_seconds"] is not None else ""
             print(f"  {('dp ' if private else 'non-private ') + levers:<36} {result['seconds_per_step']:6.2f} s/step "

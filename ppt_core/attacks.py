@@ -86,9 +86,11 @@ def attack_records(splits: data.DatasetSplits, params: dict) -> tuple[list[dict]
             [heldout[i] for i in rng.choice(len(heldout), n, replace=False)])
 
 
-def score_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, progress: bool = True) -> dict:
+def score_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, audit: bool = True,
+              progress: bool = True) -> dict:
     """The forward passes every attack on one arm reads: record_scores of the members and non-members
-    (at the trained length), the audit canaries' word log-probabilities and every canary's secret
+    (at the trained length), the audit canaries' word log-probabilities (with `audit`; an arm whose trainer
+    scored them after every pass reads its audit from that curve instead) and every canary's secret
     log-probability ("canary_secrets", in splits.canaries' order). A starting model's scores are kept and
     passed to its fine-tuned arms (the reference attack, the audit and the canaries' secret gains compare
     the two)."""
@@ -97,7 +99,7 @@ def score_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, pro
     score = dict(kw, max_length=scoring_length(params), min_k_percent=params["min_k_percent"])
     return {"members": membership.record_scores(model, tokenizer, [r["text"] for r in members], **score),
             "nonmembers": membership.record_scores(model, tokenizer, [r["text"] for r in nonmembers], **score),
-            "audit": membership.audit_logprobs(model, tokenizer, splits.audit, **kw),
+            "audit": membership.audit_logprobs(model, tokenizer, splits.audit, **kw) if audit else None,
             "canary_secrets": canaries.canary_secret_logprobs(model, tokenizer, splits.canaries,
                                                               batch_size=params["eval_batch_size"])}
 
@@ -106,7 +108,7 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
                start_scores: dict | None = None,
                sample_counts: np.ndarray | None = None, claimed_epsilon: float | None = None,
                audit_curve: dict | None = None, claimed_over_training: list | None = None,
-               progress: bool = True) -> tuple[dict, dict]:
+               score_audit: bool | None = None, progress: bool = True) -> tuple[dict, dict]:
     """(summary for results.json, details for tables, figures and records.npz) of every attack on one arm.
 
     start_scores: score_arm of the arm's starting model (None for base and pruned-noft themselves).
@@ -118,9 +120,12 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
         it, the audit reads the arm against its start once, from the scores above.
     claimed_over_training: the accountant's ε after each step of audit_curve (a private arm's): no pass's
         audited bound may exceed its own ε(t).
+    score_audit: whether to score the audit canaries on this arm (default: unless audit_curve has them). A
+        starting model needs them only for a fine-tuned arm without a curve (attack_arms decides).
     """
     members, nonmembers = attack_records(splits, params)
-    scores = score_arm(model, tokenizer, splits, params, progress=progress)
+    score_audit = audit_curve is None if score_audit is None else score_audit
+    scores = score_arm(model, tokenizer, splits, params, audit=score_audit, progress=progress)
     boot = dict(n_boot=params["n_bootstrap"], seed=params["seed"])
     start = start_scores or {}
     member = membership.membership_signals(scores["members"], start.get("members"))
@@ -208,17 +213,21 @@ def attack_arms(params: dict, arm_names: Sequence[str], splits: data.DatasetSpli
         raise ValueError(f"the fine-tuned arms are calibrated by their starting models, but {', '.join(missing)} "
                          f"is not among the arms to attack ({', '.join(arm_names)}): add it")
     paths = artifacts.run_paths(params)
+    curves = {name: arm_training.load_audit_curve(params, name) for name in arm_names if arms.parse(name).trained}
+    # A starting model's own audit scores serve only a fine-tuned arm whose trainer kept no audit curve
+    uncurved_starts = {arms.parse(name).start for name, curve in curves.items() if curve is None}
     summaries, details, start_scores = {}, {}, {}
     for name in tqdm(sorted(arm_names, key=lambda n: arms.parse(n).trained), desc="arms", disable=not progress):
         arm = arms.parse(name)
         model, tokenizer = models.load_arm(params, name)
-        trained = {}
+        trained = {"score_audit": name in uncurved_starts}
         if arm.trained:
             guarantee = artifacts.read_json(paths.model(name) / "training.json")
-            curve = arm_training.load_audit_curve(params, name)
+            curve = curves[name]
             trained = dict(sample_counts=arm_training.load_sample_counts(params, name),
                            claimed_epsilon=guarantee["epsilon"], start_scores=start_scores[arm.start],
-                           audit_curve=curve, claimed_over_training=claimed_after_steps(guarantee, curve))
+                           audit_curve=curve, claimed_over_training=claimed_after_steps(guarantee, curve),
+                           score_audit=curve is None)
         summaries[name], details[name] = attack_arm(model, tokenizer, splits, params, arm=name, progress=False,
                                                     **trained)
         if not arm.trained:

@@ -453,7 +453,7 @@ def _check_per_record_gradients(pruned, lora_targets) -> None:
 
 
 def _check_dp_step(pruned, lora_targets) -> bool:
-    from ppt_core import training
+    from ppt_core import head_loss, training
 
     depth = architectures.depth(pruned.config)
     config = _train_config(lora_targets, lora_blocks=depth - 1)  # the frozen-block cache below the adapted ones
@@ -467,6 +467,7 @@ def _check_dp_step(pruned, lora_targets) -> bool:
         training.run_steps(run, steps=2)
     finally:
         run.module.cleanup()
+        head_loss.uninstall(peft_model, run.head)  # the model's own head again, under its own name
     changed = {name for name, p in peft_model.named_parameters() if not torch.equal(p.detach(), before[name])}
     frozen = sorted(n for n in changed if "lora_" not in n)
     if frozen:

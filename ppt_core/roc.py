@@ -1,14 +1,13 @@
 """ROC arithmetic of a membership score: the curve, its area, and the true-positive rate at a low
 false-positive rate, for scores oriented so that higher means "member".
 
-numpy and scipy only: the study's verdicts and its summary read AUCs from saved scores without
+numpy only: the study's verdicts and its summary read AUCs from saved scores without
 loading torch. The attacks that produce the scores live in ppt_core.membership.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.stats
 
 LOW_FPRS = (0.001, 0.01, 0.1)  # reported where the non-members can resolve them (FPR >= 1/n)
 
@@ -26,10 +25,13 @@ def roc_curve(member: np.ndarray, nonmember: np.ndarray) -> tuple[np.ndarray, np
 
 
 def roc_auc(member: np.ndarray, nonmember: np.ndarray) -> float:
-    """Area under the ROC curve: P(member score > non-member score), ties counting half."""
-    ranks = scipy.stats.rankdata(np.concatenate([member, nonmember]))
-    n_member, n_nonmember = len(member), len(nonmember)
-    return float((ranks[:n_member].sum() - n_member * (n_member + 1) / 2) / (n_member * n_nonmember))
+    """Area under the ROC curve: P(member score > non-member score), ties counting half. Counted from the sorted
+    non-member scores (below each member's, and tied with it): the Mann-Whitney U of a rank sum, without the
+    ranking's overhead, which a bootstrap pays a thousand times per interval."""
+    ordered = np.sort(np.asarray(nonmember, dtype=float))
+    member = np.asarray(member, dtype=float)
+    below, not_above = np.searchsorted(ordered, member, "left"), np.searchsorted(ordered, member, "right")
+    return float((below.sum() + not_above.sum()) / 2 / (len(member) * len(ordered)))
 
 
 def tpr_at_fpr(member: np.ndarray, nonmember: np.ndarray, max_fpr: float) -> float:

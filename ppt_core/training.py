@@ -15,11 +15,12 @@ Without `dp` the same loader (Poisson at the same q and steps, on an independent
 `batching.sampling_seed`), physical batching and loop run with no clipping and no noise, so the only
 difference between a DP arm and its non-private twin is the mechanism and its own draw of batches.
 
-Three things make the loop fast without changing a record's gradient, its clipping or the noise. With LoRA
+Four things make the loop fast without changing a record's gradient, its clipping or the noise. With LoRA
 on the last `lora_blocks` blocks only, the frozen blocks below are computed once per record and replayed in
 every pass (`ppt_core.frozen_prefix`). Each logical batch is cut into physical batches by width, so the
-canaries do not pad to a note's length. On a bf16 device the frozen weights are stored in bf16 once instead
-of being cast in every pass.
+canaries do not pad to a note's length. The loss is read through the frozen output head a chunk of positions
+at a time, on the positions with a target only, instead of from the whole logits (`ppt_core.head_loss`). On a
+bf16 device the frozen weights are stored in bf16 once instead of being cast in every pass.
 
 Privacy unit: one record (one note or one canary copy). Each record's loss is the mean next-token
 loss over its own real tokens (padding carries label -100 and never counts), so a record's gradient
@@ -49,7 +50,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from ppt_core import batching, distributed, evaluation, frozen_prefix, privacy, tokens
+from ppt_core import batching, distributed, evaluation, frozen_prefix, head_loss, privacy, tokens
 from ppt_core.architectures import blocks_path, decoder_blocks, lora_target_modules
 from ppt_core.memory import PeakMemory
 from ppt_core.privacy import DPConfig
@@ -153,9 +154,11 @@ def _frozen_weights_in_bf16(peft_model) -> list:
     require grad, so a frozen float32 weight is cast again in every forward pass (135M values per pass here).
     Casting it once gives the same bf16 values (round to nearest even either way), hence the same products,
     without the copies. The output head stays float32: the pass probe scores through it in float32 during
-    training (evaluation.next_token_logits), and a head tied to the input embeddings is their weight.
+    training (evaluation.next_token_logits), and a head tied to the input embeddings is their weight; its bf16
+    copy is head_loss.OutputHead's, for training alone.
     """
     head = peft_model.get_output_embeddings()
+    head = getattr(head, "head", head)  # an installed head_loss.OutputHead stands in for it
     stored = []
     for module in peft_model.modules():
         weight = getattr(module, "weight", None)
@@ -190,14 +193,15 @@ def record_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class RecordLoss(nn.Module):
-    """Loss of a batch as Opacus expects it: `reduction` over records of `record_losses`."""
+    """Loss of a batch as Opacus expects it: `reduction` over records of `record_losses`, read from the logits,
+    or with `head` (a head_loss.OutputHead) from the final hidden states the forward returns in their place."""
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", head: head_loss.OutputHead | None = None):
         super().__init__()
-        self.reduction = reduction
+        self.reduction, self.head = reduction, head
 
-    def forward(self, logits, labels):
-        losses = record_losses(logits, labels)
+    def forward(self, outputs, labels):
+        losses = record_losses(outputs, labels) if self.head is None else self.head.record_losses(outputs, labels)
         if self.reduction == "none":
             return losses
         return losses.sum() if self.reduction == "sum" else losses.mean()
@@ -238,6 +242,7 @@ class Training:
     engine: object = None  # Opacus PrivacyEngine (its accountant) under DP
     world: distributed.World | None = None  # this process's place under torchrun; None in one process
     prefix: frozen_prefix.FrozenPrefix | None = None  # the frozen lower blocks' outputs, replayed (lora_blocks)
+    head: head_loss.OutputHead | None = None  # the loss read through the head in chunks (None: from the logits)
 
     @property
     def sample_rate(self) -> float:
@@ -249,15 +254,19 @@ class Training:
 
 
 def prepare(peft_model, dataset: TensorDataset, config: TrainConfig, world: distributed.World | None = None,
-            prefix: frozen_prefix.FrozenPrefix | None = None) -> Training:
+            prefix: frozen_prefix.FrozenPrefix | None = None, chunked_head: bool = True) -> Training:
     """Wire a LoRA model, its records and the config into a Training (Opacus's make_private under DP), with
-    `prefix` (its frozen blocks' cache, `_frozen_prefix`) replayed in every step where given.
+    `prefix` (its frozen blocks' cache, `_frozen_prefix`) replayed in every step where given, and, with
+    `chunked_head`, the loss read through the frozen head in chunks where the model passes head_loss.install's
+    check (`finetune` puts the head back with head_loss.uninstall).
 
     Under torchrun (`world`), the model goes into Opacus's DPDDP, this process draws its share of every
     Poisson batch, and Opacus gives its DistributedDPOptimizer with the per-process expected batch
     B / world_size (`ppt_core.distributed` explains why the guarantee is the single-process one).
     """
     plan = batching.schedule(len(dataset), config.expected_batch_size, config.epochs)
+    head = head_loss.install(peft_model, dataset, bf16=config.bf16, logits_losses=record_losses) if chunked_head \
+        else None
     seed = batching.sampling_seed(config.seed, private=config.dp is not None)
     lora_params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer_class = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.AdamW
@@ -273,16 +282,16 @@ def prepare(peft_model, dataset: TensorDataset, config: TrainConfig, world: dist
         loader = distributed.poisson_loader(dataset, plan, world, seed)
         module, virtual_steps = distributed.wrap_model(peft_model), distributed.SummedVirtualSteps
         batch_per_process = plan.expected_batch_size / world.world_size
-    criterion, dp = RecordLoss("mean"), config.dp
+    criterion, dp = RecordLoss("mean", head), config.dp
     if dp is None:
         return Training(peft_model, module, virtual_steps(optimizer), criterion, loader, scheduler,
-                        lora_params, config, plan, world=world, prefix=prefix)
+                        lora_params, config, plan, world=world, prefix=prefix, head=head)
     sigma = privacy.noise_multiplier(dp, plan.sample_rate, plan.steps)  # for the global (q, steps)
     private = privacy.make_private(module, optimizer, criterion, loader, dp, sigma, batch_per_process)
     if world is not None:
         distributed.check_distributed_optimizer(private.optimizer)
     return Training(peft_model, private.module, private.optimizer, private.criterion, private.loader, scheduler,
-                    lora_params, config, plan, private.engine, world, prefix)
+                    lora_params, config, plan, private.engine, world, prefix, head)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -298,14 +307,15 @@ def physical_step(training: Training, batch) -> float:
     if n == 0:
         _empty_batch_gradients(training.lora_params, dp)
         return 0.0
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
-        logits = training.module(input_ids=input_ids, attention_mask=attention_mask).logits
+    hidden_out = training.head.hidden_out() if training.head is not None else contextlib.nullcontext()
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16), hidden_out:
+        outputs = training.module(input_ids=input_ids, attention_mask=attention_mask).logits  # or hidden states
     if dp is None:
         # Sum over records / expected batch: the scale DP-SGD's "mean" reduction uses.
-        loss = RecordLoss("sum")(logits, labels) / training.plan.expected_batch_size
+        loss = RecordLoss("sum", training.head)(outputs, labels) / training.plan.expected_batch_size
         loss_sum = float(loss.detach()) * training.plan.expected_batch_size
     else:
-        loss = training.criterion(logits, labels)
+        loss = training.criterion(outputs, labels)
         loss_sum = float(loss.item()) * n
     loss.backward()
     if config.bf16 and dp is not None:
@@ -472,6 +482,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
     if world is not None:  # every process took every step: the replicas must agree
         distributed.check_replicas_agree(training.lora_params)
     _check_adapter_moved(training.lora_params, initial)
+    head_loss.uninstall(peft_model, training.head)
     _restore_weights(float32_weights)  # the returned model (and what merges into it) is float32 again
     dp = config.dp
     epsilon = privacy.spent_epsilon(training.engine, dp, training.sample_rate, training.steps) if dp else None

@@ -38,6 +38,7 @@ from ppt_core import (
     batching,
     conformance,
     frozen_prefix,
+    head_loss,
     models,
     profiles,
     pruning,
@@ -176,6 +177,32 @@ def test_the_frozen_block_cache_replays_exactly_or_is_not_used(arch, tokenizer, 
         assert prefix is None
     else:
         assert prefix is not None and prefix.replay_error(dataset, [0, 1, 2]) < 1e-5
+
+
+def test_the_chunked_head_loss_is_the_logits_loss_or_is_not_used(arch, tokenizer, one_thread):
+    """Every supported decoder: the training loss read through its output head in chunks gives its logits'
+    per-record losses, or (a forward that soft-caps its logits: Gemma 2, whose cap the tiny model's small logits
+    would not show) the logits path stays."""
+    model_type, _, pruned = arch
+    config = train_config.TrainConfig(lora_rank=2, lora_targets="query+value", max_length=16, bf16=False,
+                                      progress=False)
+    peft_model = training._lora_model(pruned, config, torch.device("cpu"))
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    head = head_loss.install(peft_model, dataset, bf16=False, logits_losses=training.record_losses, rows=3)
+    if getattr(pruned.config, "final_logit_softcapping", None):
+        assert head is None
+        return
+    assert head is not None
+    input_ids, attention_mask, labels = batching.collate(dataset, range(3))
+    peft_model.eval()  # GPT-2 drops out
+    with torch.no_grad():
+        expected = training.record_losses(peft_model(input_ids=input_ids, attention_mask=attention_mask).logits,
+                                          labels)
+        with head.hidden_out():
+            hidden = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert torch.allclose(head.record_losses(hidden, labels), expected, atol=1e-5), model_type
+    head_loss.uninstall(peft_model, head)
+    assert peft_model.get_base_model().get_output_embeddings() is head.head
 
 
 # --- LoRA targets found by role, in decoders without a row ------------------------------------------

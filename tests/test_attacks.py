@@ -120,6 +120,27 @@ def test_attack_arms_calibrates_each_arm_by_its_own_start_wherever_it_stands(mon
         attacks.attack_arms(params, ["base", "pruned-nodp"], None, progress=False)
 
 
+def test_attack_arms_scores_the_audit_canaries_only_where_no_trainers_curve_holds_them(monkeypatch):
+    """The audit of an arm whose trainer scored the audit canaries after every pass reads that curve (its step 0
+    is the start): scoring them again on the arm or its start would be work nothing reads."""
+    params = profiles.get_profile("smoke")
+    scored = {}
+    monkeypatch.setattr(attacks.models, "load_arm", lambda params, name: (name, None))
+    monkeypatch.setattr(attacks.arm_training, "load_sample_counts", lambda params, name: np.zeros(1))
+    monkeypatch.setattr(attacks.artifacts, "read_json", lambda path: {"epsilon": None, "private": False})
+    curve = {"steps": [0, 3], "passes": [0.0, 1.0], "logprobs": [[0.0], [1.0]]}
+    monkeypatch.setattr(attacks.arm_training, "load_audit_curve",
+                        lambda params, name: curve if name == "full-nodp" else None)
+
+    def attack_arm(model, tokenizer, splits, params, *, arm, score_audit, **kw):
+        scored[arm] = score_audit
+        return {}, {"scores": {}}
+
+    monkeypatch.setattr(attacks, "attack_arm", attack_arm)
+    attacks.attack_arms(params, ["base", "pruned-noft", "full-nodp", "pruned-nodp"], None, progress=False)
+    assert scored == {"base": False, "pruned-noft": True, "full-nodp": False, "pruned-nodp": True}
+
+
 def test_audit_table_reads_a_non_private_claim_as_infinite():
     audit = {"m": 32, "included": 15, "epsilon_lower_one_run": 0.0, "epsilon_lower_fdp": 0.2,
              "auc": {"value": 0.61, "low": 0.42, "high": 0.79}}

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from ppt_core import roc
 
@@ -30,3 +31,12 @@ def test_only_the_fprs_the_non_members_resolve_are_reported():
     assert roc.resolvable_fprs(9) == []  # 1 of 9 non-members is an FPR of 0.11: none of 0.1% .. 10%
     assert roc.resolvable_fprs(10) == [0.1]
     assert roc.resolvable_fprs(1000) == list(roc.LOW_FPRS)
+
+
+def test_roc_auc_is_the_mann_whitney_u_of_scipy():
+    """The counted AUC equals scipy's Mann-Whitney U / (m n), ties included (scores rounded to force them)."""
+    rng = np.random.default_rng(0)
+    for n_member, n_nonmember in ((50, 50), (7, 300), (1, 1)):
+        member, nonmember = (np.round(rng.normal(shift, 1, n), 1) for shift, n in ((0.4, n_member), (0, n_nonmember)))
+        u = scipy.stats.mannwhitneyu(member, nonmember).statistic
+        assert roc.roc_auc(member, nonmember) == pytest.approx(u / (n_member * n_nonmember), abs=1e-12)
