@@ -55,6 +55,10 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
     return result
 
 
+AUDIT_BATCH_SIZE = 64  # audit canaries per forward of the probe: short rows; 256 read in 1.7 s at 64, 2.05 s at 16
+#                       (SmolLM2-135M, its upper 10 blocks in bf16, 2-core CPU)
+
+
 def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig):
     """The pass probe of the audit over training: each audit canary's summed log-probability of its random
     words under the adapter of the moment, scored as training computes (its bf16 setting). Where training
@@ -70,8 +74,8 @@ def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig):
         bf16 = evaluation.resolve_bf16(config.bf16, next(peft_model.parameters()).device)
         if frozen_blocks is not None and (kept is None or kept.n_frozen != frozen_blocks):
             kept = frozen_prefix.FrozenPrefix(peft_model, membership.audit_dataset(tokenizer, audit_records),
-                                              frozen_blocks, batch_size=config.physical_batch_size, bf16=bf16)
-        return membership.audit_logprobs(peft_model, tokenizer, audit_records, batch_size=config.physical_batch_size,
+                                              frozen_blocks, batch_size=AUDIT_BATCH_SIZE, bf16=bf16)
+        return membership.audit_logprobs(peft_model, tokenizer, audit_records, batch_size=AUDIT_BATCH_SIZE,
                                          bf16=bf16, progress=False, prefix=kept if frozen_blocks is not None else None)
 
     return probe

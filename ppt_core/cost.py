@@ -27,24 +27,26 @@ def notebook_tokens(params: dict) -> dict[str, float]:
     steps = batching.schedule(data.train_size(params), params["expected_batch_size"], params["epochs"]).steps
     train_length = params["train_max_length"] or params["max_length"]
     canaries = params["canaries_per_repetition"] * len(params["canary_repetitions"]) + params["n_reference_canaries"]
+    audit_tokens = params["n_audit_canaries"] * params["audit_canary_tokens"]
     return {
         "00_data": float(params["n_train"] + params["n_heldout"] + params["n_public"] + params["n_audit_canaries"]),
         "01_layer_similarity": float((params["n_calibration"] + params["n_remove"] * params["n_calibration_iterative"])
                                      * params["max_length"]),
         "02_pruning": float(len(params["prune_strategies"]) * len(params["prune_sweep"]) * params["n_eval"]
                             * params["max_length"]),
+        # training steps, the held-out loss curve and the audit canaries read after every expected pass
         "03_dp_lora_finetuning": float(n_trained * (steps * params["expected_batch_size"] * train_length
                                                     + (params["loss_curve_points"] + 1) * params["loss_curve_records"]
-                                                    * params["max_length"])),
+                                                    * params["max_length"]
+                                                    + (math.ceil(params["epochs"]) + 1) * audit_tokens)),
         "04_utility_and_inference": float(n_arms * params["n_eval"] * params["max_length"]),
         "05_synthetic_data": float(n_arms * params["n_synthetic"] * params["synthetic_max_new_tokens"]),
-        # membership records (scored at the length training kept), extraction prefixes and suffixes, audit
-        # canaries, and the digit-tree rank search of each canary (about one branch per rank up to the cap,
-        # each a short forward of prefix and digits)
+        # membership records (scored at the length training kept), extraction prefixes and suffixes, and the
+        # digit-tree rank search of each canary (about one branch per rank up to the cap, each a short forward of
+        # prefix and digits); the audit canaries were read in 03
         "06_extraction_attack": float(n_arms * (2 * params["n_membership"] * attacks.scoring_length(params)
                                                 + 2 * params["n_attack"]
                                                 * (params["attack_prefix_tokens"] + params["attack_suffix_tokens"])
-                                                + params["n_audit_canaries"] * params["audit_canary_tokens"]
                                                 + canaries * params["canary_rank_cap"]
                                                 * (params["secret_digits"] + params["attack_prefix_tokens"]))),
     }

@@ -79,25 +79,29 @@ def causal_lm_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 def _accepts_logits_to_keep(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    """Whether the causal LM's forward takes logits_to_keep (a PEFT model passes it through to its own)."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(causal_lm.forward).parameters
 
 
 @torch.no_grad()
 def token_logprobs(model, tokenizer, texts: Sequence[str], *, max_length: int = 128, batch_size: int = 16,
-                   bf16: bool = False, progress: bool = True) -> list[np.ndarray]:
-    """For each text, the log-probability (nats) the model gives each of its real tokens after the first.
+                   bf16: bool = False, last: int | None = None, progress: bool = True) -> list[np.ndarray]:
+    """For each text, the log-probability (nats) the model gives each of its real tokens after the first, or
+    with `last` each text's last `last` of them only (the output head runs only where those are predicted).
     `bf16`: the blocks under bf16 autocast (see next_token_logits)."""
     device = next(model.parameters()).device
     out: list[np.ndarray] = []
     for chunk in tqdm(list(tokens.batched(list(texts), batch_size)), desc="scoring", disable=not progress, leave=False):
         batch = tokens.to_device(tokens.encode(tokenizer, chunk, max_length), device)
-        logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], bf16=bf16)
-        out.extend(_real_token_logprobs(logits, batch["labels"]))
+        out.extend(_batch_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"], bf16=bf16,
+                                   last=last))
     return out
 
 
 @torch.no_grad()
-def replayed_token_logprobs(model, prefix, *, batch_size: int = 16, bf16: bool = False) -> list[np.ndarray]:
+def replayed_token_logprobs(model, prefix, *, batch_size: int = 16, bf16: bool = False,
+                            last: int | None = None) -> list[np.ndarray]:
     """token_logprobs of the records `prefix` was kept on (a frozen_prefix.FrozenPrefix; right-padded rows)
     with the frozen lower blocks replayed instead of computed: the same numbers for a fraction of the work
     when only the upper blocks change."""
@@ -107,18 +111,25 @@ def replayed_token_logprobs(model, prefix, *, batch_size: int = 16, bf16: bool =
         rows = range(start, min(len(prefix.dataset), start + batch_size))
         input_ids, attention_mask, labels = (t.to(device) for t in batching.collate(prefix.dataset, rows))
         with prefix.replaying(rows):
-            logits = next_token_logits(model, input_ids, attention_mask, bf16=bf16)
-        out.extend(_real_token_logprobs(logits, labels))
+            out.extend(_batch_logprobs(model, input_ids, attention_mask, labels, bf16=bf16, last=last))
     return out
 
 
-def _real_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> list[np.ndarray]:
-    """Per row, log p(next token) at each real target (labels: padding = tokens.IGNORE_INDEX)."""
-    logits, targets = logits[:, :-1], labels[:, 1:]
+def _batch_logprobs(model, input_ids, attention_mask, labels, *, bf16: bool, last: int | None) -> list[np.ndarray]:
+    """Per row of a right-padded batch, log p(next token) at each real target (labels: padding =
+    tokens.IGNORE_INDEX), or at its last `last` real targets only, the head reading only the positions that
+    predict some row's (a span from the shortest row's first to the longest row's last)."""
+    real_tokens = (labels != tokens.IGNORE_INDEX).sum(1)
+    start = 0 if last is None else max(0, int(real_tokens.min()) - 1 - last)
+    positions = torch.arange(start, labels.shape[1] - 1 if last is None else int(real_tokens.max()) - 1,
+                             device=labels.device)
+    keep = None if last is None else positions
+    logits, _ = causal_lm_forward(model, input_ids, attention_mask, bf16=bf16, keep=keep)
+    logits, targets = (logits[:, :-1] if keep is None else logits), labels[:, positions + 1]
     # log p(target) = logit(target) - logsumexp(logits): no second vocabulary-sized tensor
     picked = logits.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     real = targets != tokens.IGNORE_INDEX
-    return [picked[row][real[row]].cpu().numpy() for row in range(len(picked))]
+    return [picked[row][real[row]][-last if last else None:].cpu().numpy() for row in range(len(picked))]
 
 
 def record_logprob_rows(logprobs: Sequence[np.ndarray]) -> np.ndarray:

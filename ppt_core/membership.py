@@ -77,12 +77,13 @@ def audit_logprobs(model, tokenizer, records: Sequence[dict], *, batch_size: int
     computed (the audit over training, where only the upper blocks learn)."""
     if not records:
         return np.zeros(0)
+    last = 1 + max(r["secret_tokens"] for r in records)  # the words and the EOS: the head reads nothing else
     if prefix is None:
         logprobs = evaluation.token_logprobs(model, tokenizer, [r["text"] for r in records],
                                              max_length=_audit_length(tokenizer, records), batch_size=batch_size,
-                                             bf16=bf16, progress=progress)
+                                             bf16=bf16, last=last, progress=progress)
     else:
-        logprobs = evaluation.replayed_token_logprobs(model, prefix, batch_size=batch_size, bf16=bf16)
+        logprobs = evaluation.replayed_token_logprobs(model, prefix, batch_size=batch_size, bf16=bf16, last=last)
     # token_logprobs scores up to the EOS that encoding appends: the words are the tokens before it
     return np.array([lp[-1 - r["secret_tokens"]:-1].sum() for lp, r in zip(logprobs, records)])
 

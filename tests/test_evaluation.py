@@ -1,5 +1,7 @@
 """Perplexity: token-weighted, padding ignored; what bf16 scoring changes; the arms' speed taken from their starts."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,22 @@ def test_perplexity_is_token_weighted_and_ignores_padding(tiny):
     for batch_size in (1, 3):
         got = evaluation.perplexity(model, tokenizer, TEXTS, max_length=64, batch_size=batch_size, progress=False)
         assert got == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_last_tokens_alone_are_the_whole_scores_last_tokens(tiny, bf16):
+    """`last`: each text's last k log-probabilities, the head reading only where they are predicted, are those of
+    the whole scoring, for texts of different lengths (one shorter than k), plain and through a PEFT model."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj"]))
+    for scored in (model, peft_model):
+        whole = evaluation.token_logprobs(scored, tokenizer, TEXTS, max_length=64, bf16=bf16, progress=False)
+        tail = evaluation.token_logprobs(scored, tokenizer, TEXTS, max_length=64, bf16=bf16, last=4, progress=False)
+        assert len(whole[2]) < 4 and [len(t) for t in tail] == [min(4, len(w)) for w in whole]
+        for w, t in zip(whole, tail):
+            np.testing.assert_allclose(t, w[-4:], atol=1e-4 if bf16 else 1e-5)
 
 
 # Tolerances of bf16 scoring against float32, on the embedded model (measured on an emulated-bf16 CPU:
