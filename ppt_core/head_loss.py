@@ -17,9 +17,10 @@ the logits path.
 Only a frozen head takes this path: its weight gets no gradient (LoRA never adapts it). Privacy is untouched:
 each record's loss and its gradient with respect to each of its own hidden states are what they were, so the
 LoRA layers below see the same per-record gradients for Opacus to clip and noise (the test compares the
-per-sample gradients of both paths). `install` puts the head in place only where a check on a few records
-gives the logits path's per-record losses and whose config names no reshaping of the logits after the head
-(Gemma's soft cap, a logit scale); any other model keeps the logits path, said, not hidden.
+per-sample gradients of both paths). `install` puts the head in place only where a check on a few records of
+random tokens (never the training records) gives the logits path's per-record losses and the config names no
+reshaping of the logits after the head (Gemma's soft cap, a logit scale); any other model keeps the logits
+path, said, not hidden.
 """
 
 from __future__ import annotations
@@ -78,7 +79,6 @@ class OutputHead(nn.Module):
     def __init__(self, head: nn.Linear, bf16: bool):
         super().__init__()
         self.head = head
-        self.bf16 = bf16
         # a plain attribute, not a parameter or buffer: never saved, synchronised or seen by Opacus
         self.bf16_weight = head.weight.detach().to(torch.bfloat16) if bf16 else None
         self.passes_hidden = False
@@ -86,14 +86,14 @@ class OutputHead(nn.Module):
     def forward(self, hidden):
         if self.passes_hidden:
             return hidden
-        if self.bf16 and torch.is_autocast_enabled(hidden.device.type):
+        if self.bf16_weight is not None and torch.is_autocast_enabled(hidden.device.type):
             return F.linear(hidden.to(torch.bfloat16), *self._training_weights())
         return self.head(hidden)  # float32, as scoring reads it (evaluation.next_token_logits)
 
     def _training_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) as training multiplies them: in bf16 under a bf16 run, as autocast would."""
         bias = self.head.bias
-        if not self.bf16:
+        if self.bf16_weight is None:
             return self.head.weight, bias
         return self.bf16_weight, None if bias is None else bias.to(torch.bfloat16)
 
@@ -109,7 +109,7 @@ class OutputHead(nn.Module):
     def record_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B,) mean next-token cross-entropy (nats) over each record's own real tokens, as
         training.record_losses computes it from the logits, here from the final hidden states (B, T, d)."""
-        targets = F.pad(labels[:, 1:], (0, 1), value=tokens.IGNORE_INDEX)
+        targets = tokens.next_token_targets(labels)
         real = targets != tokens.IGNORE_INDEX
         positions = real.reshape(-1).nonzero().squeeze(1)
         weight, bias = self._training_weights()
@@ -118,13 +118,24 @@ class OutputHead(nn.Module):
             losses = _HeadCrossEntropy.apply(picked, weight, bias, targets.reshape(-1)[positions])
         per_token = torch.zeros(real.numel(), dtype=torch.float32, device=hidden.device).index_put(
             (positions,), losses).view(real.shape)
-        return per_token.sum(1) / real.sum(1).clamp(min=1)
+        return tokens.record_means(per_token, targets)
 
 
-def install(peft_model, dataset, *, bf16: bool, logits_losses, rows: int = 4) -> OutputHead | None:
+def _check_batch(vocabulary: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, labels) of the setup check: seeded random tokens, the second row padded. The
+    check asks what the model's forward does after its head, which any tokens show; no training record is read
+    (nothing outside DP-SGD touches them)."""
+    input_ids = torch.randint(0, vocabulary, (3, 16), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, tokens.IGNORE_INDEX)
+    return input_ids.to(device), attention_mask.to(device), labels.to(device)
+
+
+def install(peft_model, *, bf16: bool, logits_losses) -> OutputHead | None:
     """Put an OutputHead in place of `peft_model`'s frozen output head and return it, where its per-record losses
-    on the first `rows` records of `dataset` match `logits_losses(logits, labels)` (the logits path) within
-    tolerance; else leave the model as it was, say why, and return None. `uninstall` puts the head back."""
+    on a check batch (`_check_batch`) match `logits_losses(logits, labels)` (the logits path) within tolerance;
+    else leave the model as it was, say why, and return None. `uninstall` puts the head back."""
     causal_lm = peft_model.get_base_model()
     head = causal_lm.get_output_embeddings()
     if not isinstance(head, nn.Linear) or head.weight.requires_grad:
@@ -136,7 +147,7 @@ def install(peft_model, dataset, *, bf16: bool, logits_losses, rows: int = 4) ->
         return None
     output_head = OutputHead(head, bf16)
     device = head.weight.device
-    input_ids, attention_mask, labels = (t[:rows].to(device) for t in dataset.tensors)
+    input_ids, attention_mask, labels = _check_batch(head.weight.shape[0], device)
     was_training = peft_model.training
     peft_model.eval()
     try:

@@ -28,6 +28,17 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, *, add_eos: bool = 
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) what each position predicts: the next token (the labels shifted left), IGNORE_INDEX at each row's
+    last position and wherever the next token is padding."""
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def record_means(per_token: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B,) each row's mean of `per_token` (B, T) over its real targets (zero where it has none)."""
+    return per_token.sum(1) / (targets != IGNORE_INDEX).sum(1).clamp(min=1)
+
+
 def pad(sequences: Sequence[Sequence[int]], pad_token_id: int, *, side: str = "right",
         device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), both (B, T) long tensors on `device`: token id sequences padded to the longest

@@ -185,11 +185,10 @@ def record_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     (B, vocabulary, T) view, the layout cross_entropy takes for sequences, it strides across memory: with
     SmolLM2's 49k vocabulary on a 2-core CPU, its forward and backward took about 30% of a training step and
     1.7 times as long as this.)"""
-    targets = F.pad(labels[:, 1:], (0, 1), value=tokens.IGNORE_INDEX)
+    targets = tokens.next_token_targets(labels)
     per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                 ignore_index=tokens.IGNORE_INDEX, reduction="none").view(targets.shape)
-    real = (targets != tokens.IGNORE_INDEX).sum(1).clamp(min=1)
-    return per_token.sum(1) / real
+    return tokens.record_means(per_token, targets)
 
 
 class RecordLoss(nn.Module):
@@ -265,8 +264,7 @@ def prepare(peft_model, dataset: TensorDataset, config: TrainConfig, world: dist
     B / world_size (`ppt_core.distributed` explains why the guarantee is the single-process one).
     """
     plan = batching.schedule(len(dataset), config.expected_batch_size, config.epochs)
-    head = head_loss.install(peft_model, dataset, bf16=config.bf16, logits_losses=record_losses) if chunked_head \
-        else None
+    head = head_loss.install(peft_model, bf16=config.bf16, logits_losses=record_losses) if chunked_head else None
     seed = batching.sampling_seed(config.seed, private=config.dp is not None)
     lora_params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer_class = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.AdamW

@@ -188,7 +188,7 @@ def test_the_chunked_head_loss_is_the_logits_loss_or_is_not_used(arch, tokenizer
                                       progress=False)
     peft_model = training._lora_model(pruned, config, torch.device("cpu"))
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
-    head = head_loss.install(peft_model, dataset, bf16=False, logits_losses=training.record_losses, rows=3)
+    head = head_loss.install(peft_model, bf16=False, logits_losses=training.record_losses)
     if getattr(pruned.config, "final_logit_softcapping", None):
         assert head is None
         return

@@ -100,7 +100,7 @@ def test_finetune_returns_the_model_with_its_own_head(tiny):
 def test_a_model_whose_logits_are_not_its_heads_product_keeps_the_logits_path(tiny, capsys):
     """A forward that reshapes the logits after the head (here: Gemma 2's soft cap, tanh(logits / cap) * cap)
     fails the setup check: the head stays, and the run says why."""
-    model, tokenizer = tiny
+    model, _ = tiny
     config = small_config()
     peft_model = training._lora_model(model, config, torch.device("cpu"))
     causal_lm = peft_model.get_base_model()
@@ -113,7 +113,6 @@ def test_a_model_whose_logits_are_not_its_heads_product_keeps_the_logits_path(ti
         return output
 
     causal_lm.forward = soft_capped
-    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
-    assert head_loss.install(peft_model, dataset, bf16=False, logits_losses=training.record_losses) is None
+    assert head_loss.install(peft_model, bf16=False, logits_losses=training.record_losses) is None
     assert causal_lm.get_output_embeddings() is head
     assert "reads the whole logits" in capsys.readouterr().out
