@@ -14,8 +14,12 @@ trainer's, like the records themselves; nothing is published from them.
 
 The cache is used only where it is exact (`training.finetune` decides, and says when it does not): no dropout in
 the frozen blocks or the config (a dropped-out pass differs from pass to pass), and a check at setup that a
-replayed forward gives the computed forward's logits (`replay_error` within `tolerance`); otherwise training
-runs uncached.
+replayed forward gives the computed forward's logits (`replay_check_error` within `replay_tolerance`);
+otherwise training runs uncached. The check asks a structural question (do this model's blocks replay as a plain
+stack?), so it keeps and replays the blocks' output on one seeded batch of random tokens: the same batch shape in
+both forwards, because in bf16 a record's logits already differ between batch shapes (on a CPU with AMX, 0.5 in a
+logit of SmolLM2-135M between the same 4 records alone and in a batch of 16, uncached), which says nothing about
+the stack; and no training record is read outside DP-SGD.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ppt_core import batching
+from ppt_core import batching, tokens
 from ppt_core.architectures import block_hidden_states, decoder_blocks
 
 REPLAY_TOLERANCE = 1e-3  # max |logit difference| of the setup check in float32 (summation order); 16x that in bf16
@@ -143,7 +147,7 @@ class FrozenPrefix:
     @torch.no_grad()
     def replay_error(self, dataset: TensorDataset, rows) -> float:
         """max |logits replayed - logits computed| over the real tokens of dataset rows `rows` (eval mode, the
-        training autocast): within `tolerance` where this model's blocks replay as a plain stack."""
+        kept outputs' autocast)."""
         input_ids, attention_mask, _ = (t.to(self.device) for t in batching.collate(dataset, rows))
         was_training = self.model.training
         self.model.eval()
@@ -156,7 +160,16 @@ class FrozenPrefix:
             self.model.train(was_training)
         return float((computed - replayed)[attention_mask.bool()].abs().max())
 
-    @property
-    def tolerance(self) -> float:
-        """The largest replay_error that is float summation order, not a different computation."""
-        return REPLAY_TOLERANCE * (16 if self.bf16 else 1)
+
+def replay_check_error(peft_model, n_frozen: int, *, bf16: bool) -> float:
+    """The setup check: replay_error of the lower `n_frozen` blocks kept and replayed on one seeded batch of random
+    tokens (tokens.check_batch), in the training autocast; compare with replay_tolerance(bf16)."""
+    vocabulary = peft_model.get_base_model().get_input_embeddings().weight.shape[0]
+    check = TensorDataset(*(t.cpu() for t in tokens.check_batch(vocabulary, next(peft_model.parameters()).device)))
+    prefix = FrozenPrefix(peft_model, check, n_frozen, batch_size=len(check), bf16=bf16)
+    return prefix.replay_error(check, range(len(check)))
+
+
+def replay_tolerance(bf16: bool) -> float:
+    """The largest replay_check_error that is float summation order, not a different computation."""
+    return REPLAY_TOLERANCE * (16 if bf16 else 1)

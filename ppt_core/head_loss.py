@@ -121,20 +121,9 @@ class OutputHead(nn.Module):
         return tokens.record_means(per_token, targets)
 
 
-def _check_batch(vocabulary: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, labels) of the setup check: seeded random tokens, the second row padded. The
-    check asks what the model's forward does after its head, which any tokens show; no training record is read
-    (nothing outside DP-SGD touches them)."""
-    input_ids = torch.randint(0, vocabulary, (3, 16), generator=torch.Generator().manual_seed(0))
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 9:] = 0
-    labels = input_ids.masked_fill(attention_mask == 0, tokens.IGNORE_INDEX)
-    return input_ids.to(device), attention_mask.to(device), labels.to(device)
-
-
 def install(peft_model, *, bf16: bool, logits_losses) -> OutputHead | None:
     """Put an OutputHead in place of `peft_model`'s frozen output head and return it, where its per-record losses
-    on a check batch (`_check_batch`) match `logits_losses(logits, labels)` (the logits path) within tolerance;
+    on a check batch (`tokens.check_batch`) match `logits_losses(logits, labels)` (the logits path) within tolerance;
     else leave the model as it was, say why, and return None. `uninstall` puts the head back."""
     causal_lm = peft_model.get_base_model()
     head = causal_lm.get_output_embeddings()
@@ -147,7 +136,7 @@ def install(peft_model, *, bf16: bool, logits_losses) -> OutputHead | None:
         return None
     output_head = OutputHead(head, bf16)
     device = head.weight.device
-    input_ids, attention_mask, labels = _check_batch(head.weight.shape[0], device)
+    input_ids, attention_mask, labels = tokens.check_batch(head.weight.shape[0], device)
     was_training = peft_model.training
     peft_model.eval()
     try:

@@ -39,6 +39,17 @@ def record_means(per_token: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return per_token.sum(1) / (targets != IGNORE_INDEX).sum(1).clamp(min=1)
 
 
+def check_batch(vocabulary: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, labels) of a setup check: seeded random tokens, the second row padded. The setup
+    checks (head_loss.install, frozen_prefix.replay_check_error) ask what a model's forward does, which any tokens
+    show; no training record is read (nothing outside DP-SGD touches them)."""
+    input_ids = torch.randint(0, vocabulary, (3, 16), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    return input_ids.to(device), attention_mask.to(device), labels.to(device)
+
+
 def pad(sequences: Sequence[Sequence[int]], pad_token_id: int, *, side: str = "right",
         device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), both (B, T) long tensors on `device`: token id sequences padded to the longest

@@ -516,18 +516,17 @@ def _frozen_prefix(peft_model, dataset: TensorDataset, config: TrainConfig) -> f
         print(f"the {n_frozen} frozen blocks run in every pass (not cached): dropout is on ({', '.join(dropout)})")
         return None
     try:
-        prefix = frozen_prefix.FrozenPrefix(peft_model, dataset, n_frozen, batch_size=config.physical_batch_size,
-                                            bf16=config.bf16)
-        error = prefix.replay_error(dataset, range(min(4, len(dataset))))
+        error = frozen_prefix.replay_check_error(peft_model, n_frozen, bf16=config.bf16)
     except Exception as err:  # noqa: BLE001 - a block stack the stand-ins cannot replay: the uncached loop runs
         print(f"the {n_frozen} frozen blocks run in every pass (not cached): replaying them fails on this model "
               f"({type(err).__name__}: {' '.join(str(err).split())[:200]})")
         return None
-    if not error <= prefix.tolerance:
+    if not error <= frozen_prefix.replay_tolerance(config.bf16):
         print(f"the {n_frozen} frozen blocks run in every pass (not cached): this model's replayed forward "
-              f"differs from its computed one by {error:.3g}")
+              f"differs from its computed one by {error:.3g} in a logit")
         return None
-    return prefix
+    return frozen_prefix.FrozenPrefix(peft_model, dataset, n_frozen, batch_size=config.physical_batch_size,
+                                      bf16=config.bf16)
 
 
 def _empty_batch_gradients(lora_params, dp: DPConfig | None) -> None:

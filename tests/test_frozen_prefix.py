@@ -100,6 +100,43 @@ def test_replayed_forward_matches_the_computed_one_and_restores_the_blocks(tiny)
         frozen_prefix.FrozenPrefix(peft_model, dataset, 6, batch_size=4, bf16=False)
 
 
+def test_the_setup_check_reads_no_training_record_and_catches_a_stack_that_does_not_replay(tiny, capsys):
+    """The check runs on seeded random tokens, never on the training records; a model whose upper block
+    reads state a frozen block leaves behind (a cross-block shortcut the replay skips) fails it and trains uncached."""
+    model, tokenizer = tiny
+    config = small_config(**UPPER)
+    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    checked = []
+    original = frozen_prefix.FrozenPrefix.replay_error
+
+    def spy(self, checked_on, rows):
+        checked.append(checked_on)
+        return original(self, checked_on, rows)
+
+    frozen_prefix.FrozenPrefix.replay_error = spy
+    try:
+        assert frozen_prefix.replay_check_error(peft_model, 4, bf16=False) < frozen_prefix.REPLAY_TOLERANCE
+        assert frozen_prefix.replay_check_error(peft_model, 4, bf16=True) < frozen_prefix.replay_tolerance(True)
+        assert training._frozen_prefix(peft_model, dataset, config) is not None
+    finally:
+        frozen_prefix.FrozenPrefix.replay_error = original
+    assert checked and all(d is not dataset and not d.tensors[0].shape == dataset.tensors[0].shape for d in checked)
+
+    blocks = decoder_blocks(peft_model.get_base_model())
+    left_behind = {}
+    hooks = [blocks[0].register_forward_hook(lambda m, a, out: left_behind.update(h=out[0] if isinstance(out, tuple)
+                                                                                   else out)),
+             blocks[-1].register_forward_pre_hook(lambda m, args: (args[0] + left_behind.pop("h", 0),) + args[1:])]
+    try:
+        assert frozen_prefix.replay_check_error(peft_model, 4, bf16=False) > 100 * frozen_prefix.REPLAY_TOLERANCE
+        assert training._frozen_prefix(peft_model, dataset, config) is None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert "not cached" in capsys.readouterr().out
+
+
 def test_bf16_training_with_the_cache_and_the_audit_probe(tiny):
     """The study's bf16 loop end to end on the tiny model: frozen weights stored in bf16, the lower blocks cached,
     and the audit probe scoring through the float32 head after every pass (the smoke profile runs float32, so
