@@ -9,7 +9,7 @@ In one process, one after the other on the same Poisson logical batches of a pro
   non-private and the DP arm, with each lever of the loop off and on:
   `count` cuts a logical batch into physical batches by record count (every record padded to the longest),
   `width` by width (`batching.physical_batches` with lengths: short canaries apart from notes), and
-  `width+bf16` also stores the frozen weights in bf16 once (`training._frozen_weights_in_bf16`) instead of
+  `width+bf16` also stores the frozen weights in bf16 once (`evaluation.frozen_weights_in_bf16`) instead of
   autocast casting them in every pass (bf16 machines only), and `+cache` replays the frozen lower blocks
   (`ppt_core.frozen_prefix`), on a bf16 machine both with and without the bf16 weights. Every setting trains
   with the attention the study does (`training.training_attention`: eager for bf16 on a CPU); `+sdpa` is the
@@ -72,7 +72,7 @@ def measure(model, dataset, config, *, cut: str, bf16_weights: bool, cached: boo
     if attention is not None:
         peft_model.get_base_model().set_attn_implementation(attention)
     if bf16_weights:
-        training._frozen_weights_in_bf16(peft_model)
+        evaluation.frozen_weights_in_bf16(peft_model)
     started = time.perf_counter()
     prefix = training._frozen_prefix(peft_model, dataset, config) if cached else None
     cache_seconds = time.perf_counter() - started

@@ -95,13 +95,16 @@ def score_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, aud
     passed to its fine-tuned arms (the reference attack, the audit and the canaries' secret gains compare
     the two)."""
     members, nonmembers = attack_records(splits, params)
-    kw = dict(batch_size=params["eval_batch_size"], bf16=evaluation.scoring_bf16(params, model), progress=progress)
+    bf16 = evaluation.scoring_bf16(params, model)
+    kw = dict(batch_size=params["eval_batch_size"], bf16=bf16, progress=progress)
     score = dict(kw, max_length=scoring_length(params), min_k_percent=params["min_k_percent"])
-    return {"members": membership.record_scores(model, tokenizer, [r["text"] for r in members], **score),
-            "nonmembers": membership.record_scores(model, tokenizer, [r["text"] for r in nonmembers], **score),
-            "audit": membership.audit_logprobs(model, tokenizer, splits.audit, **kw) if audit else None,
-            "canary_secrets": canaries.canary_secret_logprobs(model, tokenizer, splits.canaries,
-                                                              batch_size=params["eval_batch_size"])}
+    model.requires_grad_(False)  # scored, never trained: frozen weights, read from a bf16 copy where scoring is bf16
+    with evaluation.bf16_weights(model, bf16):
+        scores = {"members": membership.record_scores(model, tokenizer, [r["text"] for r in members], **score),
+                  "nonmembers": membership.record_scores(model, tokenizer, [r["text"] for r in nonmembers], **score),
+                  "audit": membership.audit_logprobs(model, tokenizer, splits.audit, **kw) if audit else None}
+    return dict(scores, canary_secrets=canaries.canary_secret_logprobs(model, tokenizer, splits.canaries,
+                                                                       batch_size=params["eval_batch_size"]))
 
 
 def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, arm: str,
@@ -122,6 +125,8 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
         audited bound may exceed its own ε(t).
     score_audit: whether to score the audit canaries on this arm (default: unless audit_curve has them). A
         starting model needs them only for a fine-tuned arm without a curve (attack_arms decides).
+    The model is frozen (requires_grad False); what is scored in bf16 (the profile's bf16_scoring) reads its
+    weights from a bf16 copy made once (evaluation.bf16_weights): the same products as autocast's casts.
     """
     members, nonmembers = attack_records(splits, params)
     score_audit = audit_curve is None if score_audit is None else score_audit
@@ -180,10 +185,11 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
     canary_rows = []
     if start_scores is not None:  # a starting model saw no canary: the reference canaries are each arm's null
         bf16 = evaluation.scoring_bf16(params, model)
-        canary_rows = [canaries.canary_exposure(model, tokenizer, canary, rank_cap=params["canary_rank_cap"],
-                                                n_samples=params["n_secret_samples"], seed=params["seed"],
-                                                batch_size=params["secret_batch_size"], bf16=bf16)
-                       for canary in tqdm(splits.canaries, desc="canaries", disable=not progress, leave=False)]
+        with evaluation.bf16_weights(model, bf16):
+            canary_rows = [canaries.canary_exposure(model, tokenizer, canary, rank_cap=params["canary_rank_cap"],
+                                                    n_samples=params["n_secret_samples"], seed=params["seed"],
+                                                    batch_size=params["secret_batch_size"], bf16=bf16)
+                           for canary in tqdm(splits.canaries, desc="canaries", disable=not progress, leave=False)]
         extracted = canaries.canary_extraction(model, tokenizer, splits.canaries,
                                                batch_size=params["generation_batch_size"], progress=progress)
         gains = scores["canary_secrets"] - start_scores["canary_secrets"]  # nats the arm gained on each secret

@@ -146,34 +146,6 @@ def training_attention(config: TrainConfig, device: torch.device) -> str | None:
     return "eager" if device.type == "cpu" and evaluation.resolve_bf16(config.bf16, device) else None
 
 
-def _frozen_weights_in_bf16(peft_model) -> list:
-    """Store the frozen Linear weights in bf16 for a bf16-autocast run; return (module, float32 weight) pairs
-    that `_restore_weights` puts back.
-
-    Autocast multiplies in bf16 whatever a weight is stored in, and it keeps a cast copy only of weights that
-    require grad, so a frozen float32 weight is cast again in every forward pass (135M values per pass here).
-    Casting it once gives the same bf16 values (round to nearest even either way), hence the same products,
-    without the copies. The output head stays float32: the pass probe scores through it in float32 during
-    training (evaluation.next_token_logits), and a head tied to the input embeddings is their weight; its bf16
-    copy is head_loss.OutputHead's, for training alone.
-    """
-    head = peft_model.get_output_embeddings()
-    head = getattr(head, "head", head)  # an installed head_loss.OutputHead stands in for it
-    stored = []
-    for module in peft_model.modules():
-        weight = getattr(module, "weight", None)
-        if (isinstance(module, nn.Linear) and module is not head and not weight.requires_grad
-                and weight.dtype == torch.float32):
-            stored.append((module, weight))
-            module.weight = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
-    return stored
-
-
-def _restore_weights(stored: list) -> None:
-    for module, weight in stored:
-        module.weight = weight
-
-
 # --- the loss of a record ------------------------------------------------------------------------
 
 
@@ -469,7 +441,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
     config = replace(config, bf16=evaluation.resolve_bf16(config.bf16, device))  # "auto" settles on the device
     torch.manual_seed(config.seed)
     peft_model = _lora_model(model, config, device)
-    float32_weights = _frozen_weights_in_bf16(peft_model) if config.bf16 else []
+    float32_weights = evaluation.frozen_weights_in_bf16(peft_model) if config.bf16 else []
     dataset = batching.record_dataset(tokenizer, texts, config.max_length)
     training = prepare(peft_model, dataset, config, world, _frozen_prefix(peft_model, dataset, config))
     heldout = None if heldout_texts is None or (world and not world.main) else batching.record_dataset(
@@ -481,7 +453,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
         distributed.check_replicas_agree(training.lora_params)
     _check_adapter_moved(training.lora_params, initial)
     head_loss.uninstall(peft_model, training.head)
-    _restore_weights(float32_weights)  # the returned model (and what merges into it) is float32 again
+    evaluation.restore_weights(float32_weights)  # the returned model (and what merges into it) is float32 again
     dp = config.dp
     epsilon = privacy.spent_epsilon(training.engine, dp, training.sample_rate, training.steps) if dp else None
     if dp is not None:

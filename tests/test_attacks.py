@@ -99,6 +99,27 @@ def test_extraction_and_canaries_succeed_on_memorised_data_only(memorised, tiny)
 
 
 # --- every arm ------------------------------------------------------------------------------------
+def test_bf16_attacks_read_from_stored_bf16_weights_give_autocasts_numbers(memorised, tiny, monkeypatch):
+    """attack_arm scoring in bf16 reads the frozen weights from a bf16 copy (evaluation.bf16_weights): every number
+    is the one autocast's per-pass casts give, and the model leaves with its float32 weights."""
+    import contextlib
+    import copy
+
+    from ppt_core import evaluation
+
+    model, tokenizer, splits, *_ = memorised
+    model = copy.deepcopy(model)
+    params = dict(profiles.get_profile("smoke"), bf16_scoring=True, canary_rank_cap=4)
+    start_scores = attacks.score_arm(tiny[0], tiny[1], splits, params, progress=False)
+    stored, _ = attacks.attack_arm(model, tokenizer, splits, params, arm="full-nodp", start_scores=start_scores,
+                                   progress=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    monkeypatch.setattr(evaluation, "bf16_weights", lambda model, enabled: contextlib.nullcontext())
+    cast, _ = attacks.attack_arm(model, tokenizer, splits, params, arm="full-nodp", start_scores=start_scores,
+                                 progress=False)
+    assert json.dumps(stored, sort_keys=True) == json.dumps(cast, sort_keys=True)
+
+
 def test_attack_arms_calibrates_each_arm_by_its_own_start_wherever_it_stands(monkeypatch):
     params = profiles.get_profile("smoke")
     calls = {}

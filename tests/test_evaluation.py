@@ -42,6 +42,26 @@ def test_the_last_tokens_alone_are_the_whole_scores_last_tokens(tiny, bf16):
             np.testing.assert_allclose(t, w[-4:], atol=1e-4 if bf16 else 1e-5)
 
 
+def test_scoring_from_bf16_stored_weights_is_autocasts_bit_for_bit(tiny):
+    """bf16_weights stores the frozen Linear weights (not the output head) in bf16 for its block and puts the same
+    float32 tensors back after; the log-probabilities are autocast's exactly, and a weight that requires grad stays."""
+    model, tokenizer = tiny
+    model = copy.deepcopy(model).requires_grad_(False)
+    before = dict(model.named_parameters())
+    score = dict(max_length=64, batch_size=3, bf16=True, progress=False)
+    cast = evaluation.token_logprobs(model, tokenizer, TEXTS, **score)
+    with evaluation.bf16_weights(model, True):
+        assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+        assert model.get_output_embeddings().weight.dtype == torch.float32  # scoring reads the head in float32
+        stored = evaluation.token_logprobs(model, tokenizer, TEXTS, **score)
+    assert all(p is before[name] for name, p in model.named_parameters())
+    for c, s in zip(cast, stored):
+        np.testing.assert_array_equal(c, s)
+    model.model.layers[0].mlp.up_proj.weight.requires_grad_(True)
+    with evaluation.bf16_weights(model, True):
+        assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+
+
 # Tolerances of bf16 scoring against float32, on the embedded model (measured on an emulated-bf16 CPU:
 # perplexity 36.030 vs 36.041, largest per-record difference 0.0083 nats, split-half AUC 0.4785 vs 0.4775).
 BF16_PERPLEXITY_RTOL = 0.005  # relative

@@ -338,14 +338,14 @@ def test_frozen_weights_stored_in_bf16_give_the_autocast_products(tiny):
     for stored in (False, True):
         torch.manual_seed(0)
         peft_model = training._lora_model(model, config, torch.device("cpu"))
-        kept = training._frozen_weights_in_bf16(peft_model) if stored else []
+        kept = evaluation.frozen_weights_in_bf16(peft_model) if stored else []
         run = training.prepare(peft_model, dataset, config)
         run.module.train()
         loss = training.physical_step(run, batching.collate(dataset, range(4)))
         outcomes.append((loss, [p.grad_sample.clone() for p in run.lora_params]))
         if stored:
             assert kept and all(m.weight.dtype == torch.bfloat16 for m, _ in kept)
-            training._restore_weights(kept)
+            evaluation.restore_weights(kept)
             base = dict(model.named_parameters())
             for name, p in peft_model.get_base_model().named_parameters():
                 if not p.requires_grad:
