@@ -186,10 +186,11 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
     if start_scores is not None:  # a starting model saw no canary: the reference canaries are each arm's null
         bf16 = evaluation.scoring_bf16(params, model)
         with evaluation.bf16_weights(model, bf16):
-            canary_rows = [canaries.canary_exposure(model, tokenizer, canary, rank_cap=params["canary_rank_cap"],
+            canary_rows = canaries.canary_exposures(model, tokenizer, splits.canaries,
+                                                    rank_cap=params["canary_rank_cap"],
                                                     n_samples=params["n_secret_samples"], seed=params["seed"],
-                                                    batch_size=params["secret_batch_size"], bf16=bf16)
-                           for canary in tqdm(splits.canaries, desc="canaries", disable=not progress, leave=False)]
+                                                    batch_size=params["secret_batch_size"], bf16=bf16,
+                                                    progress=progress)
         extracted = canaries.canary_extraction(model, tokenizer, splits.canaries,
                                                batch_size=params["generation_batch_size"], progress=progress)
         gains = scores["canary_secrets"] - start_scores["canary_secrets"]  # nats the arm gained on each secret

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ppt_core import evaluation, stats, tokens
 from ppt_core.generation import generate_ids
@@ -50,16 +51,24 @@ def digit_tree_rank(next_digit_logprobs: Callable[[list[str]], np.ndarray], secr
 
     Returns {"exact", "rank" (None unless exact), "rank_at_least", "rank_at_most", "expanded"}.
     """
+    search = _digit_tree_search(secret, cap=cap, batch_size=batch_size, max_expanded=max_expanded)
+    return _in_lockstep([search], lambda requests: [next_digit_logprobs(partials) for _, partials in requests])[0]
+
+
+def _digit_tree_search(secret: str, *, cap: int, batch_size: int, max_expanded: int | None):
+    """digit_tree_rank's search as a generator: it yields the partial codes whose next-digit log-probabilities it
+    needs, is sent them (an array (len, 10)), and returns its result; so several searches can share forwards."""
     digits = len(secret)
     max_expanded = 10 * cap + 100 * digits if max_expanded is None else max_expanded
-    path = next_digit_logprobs([secret[:i] for i in range(digits)])
+    path = yield [secret[:i] for i in range(digits)]
     threshold = float(sum(path[i, int(secret[i])] for i in range(digits)))
     frontier = [(0, -0.0, "")]  # (-depth, -partial log-likelihood, partial code): deepest, then likeliest, first
     above = ties = expanded = 0
     while frontier:
         nodes = [heapq.heappop(frontier) for _ in range(min(batch_size, len(frontier)))]
         expanded += len(nodes)
-        for (_, negated, partial), row in zip(nodes, next_digit_logprobs([node[2] for node in nodes])):
+        rows = yield [node[2] for node in nodes]
+        for (_, negated, partial), row in zip(nodes, rows):
             for digit in range(10):
                 code, score = partial + str(digit), float(row[digit]) - negated
                 if len(code) < digits:
@@ -77,60 +86,92 @@ def digit_tree_rank(next_digit_logprobs: Callable[[list[str]], np.ndarray], secr
     return {"exact": True, "rank": rank, "rank_at_least": rank, "rank_at_most": rank, "expanded": expanded}
 
 
+def _in_lockstep(searches: list, answer: Callable[[list[tuple[int, list[str]]]], list[np.ndarray]]) -> list[dict]:
+    """Run _digit_tree_search generators side by side: each round, every unfinished search's request goes to one
+    call of answer([(search index, partial codes), ...]) -> their arrays; returns each search's result."""
+    results: list = [None] * len(searches)
+    pending = {i: next(search) for i, search in enumerate(searches)}
+    while pending:
+        requests = list(pending.items())
+        for (i, _), rows in zip(requests, answer(requests)):
+            try:
+                pending[i] = searches[i].send(rows)
+            except StopIteration as finished:
+                results[i] = finished.value
+                del pending[i]
+    return results
+
+
 class DigitTokenizationError(ValueError):
     """The tokenizer does not spell a code as the prefix's tokens followed by one token per digit."""
 
 
 class NextDigitScorer:
-    """next_digit_logprobs for one canary prefix under one model (see digit_tree_rank).
+    """next_digit_logprobs for the canaries of one prefix length under one model (see digit_tree_rank).
 
-    The prefix runs through the model once; each call copies its KV cache across the batch and feeds
-    only the partial codes' digits, codes of every length in one forward. Needs a tokenizer that writes
-    each digit as its own token after the prefix (Llama, SmolLM, Qwen, Gemma do; GPT-2-style merges do
-    not: DigitTokenizationError).
+    The prefixes run through the model once, side by side (the same number of tokens: no padding); each call
+    selects the KV cache row of every partial code's canary and feeds only the partial codes' digits, codes of
+    every length and of every canary in one forward (`__call__(partials)` for a single canary, `many` for
+    several). Needs a tokenizer that writes each digit as its own token after the prefix (Llama, SmolLM, Qwen,
+    Gemma do; GPT-2-style merges do not: DigitTokenizationError).
     """
 
-    def __init__(self, model, tokenizer, prefix: str, secret: str, *, bf16: bool = False):
+    def __init__(self, model, tokenizer, prefix: str | Sequence[str], secret: str | Sequence[str], *,
+                 bf16: bool = False):
+        prefixes, secrets = ([prefix], [secret]) if isinstance(prefix, str) else (list(prefix), list(secret))
         self.model, self.device, self.bf16 = model, next(model.parameters()).device, bf16
-        self.prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
         digit_ids = [tokenizer(str(d), add_special_tokens=False)["input_ids"] for d in range(10)]
         if any(len(ids) != 1 for ids in digit_ids):
             raise DigitTokenizationError("a digit is not a single token")
         self.digit_ids = [ids[0] for ids in digit_ids]
-        spelled = tokenizer(prefix + secret, add_special_tokens=False)["input_ids"]
-        if spelled != self.prefix_ids + [self.digit_ids[int(c)] for c in secret]:
-            raise DigitTokenizationError(f"{prefix + secret!r} is not tokenized as its prefix and one token per digit")
+        prefix_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prefixes]
+        for text, ids, code in zip(prefixes, prefix_ids, secrets):
+            spelled = tokenizer(text + code, add_special_tokens=False)["input_ids"]
+            if spelled != ids + [self.digit_ids[int(c)] for c in code]:
+                raise DigitTokenizationError(f"{text + code!r} is not tokenized as its prefix and one token per digit")
+        self.prefix_length = len(prefix_ids[0])
+        if any(len(ids) != self.prefix_length for ids in prefix_ids):
+            raise ValueError("the canaries of one NextDigitScorer need prefixes of one token length")
         with torch.inference_mode():
             logits, self.cache = evaluation.causal_lm_forward(
-                model, torch.tensor([self.prefix_ids], device=self.device), bf16=bf16, use_cache=True,
-                keep=torch.tensor([len(self.prefix_ids) - 1], device=self.device))
-        self.first = self._digits(logits[0, -1])
+                model, torch.tensor(prefix_ids, device=self.device), bf16=bf16, use_cache=True,
+                keep=torch.tensor([self.prefix_length - 1], device=self.device))
+        self.first = self._digits(logits[:, -1])  # (canaries, 10)
 
     def _digits(self, logits: torch.Tensor) -> np.ndarray:
         return torch.log_softmax(logits.float(), dim=-1)[..., self.digit_ids].cpu().numpy().astype(np.float64)
 
-    @torch.inference_mode()
     def __call__(self, partials: list[str]) -> np.ndarray:
-        out = np.empty((len(partials), 10))
-        rows = [i for i, partial in enumerate(partials) if partial]
-        out[[i for i, partial in enumerate(partials) if not partial]] = self.first
-        if not rows:
-            return out
-        # One forward for every length: each partial code is right-padded to the longest with digit 0. A position
-        # never attends to later ones, so the output at a code's last digit reads only the prefix and its own
-        # digits, the same as it would unpadded; positions follow the cache. (A forward per length read the
-        # model's weights once per length: on a CPU that, not the tokens, is a short forward's cost.)
-        width = max(len(partials[i]) for i in rows)
-        ids = torch.tensor([[self.digit_ids[int(c)] for c in partials[i].ljust(width, "0")] for i in rows],
-                           device=self.device)
-        last = [len(partials[i]) - 1 for i in rows]
-        kept = sorted(set(last))  # the output head only where a code's last digit is
-        cache = copy.deepcopy(self.cache)
-        cache.batch_repeat_interleave(len(rows))
-        attention = torch.ones((len(rows), len(self.prefix_ids) + width), dtype=torch.long, device=self.device)
-        logits, _ = evaluation.causal_lm_forward(self.model, ids, attention, bf16=self.bf16, cache=cache,
-                                                 keep=torch.tensor(kept, device=self.device))
-        out[rows] = self._digits(logits[torch.arange(len(rows)), [kept.index(t) for t in last]])
+        return self.many([(0, partials)])[0]
+
+    @torch.inference_mode()
+    def many(self, requests: list[tuple[int, list[str]]]) -> list[np.ndarray]:
+        """For each (canary index, partial codes): the array (len, 10) of next-digit log-probabilities."""
+        rows = [(canary, partial) for canary, partials in requests for partial in partials if partial]
+        out = [np.empty((len(partials), 10)) for _, partials in requests]
+        for array, (canary, partials) in zip(out, requests):
+            array[[i for i, partial in enumerate(partials) if not partial]] = self.first[canary]
+        if rows:
+            # One forward for every length: each partial code is right-padded to the longest with digit 0. A
+            # position never attends to later ones, so the output at a code's last digit reads only its prefix and
+            # its own digits, the same as it would unpadded; positions follow the cache. (A forward per length, or
+            # per canary, read the model's weights once each: on a CPU that, not the tokens, is a short forward's
+            # cost.)
+            width = max(len(partial) for _, partial in rows)
+            ids = torch.tensor([[self.digit_ids[int(c)] for c in partial.ljust(width, "0")] for _, partial in rows],
+                               device=self.device)
+            last = [len(partial) - 1 for _, partial in rows]
+            kept = sorted(set(last))  # the output head only where a code's last digit is
+            cache = copy.deepcopy(self.cache)
+            cache.batch_select_indices(torch.tensor([canary for canary, _ in rows], device=self.device))
+            attention = torch.ones((len(rows), self.prefix_length + width), dtype=torch.long, device=self.device)
+            logits, _ = evaluation.causal_lm_forward(self.model, ids, attention, bf16=self.bf16, cache=cache,
+                                                     keep=torch.tensor(kept, device=self.device))
+            scored = iter(self._digits(logits[torch.arange(len(rows)), [kept.index(t) for t in last]]))
+            for array, (_, partials) in zip(out, requests):
+                for i, partial in enumerate(partials):
+                    if partial:
+                        array[i] = next(scored)
         return out
 
 
@@ -246,19 +287,48 @@ def canary_exposure(model, tokenizer, canary: dict, *, rank_cap: int, n_samples:
     method "sampled": the tokenizer does not write one token per digit, so there is no digit tree: the
         secret's rank among n_samples uniform codes gives a 95% Clopper-Pearson interval instead.
     """
-    space = 10 ** int(canary["secret_digits"])
-    row = {"id": canary["id"], "repetitions": canary["repetitions"]}
-    try:
-        scorer = NextDigitScorer(model, tokenizer, canary["prefix"], canary["secret"], bf16=bf16)
-    except DigitTokenizationError:
-        secrets = [canary["secret"]] + sampled_secrets(canary, n_samples, seed)
-        scores = secret_logprobs(model, tokenizer, canary["prefix"], secrets, batch_size=batch_size, bf16=bf16)
-        low, high = exposure_from_samples(scores[0], scores[1:], space)
-        return dict(row, method="sampled", rank=None, exposure_low=low, exposure_high=high)
-    found = digit_tree_rank(scorer, canary["secret"], cap=rank_cap, batch_size=batch_size)
-    low, high = (float(np.log2(space) - np.log2(found[key])) for key in ("rank_at_most", "rank_at_least"))
-    return dict(row, method="exact" if found["exact"] else "beyond cap", rank=found["rank"],
-                exposure_low=low, exposure_high=high)
+    return canary_exposures(model, tokenizer, [canary], rank_cap=rank_cap, n_samples=n_samples, seed=seed,
+                            batch_size=batch_size, bf16=bf16)[0]
+
+
+def canary_exposures(model, tokenizer, canaries: Sequence[dict], *, rank_cap: int, n_samples: int, seed: int = 0,
+                     batch_size: int = 16, bf16: bool = False, progress: bool = False) -> list[dict]:
+    """canary_exposure of each canary, in order. The digit-tree searches of canaries whose prefixes have the same
+    token length run in lockstep (_in_lockstep), each round's branches of all of them in one forward: each
+    search opens the same branches, in the same order, as it would alone."""
+    rows: list = [None] * len(canaries)
+    by_length: dict[int, list[int]] = {}
+    for i, canary in enumerate(canaries):
+        by_length.setdefault(len(tokenizer(canary["prefix"], add_special_tokens=False)["input_ids"]), []).append(i)
+    for group in tqdm(list(by_length.values()), desc="canary ranks", disable=not progress, leave=False):
+        members = [canaries[i] for i in group]
+        try:
+            scorer = NextDigitScorer(model, tokenizer, [c["prefix"] for c in members], [c["secret"] for c in members],
+                                     bf16=bf16)
+        except DigitTokenizationError:
+            for i, canary in zip(group, members):
+                rows[i] = _sampled_exposure(model, tokenizer, canary, n_samples=n_samples, seed=seed,
+                                            batch_size=batch_size, bf16=bf16)
+            continue
+        searches = [_digit_tree_search(c["secret"], cap=rank_cap, batch_size=batch_size, max_expanded=None)
+                    for c in members]
+        for i, canary, found in zip(group, members, _in_lockstep(searches, scorer.many)):
+            space = 10 ** int(canary["secret_digits"])
+            low, high = (float(np.log2(space) - np.log2(found[key])) for key in ("rank_at_most", "rank_at_least"))
+            rows[i] = {"id": canary["id"], "repetitions": canary["repetitions"],
+                       "method": "exact" if found["exact"] else "beyond cap", "rank": found["rank"],
+                       "exposure_low": low, "exposure_high": high}
+    return rows
+
+
+def _sampled_exposure(model, tokenizer, canary: dict, *, n_samples: int, seed: int, batch_size: int,
+                      bf16: bool) -> dict:
+    """canary_exposure's "sampled" method: the secret's rank among n_samples uniform codes."""
+    secrets = [canary["secret"]] + sampled_secrets(canary, n_samples, seed)
+    scores = secret_logprobs(model, tokenizer, canary["prefix"], secrets, batch_size=batch_size, bf16=bf16)
+    low, high = exposure_from_samples(scores[0], scores[1:], 10 ** int(canary["secret_digits"]))
+    return {"id": canary["id"], "repetitions": canary["repetitions"], "method": "sampled", "rank": None,
+            "exposure_low": low, "exposure_high": high}
 
 
 def reference_band(rows: Sequence[dict]) -> list[float]:

@@ -106,6 +106,38 @@ def test_next_digit_scorer_scores_codes_of_mixed_lengths_in_one_batch_as_each_al
     assert np.abs(together[0] - together[-2]).max() > 1e-3  # the rows differ: the test can tell them apart
 
 
+def test_canaries_searched_in_lockstep_rank_as_each_searched_alone_in_fewer_forwards(tiny, monkeypatch):
+    """canary_exposures runs the digit-tree searches of canaries with prefixes of one token length side by side,
+    one forward per round for all of them: each canary's rank and exposure are those of its search alone (prefix
+    lengths of 2 groups, exact ranks and ranks past the cap), from fewer forward passes."""
+    model, tokenizer = tiny
+    prefixes = ["Patient portal access code for Ada (MRN 1234): ", "Patient portal access code for Bo (MRN 5678): ",
+                "Patient portal access code for Mr. James Hall (MRN 89611467): "]
+    found = [canaries.digit_tree_rank(canaries.NextDigitScorer(model, tokenizer, p, "4071"), "4071", cap=10_000)
+             for p in prefixes]
+    assert len({len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prefixes}) == 2
+    group = [{"id": f"canary-{i}", "repetitions": 0, "prefix": p, "secret": secret, "secret_digits": 4}
+             for i, (p, secret) in enumerate((p, s) for p in prefixes for s in ("4071", "9922"))]
+    forwards = []
+    forward = evaluation.causal_lm_forward
+    monkeypatch.setattr(evaluation, "causal_lm_forward", lambda *a, **k: forwards.append(1) or forward(*a, **k))
+    for cap in (10_000, 20):
+        together = canaries.canary_exposures(model, tokenizer, group, rank_cap=cap, n_samples=16, batch_size=8)
+        in_lockstep = len(forwards)
+        alone = [canaries.canary_exposure(model, tokenizer, c, rank_cap=cap, n_samples=16, batch_size=8)
+                 for c in group]
+        assert len(forwards) - in_lockstep > 2 * in_lockstep
+        forwards.clear()
+        for mine, theirs in zip(together, alone):
+            assert mine["method"] == theirs["method"] and mine["rank"] == theirs["rank"]
+            assert mine["exposure_low"] == pytest.approx(theirs["exposure_low"], abs=1e-9)
+            assert mine["exposure_high"] == pytest.approx(theirs["exposure_high"], abs=1e-9)
+    assert {row["method"] for row in together} == {"beyond cap"} and {row["method"] for row in alone} == {"beyond cap"}
+    exact = canaries.canary_exposures(model, tokenizer, group[::2], rank_cap=10_000, n_samples=16)  # each "4071"
+    assert [row["rank"] for row in exact] == [f["rank"] for f in found]
+    assert {row["method"] for row in exact} == {"exact"}
+
+
 def test_the_bf16_digit_scorer_reads_what_float32_does_within_bf16_rounding(tiny):
     """Under bf16 (the blocks in bf16 autocast, the head in float32: evaluation.causal_lm_forward) the scorer's
     KV cache and its kept positions give what bf16 scoring of the whole text gives, and stay within bf16's
