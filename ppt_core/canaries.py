@@ -106,6 +106,20 @@ class DigitTokenizationError(ValueError):
     """The tokenizer does not spell a code as the prefix's tokens followed by one token per digit."""
 
 
+def spelled_digit_by_digit(tokenizer, prefix: str, secret: str) -> tuple[list[int], list[int]]:
+    """(the prefix's token ids, the ten digits' token ids) where the tokenizer writes prefix + secret as the
+    prefix's tokens followed by one token per digit, as the digit tree needs; else DigitTokenizationError."""
+    digit_ids = [tokenizer(str(d), add_special_tokens=False)["input_ids"] for d in range(10)]
+    if any(len(ids) != 1 for ids in digit_ids):
+        raise DigitTokenizationError("a digit is not a single token")
+    digit_ids = [ids[0] for ids in digit_ids]
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    if tokenizer(prefix + secret, add_special_tokens=False)["input_ids"] != prefix_ids + [digit_ids[int(c)]
+                                                                                          for c in secret]:
+        raise DigitTokenizationError(f"{prefix + secret!r} is not tokenized as its prefix and one token per digit")
+    return prefix_ids, digit_ids
+
+
 class NextDigitScorer:
     """next_digit_logprobs for the canaries of one prefix length under one model (see digit_tree_rank).
 
@@ -120,15 +134,9 @@ class NextDigitScorer:
                  bf16: bool = False):
         prefixes, secrets = ([prefix], [secret]) if isinstance(prefix, str) else (list(prefix), list(secret))
         self.model, self.device, self.bf16 = model, next(model.parameters()).device, bf16
-        digit_ids = [tokenizer(str(d), add_special_tokens=False)["input_ids"] for d in range(10)]
-        if any(len(ids) != 1 for ids in digit_ids):
-            raise DigitTokenizationError("a digit is not a single token")
-        self.digit_ids = [ids[0] for ids in digit_ids]
-        prefix_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prefixes]
-        for text, ids, code in zip(prefixes, prefix_ids, secrets):
-            spelled = tokenizer(text + code, add_special_tokens=False)["input_ids"]
-            if spelled != ids + [self.digit_ids[int(c)] for c in code]:
-                raise DigitTokenizationError(f"{text + code!r} is not tokenized as its prefix and one token per digit")
+        spelled = [spelled_digit_by_digit(tokenizer, text, code) for text, code in zip(prefixes, secrets)]
+        self.digit_ids = spelled[0][1]
+        prefix_ids = [ids for ids, _ in spelled]
         self.prefix_length = len(prefix_ids[0])
         if any(len(ids) != self.prefix_length for ids in prefix_ids):
             raise ValueError("the canaries of one NextDigitScorer need prefixes of one token length")
@@ -297,19 +305,19 @@ def canary_exposures(model, tokenizer, canaries: Sequence[dict], *, rank_cap: in
     token length run in lockstep (_in_lockstep), each round's branches of all of them in one forward: each
     search opens the same branches, in the same order, as it would alone."""
     rows: list = [None] * len(canaries)
-    by_length: dict[int, list[int]] = {}
+    by_length: dict[int, list[int]] = {}  # the canaries with a digit tree, by their prefix's token length
     for i, canary in enumerate(canaries):
-        by_length.setdefault(len(tokenizer(canary["prefix"], add_special_tokens=False)["input_ids"]), []).append(i)
+        try:
+            prefix_ids, _ = spelled_digit_by_digit(tokenizer, canary["prefix"], canary["secret"])
+        except DigitTokenizationError:
+            rows[i] = _sampled_exposure(model, tokenizer, canary, n_samples=n_samples, seed=seed,
+                                        batch_size=batch_size, bf16=bf16)
+            continue
+        by_length.setdefault(len(prefix_ids), []).append(i)
     for group in tqdm(list(by_length.values()), desc="canary ranks", disable=not progress, leave=False):
         members = [canaries[i] for i in group]
-        try:
-            scorer = NextDigitScorer(model, tokenizer, [c["prefix"] for c in members], [c["secret"] for c in members],
-                                     bf16=bf16)
-        except DigitTokenizationError:
-            for i, canary in zip(group, members):
-                rows[i] = _sampled_exposure(model, tokenizer, canary, n_samples=n_samples, seed=seed,
-                                            batch_size=batch_size, bf16=bf16)
-            continue
+        scorer = NextDigitScorer(model, tokenizer, [c["prefix"] for c in members], [c["secret"] for c in members],
+                                 bf16=bf16)
         searches = [_digit_tree_search(c["secret"], cap=rank_cap, batch_size=batch_size, max_expanded=None)
                     for c in members]
         for i, canary, found in zip(group, members, _in_lockstep(searches, scorer.many)):

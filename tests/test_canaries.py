@@ -174,6 +174,27 @@ def test_a_tokenizer_that_merges_digits_is_detected(tiny):
         canaries.NextDigitScorer(model, Merging(), "code: ", "12")
 
 
+def test_a_canary_whose_secret_merges_is_ranked_by_samples_and_leaves_its_group_to_the_digit_tree(tiny):
+    model, tokenizer = tiny
+
+    class Merging:  # spells "12" as one token, like GPT-2's BPE does for digit runs
+        pad_token_id = tokenizer.pad_token_id
+
+        def __call__(self, text, add_special_tokens=False):
+            merged = [t.replace("12", "\x00") for t in ([text] if isinstance(text, str) else text)]
+            ids = tokenizer(merged, add_special_tokens=False)["input_ids"]
+            return {"input_ids": ids[0] if isinstance(text, str) else ids}
+
+    prefix = "Patient portal access code for Ada (MRN 3456): "
+    group = [{"id": f"canary-{i}", "repetitions": 0, "prefix": prefix, "secret": secret, "secret_digits": 4}
+             for i, secret in enumerate(("4071", "1290", "5555"))]
+    rows = canaries.canary_exposures(model, Merging(), group, rank_cap=10_000, n_samples=16)
+    assert [row["method"] for row in rows] == ["exact", "sampled", "exact"]
+    assert [row["id"] for row in rows] == ["canary-0", "canary-1", "canary-2"]
+    alone = canaries.canary_exposure(model, Merging(), group[2], rank_cap=10_000, n_samples=16)
+    assert rows[2]["rank"] == alone["rank"]
+
+
 def test_rank_p_value_is_exact_under_the_null():
     """A never-inserted canary's gain ranks uniformly among the others': p <= k / 21 exactly k / 21 of the time."""
     draws = np.random.default_rng(0).normal(size=(4000, 21))
