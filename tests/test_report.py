@@ -42,6 +42,15 @@ def test_results_markdown_holds_the_table_the_claims_and_the_guarantee():
     assert "| pruned-dp8 | 7.9 | 40 (vacuous) | prv |" in text and "k = 4" in text  # an upper bound above 10
     assert "certified at most at the group ε" in text and "is vacuous: it certifies nothing" in text
     assert "prefill of a batch of 8" in text and text.endswith("A guess.\n")
-    assert "(total 1.0 min)" in text
+    assert "(total 1.0 min, without 07_summary, which writes this table)" in text
     tokens = cost.notebook_tokens(params)["02_pruning"]
     assert f"| 02_pruning | {tokens:,.0f} | 60 | {60e6 / tokens:,.0f} |" in text  # seconds beside the model's tokens
+
+
+def test_the_wall_time_table_leaves_out_the_notebook_that_writes_it():
+    """timings.json can hold the summary notebook's time from an earlier run: the table must not show it as this
+    run's, nor count it in the total."""
+    seconds = {"01_layer_similarity": 60.0, "03_dp_lora_finetuning": 120.0, "07_summary": 999.0}
+    table = report.wall_time_markdown(seconds, {"03_dp_lora_finetuning": 1000})
+    assert "total 3.0 min" in table and "07_summary |" not in table and "999" not in table
+    assert "| 03_dp_lora_finetuning | 1,000 | 120 | 120,000 |" in table
