@@ -12,8 +12,9 @@ Examples:
 
 Each notebook gets the profile's values for the parameters its `parameters` cell declares, and is
 written, executed, to runs/<run>/notebooks/. A notebook whose inputs (its source, its parameters,
-the ppt_core code, and every notebook before it) are unchanged since its last successful run is
-skipped, so an interrupted run resumes at the first unfinished notebook; --force re-runs anyway. The data
+the ppt_core code, and every notebook before it, and that notebook's last execution) are unchanged since
+its last successful run is skipped, so an interrupted run resumes at the first unfinished notebook, and a
+notebook executed again re-runs the ones after it at the next run; --force re-runs anyway. The data
 file and a local model folder count by their content, not their path.
 The default profile's run writes figures to figures/ (the paper profile's to figures/paper/); every
 other run, and any notebook run by hand in Jupyter, to runs/<run>/figures/. With several seeds (the
@@ -31,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
@@ -194,7 +196,9 @@ POOLING_NOTEBOOKS = ("07_summary.ipynb",)  # with several seeds: run once, after
 def execute(params: dict, chain_notebooks: list[Path], selected: list[Path], chain: str, force: bool, bar,
             kernel: dict):
     """Run the `selected` of `chain_notebooks` for one run folder, in order, skipping a notebook whose inputs
-    (the chain: code, every earlier notebook and its parameters) match its last successful run.
+    (the chain: code, every earlier notebook and its parameters, and the last execution of the one before it)
+    match its last successful run. A notebook executed again (`--only NN --force`, a failed run resumed) so
+    re-runs every notebook after it at the next run, instead of leaving them on outputs it has replaced.
     Returns (exit status, the chain after the last notebook)."""
     import papermill
     from tqdm.auto import tqdm
@@ -204,11 +208,13 @@ def execute(params: dict, chain_notebooks: list[Path], selected: list[Path], cha
     paths = artifacts.run_paths(params)
     stamps_file = paths.notebooks / ".stamps.json"
     stamps = artifacts.read_json(stamps_file) if stamps_file.exists() else {}
+    upstream = ""  # the id of the last execution of the notebook before this one ("" before the first)
     for notebook in chain_notebooks:
         notebook_params = notebook_parameters(notebook, params)
         chain = hashlib.sha256(
-            (chain + notebook.read_text() + json.dumps(notebook_params, sort_keys=True)).encode()
+            (chain + upstream + notebook.read_text() + json.dumps(notebook_params, sort_keys=True)).encode()
         ).hexdigest()
+        upstream = stamps.get(notebook.name, {}).get("execution", "")
         if notebook not in selected:
             continue
         output = paths.notebooks / notebook.name
@@ -238,13 +244,14 @@ def execute(params: dict, chain_notebooks: list[Path], selected: list[Path], cha
             return 1, chain
         seconds = round(time.perf_counter() - started, 1)
         drop_progress_widgets(output)
-        stamps[notebook.name] = {"inputs": chain, "seconds": seconds}
+        upstream = uuid.uuid4().hex
+        stamps[notebook.name] = {"inputs": chain, "seconds": seconds, "execution": upstream}
         artifacts.write_json(stamps_file, stamps)
         timings = artifacts.read_timings(paths).get("notebooks", {})
         artifacts.update_timings(paths, "notebooks", dict(timings, **{notebook.stem: seconds}))
         tqdm.write(f"  {label}: {seconds:.0f} s")
         bar.update()
-    return 0, chain
+    return 0, hashlib.sha256((chain + upstream).encode()).hexdigest()
 
 
 def drop_progress_widgets(notebook: Path) -> None:

@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, load_run_all, one_thread_env, run_all, run_all_command, run_all_in_process
@@ -181,3 +182,45 @@ def test_set_overrides_a_profile_value_and_refuses_unknown_keys():
         driver.study_params(driver.parse_args(["--profile", "smoke", "--set", "n_trian=40"]))
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
         driver.parse_setting("n_train")
+
+
+def test_a_notebook_executed_again_re_runs_every_notebook_after_it(run_name, tmp_path, monkeypatch):
+    """`--only 02 --force` replaces 02's outputs: the next plain run re-runs 03, which read the old ones, and
+    skips 01 before it; a run with nothing executed since skips everything."""
+    import papermill
+
+    driver = load_run_all()
+    notebooks = []
+    for name in ("01_a.ipynb", "02_b.ipynb", "03_c.ipynb"):
+        notebooks.append(tmp_path / name)
+        notebooks[-1].write_text(json.dumps({"cells": [], "name": name}))
+    executed = []
+
+    def execute_notebook(source, output, **kwargs):
+        executed.append(Path(source).name)
+        Path(output).write_text(Path(source).read_text())
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    monkeypatch.setattr(driver, "notebook_parameters", lambda notebook, params: {})
+    monkeypatch.setattr(driver, "drop_progress_widgets", lambda output: None)
+    params = {"profile": "smoke", "run_name": run_name}
+    (REPO / "runs" / run_name / "notebooks").mkdir(parents=True)
+
+    class Bar:
+        def set_postfix_str(self, text): ...
+        def update(self): ...
+        def close(self): ...
+
+    def run(selected, force=False):
+        executed.clear()
+        status, chain = driver.execute(params, notebooks, selected, "code", force, Bar(), {})
+        assert status == 0
+        return list(executed), chain
+
+    assert run(notebooks)[0] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
+    assert run(notebooks)[0] == []  # nothing changed
+    before = run(notebooks)[1]
+    assert run([notebooks[1]], force=True)[0] == ["02_b.ipynb"]  # 02 alone, forced
+    executed_after, after = run(notebooks)
+    assert executed_after == ["03_c.ipynb"]  # 03 read what 02 replaced; 01 is upstream of it
+    assert run(notebooks)[0] == [] and after != before  # the chain handed to pooling notebooks follows it too
