@@ -50,16 +50,32 @@ class _HeadCrossEntropy(torch.autograd.Function):
         losses = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
         wanted = ctx.needs_input_grad[0]
         gradient = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if wanted else None
+        # Two chunk-sized buffers, reused by every chunk: a fresh 25 MB tensor per chunk and operation (the
+        # product, its float32 copy, logsumexp's shifted copy) is fresh memory the OS must map in each time.
+        rows_per_chunk = min(CHUNK, len(hidden))
+        product = hidden.new_empty((rows_per_chunk, weight.shape[0]), dtype=weight.dtype)
+        in_float32 = weight.dtype == torch.float32  # then the product is the logits' buffer itself
+        logits = product if in_float32 else product.new_empty(product.shape, dtype=torch.float32)
         for start in range(0, len(hidden), CHUNK):
             rows = slice(start, start + CHUNK)
-            logits = F.linear(hidden[rows], weight, bias).float()
+            n = len(hidden[rows])
+            chunk_product, chunk_logits = product[:n], logits[:n]
+            if bias is None:
+                torch.mm(hidden[rows], weight.t(), out=chunk_product)
+            else:
+                torch.addmm(bias, hidden[rows], weight.t(), out=chunk_product)
+            if not in_float32:
+                chunk_logits.copy_(chunk_product)  # float32 for the log-softmax, as autocast runs the logits path
             target = targets[rows].unsqueeze(1)
-            normalizer = torch.logsumexp(logits, dim=1, keepdim=True)
-            losses[rows] = (normalizer - logits.gather(1, target)).squeeze(1)
+            picked = chunk_logits.gather(1, target)
+            normaliser, sums = tokens.logsumexp_in_place(chunk_logits)  # the logits become exp(logit - max)
+            losses[rows] = (normaliser - picked).squeeze(1)
             if wanted:
-                probabilities = logits.sub_(normalizer).exp_()  # the softmax, in place of the logits
+                probabilities = chunk_logits.div_(sums)
                 probabilities.scatter_add_(1, target, torch.full_like(target, -1, dtype=torch.float32))
-                gradient[rows] = (probabilities.to(weight.dtype) @ weight).float()
+                if not in_float32:
+                    chunk_product.copy_(probabilities)
+                gradient[rows] = torch.mm(chunk_product, weight)
         ctx.save_for_backward(gradient)
         ctx.hidden_dtype = hidden.dtype
         return losses

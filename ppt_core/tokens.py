@@ -39,6 +39,17 @@ def record_means(per_token: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return per_token.sum(1) / (targets != IGNORE_INDEX).sum(1).clamp(min=1)
 
 
+def logsumexp_in_place(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(torch.logsumexp(logits, -1, keepdim=True), bit for bit; the row sums of the exponentials), with `logits`
+    overwritten by exp(logit - row max), which divided by those sums is the softmax. torch.logsumexp makes a shifted
+    copy of its input: for a vocabulary-sized row per position, the largest tensor of a forward, allocated afresh
+    in every call (memory the OS maps in again each time)."""
+    largest = logits.amax(dim=-1, keepdim=True)
+    largest.masked_fill_(largest.isinf(), 0)  # as torch.logsumexp: a row of infinities keeps its infinity
+    sums = logits.sub_(largest).exp_().sum(dim=-1, keepdim=True)
+    return sums.log().add_(largest), sums
+
+
 def check_batch(vocabulary: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, labels) of a setup check: seeded random tokens, the second row padded. The setup
     checks (head_loss.install, frozen_prefix.replay_check_error) ask what a model's forward does, which any tokens

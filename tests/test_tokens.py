@@ -2,6 +2,7 @@
 attention and the labels."""
 
 import pytest
+import torch
 
 from ppt_core import tokens
 
@@ -37,3 +38,20 @@ def test_pad_right_and_left_masks_exactly_the_real_tokens():
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]] and mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
     with pytest.raises(ValueError, match="'middle'"):
         tokens.pad(sequences, 0, side="middle")
+
+
+def test_logsumexp_in_place_is_torchs_bit_for_bit_and_leaves_the_exponentials_of_the_softmax():
+    """The normaliser every log-probability and the training loss subtract: equal to torch.logsumexp's to the bit
+    (so no score moves), rows of large, masked (-inf) and infinite logits included, with the logits overwritten by
+    exp(logit - max), which the returned sums turn into the softmax."""
+    logits = torch.randn(3, 5, 1000, generator=torch.Generator().manual_seed(0)) * 8
+    logits[0, 1] += 300  # far from 0: the max shift matters
+    logits[1, 2, :500] = float("-inf")  # masked words
+    logits[2, 3] = float("-inf")  # nothing possible
+    logits[2, 4, 7] = float("inf")
+    expected = torch.logsumexp(logits, dim=-1, keepdim=True)
+    softmax = torch.softmax(logits[:2], dim=-1)
+    normaliser, sums = tokens.logsumexp_in_place(logits)
+    assert torch.equal(normaliser, expected)
+    assert torch.allclose(logits[:2] / sums[:2], softmax, rtol=1e-5, atol=1e-7)
+    assert normaliser[2, 3] == float("-inf") and normaliser[2, 4] == float("inf")
