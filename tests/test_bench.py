@@ -1,6 +1,7 @@
 """The training benchmark's ceiling: the bare forward and backward of the adapted blocks, with the adapters off."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ppt_core import batching, training
 from ppt_core.architectures import decoder_blocks
 from tests.test_frozen_prefix import UPPER
-from tests.test_training import TEXTS, small_config
+from tests.test_training import TEXTS, dp_config, small_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,6 +20,7 @@ def load_bench():
     path = Path(__file__).resolve().parent.parent / "bench" / "train_throughput.py"
     spec = importlib.util.spec_from_file_location("train_throughput", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -63,3 +65,27 @@ def test_the_bare_stack_runs_the_adapted_blocks_without_adapters_and_backpropaga
     step()
     seen.remove()
     assert not leaves[-1].requires_grad
+
+
+def test_the_products_ceiling_replays_every_product_a_dp_step_multiplies(tiny):
+    """The `matmuls alone` ceiling is only a ceiling if it replays the step's own products: every operation the FLOP
+    counter counts in one DP logical step of the study's loop (LoRA's products and the per-sample gradients'
+    included), with the same shapes, so the replay counts the step's FLOPs exactly, and it runs them."""
+    bench = load_bench()
+    model, tokenizer = tiny
+    config = small_config(dp=dp_config(), **UPPER)
+    dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
+    torch.manual_seed(0)
+    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    run = training.prepare(peft_model, dataset, config, prefix=training._frozen_prefix(peft_model, dataset, config))
+    run.module.train()
+    indices = list(range(5))
+    with FlopCounterMode(display=False) as counter, bench.ProductTrace() as products:
+        training.logical_step(run, indices, None)
+    rank = config.lora_rank
+    assert any(rank in spec.shape for _, args, _ in products.calls for spec in args)  # LoRA's products are in it
+    assert products.replay_flops() == counter.get_total_flops() > 0
+    assert products.replay_seconds(repeats=1) > 0
+    # one tensor per address: the frozen weights each block multiplies forward and backward are replayed as one
+    specs = [spec for _, args, _ in products.calls for spec in args if isinstance(spec, bench._TensorSpec)]
+    assert len(set(specs)) < len(specs)
