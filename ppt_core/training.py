@@ -56,6 +56,13 @@ from ppt_core.memory import PeakMemory
 from ppt_core.privacy import DPConfig
 from ppt_core.train_config import TrainConfig, check_config
 
+EPSILON_CURVE_POINTS = 20  # steps at which a DP arm's epsilon curve is read (the progress bar shows the same)
+
+
+def epsilon_curve_steps(steps: int, points: int = EPSILON_CURVE_POINTS) -> list[int]:
+    """The steps, up to `points` of them spread evenly to the last, at which an epsilon curve reads the accountant."""
+    return sorted({max(1, round(steps * k / points)) for k in range(1, points + 1)})
+
 
 @dataclass
 class TrainResult:
@@ -103,12 +110,12 @@ class TrainResult:
             return None
         return privacy.accountant_epsilon(self.noise_multiplier, self.sample_rate, steps, self.delta, self.accountant)
 
-    def epsilon_curve(self, points: int = 20) -> list[tuple[int, float]]:
+    def epsilon_curve(self, points: int = EPSILON_CURVE_POINTS) -> list[tuple[int, float]]:
         """(step, epsilon spent after that step) at up to `points` steps, from the same accountant."""
         if not self.private:
             return []
-        marks = sorted({max(1, round(self.steps * k / points)) for k in range(1, points + 1)})
-        return [(s, self.epsilon_after(s)) for s in marks]
+        return [(s, self.epsilon_after(s)) for s in epsilon_curve_steps(self.steps, points)]
+
 
 
 # --- LoRA ----------------------------------------------------------------------------------------
@@ -415,7 +422,8 @@ def _progress(training: Training, log: StepLog, step: int, steps: int) -> dict:
     if training.config.dp is None and log.losses[-1] is not None:
         postfix["loss"] = f"{log.losses[-1]:.3f}"
     dp = training.config.dp
-    if dp is not None and training.config.progress and (step % max(1, steps // 10) == 0 or step == steps):
+    # at the epsilon curve's steps: privacy.composed_epsilon keeps each answer, so the curve costs nothing more
+    if dp is not None and training.config.progress and step in epsilon_curve_steps(steps):
         sigma = float(training.optimizer.noise_multiplier)
         postfix["eps"] = f"{privacy.accountant_epsilon(sigma, training.sample_rate, step, dp.delta, dp.accountant):.2f}"
     return postfix

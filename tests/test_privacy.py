@@ -45,3 +45,19 @@ def test_prv_hands_tiny_group_noise_to_rdp():
 
 def test_no_step_spends_nothing():
     assert privacy.accountant_epsilon(1.0, 0.1, 0, 1e-5, "prv") == 0.0
+
+
+def test_an_epsilon_asked_again_is_the_fresh_accountants_without_asking_it_again(monkeypatch):
+    """composed_epsilon keeps its answers (a DP arm's progress bar, its curve and its twin family's DP arm ask the same
+    questions): an answer kept is a fresh accountant's, and a new question (one more step) asks the accountant."""
+    import opacus.accountants
+
+    privacy._composed_epsilon.cache_clear()
+    asked = []
+    real = opacus.accountants.create_accountant
+    monkeypatch.setattr(opacus.accountants, "create_accountant", lambda **kw: asked.append(kw) or real(**kw))
+    history = [(1.3, 0.03, 41)]
+    first = privacy.composed_epsilon(history, DELTA, "rdp")
+    again = privacy.composed_epsilon([(1.3, 0.03, 41.0)], DELTA, "rdp")  # the same question, spelled otherwise
+    assert first == again == pytest.approx(fresh_rdp(history), rel=1e-12) and len(asked) == 1
+    assert privacy.composed_epsilon([(1.3, 0.03, 42)], DELTA, "rdp") > first and len(asked) == 2
