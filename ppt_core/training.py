@@ -117,7 +117,6 @@ class TrainResult:
         return [(s, self.epsilon_after(s)) for s in epsilon_curve_steps(self.steps, points)]
 
 
-
 # --- LoRA ----------------------------------------------------------------------------------------
 
 
