@@ -229,8 +229,7 @@ def secret_logprobs(model, tokenizer, prefix: str, secrets: Sequence[str], *, ba
             attention = torch.cat([torch.ones((len(chunk), shared), dtype=torch.long, device=device), mask[:, :-1]], 1)
             logits, _ = evaluation.causal_lm_forward(model, rest[:, :-1], attention, bf16=bf16, cache=cache)
             targets = rest[:, 1:]
-            picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            picked -= tokens.logsumexp_in_place(logits)[0].squeeze(-1)
+            picked = tokens.target_logprobs(logits, targets)
             total = total + (picked * mask[:, 1:]).sum(dim=1)
         out.append(total.cpu().numpy().astype(np.float64))
     return np.concatenate(out)

@@ -169,9 +169,7 @@ def _batch_logprobs(model, input_ids, attention_mask, labels, *, bf16: bool, las
     keep = None if last is None else positions
     logits, _ = causal_lm_forward(model, input_ids, attention_mask, bf16=bf16, keep=keep)
     logits, targets = (logits[:, :-1] if keep is None else logits), labels[:, positions + 1]
-    # log p(target) = logit(target) - logsumexp(logits), the normaliser computed in the logits' own memory
-    picked = logits.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    picked -= tokens.logsumexp_in_place(logits)[0].squeeze(-1)
+    picked = tokens.target_logprobs(logits, targets.clamp_min(0))
     real = targets != tokens.IGNORE_INDEX
     return [picked[row][real[row]][-last if last else None:].cpu().numpy() for row in range(len(picked))]
 

@@ -52,18 +52,17 @@ class _HeadCrossEntropy(torch.autograd.Function):
         gradient = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if wanted else None
         # Two chunk-sized buffers, reused by every chunk: a fresh 25 MB tensor per chunk and operation (the
         # product, its float32 copy, logsumexp's shifted copy) is fresh memory the OS must map in each time.
-        rows_per_chunk = min(CHUNK, len(hidden))
-        product = hidden.new_empty((rows_per_chunk, weight.shape[0]), dtype=weight.dtype)
+        product = hidden.new_empty((min(CHUNK, len(hidden)), weight.shape[0]), dtype=weight.dtype)
         in_float32 = weight.dtype == torch.float32  # then the product is the logits' buffer itself
         logits = product if in_float32 else product.new_empty(product.shape, dtype=torch.float32)
         for start in range(0, len(hidden), CHUNK):
             rows = slice(start, start + CHUNK)
-            n = len(hidden[rows])
-            chunk_product, chunk_logits = product[:n], logits[:n]
+            chunk = hidden[rows]
+            chunk_product, chunk_logits = product[: len(chunk)], logits[: len(chunk)]
             if bias is None:
-                torch.mm(hidden[rows], weight.t(), out=chunk_product)
+                torch.mm(chunk, weight.t(), out=chunk_product)
             else:
-                torch.addmm(bias, hidden[rows], weight.t(), out=chunk_product)
+                torch.addmm(bias, chunk, weight.t(), out=chunk_product)
             if not in_float32:
                 chunk_logits.copy_(chunk_product)  # float32 for the log-softmax, as autocast runs the logits path
             target = targets[rows].unsqueeze(1)

@@ -50,6 +50,13 @@ def logsumexp_in_place(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return sums.log().add_(largest), sums
 
 
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) = logit(target) - logsumexp(logits) at each position of `logits` (..., V), `targets` (...)
+    valid word ids; the normaliser is computed in the logits' own memory (logsumexp_in_place): `logits` is spent."""
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked.sub_(logsumexp_in_place(logits)[0].squeeze(-1))
+
+
 def check_batch(vocabulary: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, labels) of a setup check: seeded random tokens, the second row padded. The setup
     checks (head_loss.install, frozen_prefix.replay_check_error) ask what a model's forward does, which any tokens
