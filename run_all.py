@@ -316,6 +316,14 @@ def run(args) -> int:
         from ppt_core import data
 
         print(data.source_sentence(params))
+    # The machine and the precision "auto" settles to on it, said before any notebook runs (each notebook's kernel
+    # reads the same decision from the model cache), with its matmul peaks, measured while nothing else computes.
+    from ppt_core import models, precision
+
+    machine = precision.describe(models.resolve_device(params["device"]), params["bf16"])
+    print(f"machine: {machine['kind']}; precision {machine['precision']}: {machine['precision_reason']}")
+    for paths_of_seed in {paths, *artifacts.seed_runs(params).values()}:
+        artifacts.update_timings(paths_of_seed, "machine", machine)
     with tempfile.TemporaryDirectory(prefix="ppt-kernels-") as sockets:
         kernel = dict(kernel_name=KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3",
                       kernel_manager_class=local_socket_kernels(sockets))

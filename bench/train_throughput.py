@@ -59,7 +59,7 @@ from torch.utils import _pytree  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, flop_registry  # noqa: E402
 
-from ppt_core import batching, data, evaluation, profiles, train_config, training  # noqa: E402
+from ppt_core import batching, data, evaluation, precision, profiles, train_config, training  # noqa: E402
 from ppt_core.architectures import decoder_blocks  # noqa: E402
 from ppt_core.models import load_model  # noqa: E402
 
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
         splits = data.build_dataset(params, folder, tokenizer=tokenizer)
     length = params["train_max_length"] or params["max_length"]
     dataset = batching.record_dataset(tokenizer, splits.texts("train"), length)
-    bf16 = evaluation.resolve_bf16(False if args.float32 else params["bf16"], device)
+    bf16 = precision.resolve_bf16(False if args.float32 else params["bf16"], device)
     dtype = torch.bfloat16 if bf16 else torch.float32
     peak = matmul_peak(dtype, device)
     print(f"{args.model}, profile {args.profile}: {len(dataset)} training records of at most {length} tokens; "

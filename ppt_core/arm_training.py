@@ -65,13 +65,13 @@ def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig):
     replays its frozen lower blocks (`frozen_blocks`), the probe keeps their output on the audit canaries at its
     first call and replays it at every later one: those blocks are the public model's, unchanged by training.
     A profile's bf16="auto" settles on the model's device, as `finetune` settles it for training."""
-    from ppt_core import evaluation, frozen_prefix, membership
+    from ppt_core import frozen_prefix, membership, precision
 
     kept = None  # the frozen blocks' output on the audit canaries
 
     def probe(peft_model, frozen_blocks: int | None = None):
         nonlocal kept
-        bf16 = evaluation.resolve_bf16(config.bf16, next(peft_model.parameters()).device)
+        bf16 = precision.resolve_bf16(config.bf16, next(peft_model.parameters()).device)
         if frozen_blocks is not None and (kept is None or kept.n_frozen != frozen_blocks):
             kept = frozen_prefix.FrozenPrefix(peft_model, membership.audit_dataset(tokenizer, audit_records),
                                               frozen_blocks, batch_size=AUDIT_BATCH_SIZE, bf16=bf16)

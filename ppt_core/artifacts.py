@@ -67,6 +67,12 @@ class RunPaths:
         return self.models / arm
 
 
+def cache_dir() -> Path:
+    """Where what is kept across runs on this machine lives (converted embedded models, the conformance check's
+    verdicts, the precision measurement); move it with the PPT_CACHE_DIR environment variable."""
+    return Path(os.environ.get("PPT_CACHE_DIR", Path.home() / ".cache" / "prunepriveytune"))
+
+
 def run_paths(params: dict) -> RunPaths:
     """The run folder of a profile's parameters: runs/<run_name or profile>/."""
     return RunPaths.for_profile(params.get("run_name") or params["profile"])

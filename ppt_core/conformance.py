@@ -21,7 +21,7 @@ in seconds, each operation the study relies on, in this order:
                it applies) changes the adapters and nothing else (the opacus#820 trap).
 
 A model that fails is refused with the step and why; one that passes runs. The verdict is kept under the model
-cache (`models.cache_dir()`) per config, target set, library versions and source of the code it ran
+cache (`artifacts.cache_dir()`) per config, target set, library versions and source of the code it ran
 (`CHECKED_CODE`), so the check costs its seconds once.
 """
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from ppt_core import architectures
+from ppt_core import architectures, artifacts
 from ppt_core.errors import ArchitectureError, TrainingConfigError
 
 STEPS = ("build", "blocks", "residual", "removal", "reload", "kv-cache", "lora", "per-record", "dp-step")
@@ -501,11 +501,9 @@ def check(config, lora_targets: str | list[str] = "attention+mlp", name: str | N
     """The conformance verdict of `config` (kept under the model cache); ArchitectureError, naming the model, the
     step that failed and why, where it fails. The config's own refusals (`architectures.check_config`) come first.
     """
-    from ppt_core import models
-
     architectures.check_config(config, name)
     kept = f"{getattr(config, 'model_type', 'model')}-{_key(config, lora_targets)}.json"
-    path = models.cache_dir() / "conformance" / kept
+    path = artifacts.cache_dir() / "conformance" / kept
     if path.exists():
         verdict = Conformance(**json.loads(path.read_text()))
         verdict.cached = True

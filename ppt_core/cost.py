@@ -1,4 +1,5 @@
-"""What a profile costs in wall time, projected from a run that was measured.
+"""What a profile costs in wall time, projected from a run that was measured, on this machine and on
+each kind of machine the study has been measured on.
 
 Each notebook's cost is taken as proportional to the tokens it pushes through the model (records ×
 tokens per record × passes, `notebook_tokens`), so on the machine that measured a run, another profile
@@ -6,13 +7,28 @@ of the same model takes that notebook's measured seconds per token times its own
 seed. That is a projection from measured costs, not a measurement: batching, memory and caches change
 with size. Nothing has been measured on a GPU here, so the GPU figure is the same tokens at an assumed
 throughput (`ASSUMED_GPU_TFLOPS`), and the text says so.
+
+Across machines the unit is the kind (`precision.machine_kind`: AMX, AVX-512 BF16, AVX-512 without bf16,
+...), each with its measured matmul peaks and the precision `bf16: "auto"` picks there, kept in
+`machine_kinds.json` beside this module (written by `bench/machine_kinds.py` from a measured run, with
+the command, commit and date that measured it). A run projects onto a kind from the seconds measured in
+that kind's precision (this run's, where the precisions agree, else the kinds file's), times the kind's
+slowdown: the ratio of its own measured seconds to the reference's over the notebooks both measured
+(`calibrated`), or, where the kind measured none, the ratio of the two matmul peaks (`by peak`), which
+leaves out memory and caches and so reads low on a slower machine.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
-from ppt_core import arms, attacks, batching, data, profiles
+from ppt_core import arms, artifacts, attacks, batching, data, profiles
+
+KINDS_FILE = Path(__file__).with_name("machine_kinds.json")
+WRITING_NOTEBOOK = "07_summary"  # writes results.md while it runs: its own seconds are not measured yet there
 
 PROJECTED_PROFILES = ("paper", "full")  # the larger profiles whose cost results.md projects from a measured run
 ASSUMED_GPU_TFLOPS = 20.0  # effective, not peak: a 135M model in batches of 8-32 records uses a few % of a GPU
@@ -102,7 +118,105 @@ def estimate_markdown(measured: dict, measured_seconds: dict[str, float], measur
 
 def study_estimate(params: dict, study) -> str:
     """estimate_markdown of PROJECTED_PROFILES from a study (summary.load_study's Study): its notebooks'
-    measured seconds over its seeds, for a model of the base arm's parameter count."""
-    return estimate_markdown(params, study.notebook_seconds, len(study.seeds),
-                             study.table.loc["base", "parameters_M"] * 1e6,
-                             [profiles.get_profile(name) for name in PROJECTED_PROFILES])
+    measured seconds over its seeds, for a model of the base arm's parameter count; then kinds_markdown, one
+    seed of this profile on each kind of machine measured so far."""
+    machine = artifacts.read_timings(artifacts.run_paths(params)).get("machine")
+    per_seed = {nb: seconds / len(study.seeds) for nb, seconds in study.notebook_seconds.items()}
+    return "\n\n".join(text for text in (
+        estimate_markdown(params, study.notebook_seconds, len(study.seeds),
+                          study.table.loc["base", "parameters_M"] * 1e6,
+                          [profiles.get_profile(name) for name in PROJECTED_PROFILES]),
+        kinds_markdown(params, per_seed, machine)) if text)
+
+
+# --- machine kinds ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MachineKind:
+    """A kind of machine the study was measured on (an entry of machine_kinds.json)."""
+
+    name: str  # precision.machine_kind's words: "x86-64 CPU with AMX", ...
+    peak_gflops: dict  # {"float32": GFLOP/s, "bf16": GFLOP/s} of a 2048² matmul (precision.measured_peaks)
+    precision: str  # what bf16: "auto" picks there: "bf16" or "float32"
+    profile: str  # the profile whose notebooks were timed
+    notebook_seconds: dict  # {precision: {notebook: seconds}}: measured alone, one seed, an empty model cache
+    source: dict  # {precision: "the command, commit and date that measured it"}
+
+
+def machine_kinds(path: Path = KINDS_FILE) -> dict[str, MachineKind]:
+    """The kinds of machine measured so far, by name."""
+    if not path.exists():
+        return {}
+    return {name: MachineKind(name=name, **entry) for name, entry in json.loads(path.read_text()).items()}
+
+
+@dataclass(frozen=True)
+class KindProjection:
+    """One seed of a profile on one kind: its minutes, the precision it runs in, and how they were reached."""
+
+    kind: str
+    precision: str
+    peak_gflops: float
+    minutes: float
+    how: str  # "measured", "calibrated on 01, 02", "by peak"
+
+
+def project_onto_kind(params: dict, kind: MachineKind, kinds: dict[str, MachineKind], run_seconds: dict,
+                      run_machine: dict | None) -> KindProjection | None:
+    """One seed of `params` on `kind`, from this run's notebook seconds (`run_seconds`, one seed's, measured on
+    `run_machine`, timings.json's "machine") where the precisions agree, else from the kinds file's seconds in the
+    kind's precision; None where nothing was measured in that precision for this run's model. Notebook 07's own
+    time is left out (it writes the table while it runs)."""
+    want = kind.precision
+    run_seconds = _without_writer(run_seconds)
+    if run_machine is not None and run_machine.get("precision") == want and run_seconds:
+        reference = ("this run", run_machine["kind"], run_machine["peak_gflops"][want], params, run_seconds)
+    else:
+        measured = [k for k in kinds.values() if want in k.notebook_seconds]
+        # the reference kind: the run's own where it measured this precision, else the fastest in it
+        own = [k for k in measured if run_machine is not None and k.name == run_machine.get("kind")]
+        if not measured:
+            return None
+        ref = own[0] if own else max(measured, key=lambda k: k.peak_gflops[want])
+        if profiles.get_profile(ref.profile)["model"] != params["model"]:
+            return None  # per-token costs do not carry across models
+        reference = (ref.name, ref.name, ref.peak_gflops[want], profiles.get_profile(ref.profile),
+                     _without_writer(ref.notebook_seconds[want]))
+    _, reference_kind, reference_peak, reference_params, reference_seconds = reference
+    seconds = projected_seconds(reference_params, reference_seconds, params)
+    if reference_kind == kind.name:
+        return KindProjection(kind.name, want, kind.peak_gflops[want], sum(seconds.values()) / 60, "measured")
+    kind_params = profiles.get_profile(kind.profile)
+    own_seconds = projected_seconds(kind_params, _without_writer(kind.notebook_seconds.get(want, {})), params) if (
+        kind_params["model"] == params["model"]) else {}  # what the kind measured, in this run's profile
+    shared = sorted(set(own_seconds) & set(seconds))
+    if shared:
+        slowdown = sum(own_seconds[nb] for nb in shared) / sum(seconds[nb] for nb in shared)
+        how = f"calibrated on {', '.join(nb[:2] for nb in shared)}"
+    else:
+        slowdown, how = reference_peak / kind.peak_gflops[want], "by peak"
+    return KindProjection(kind.name, want, kind.peak_gflops[want], sum(seconds.values()) * slowdown / 60, how)
+
+
+def _without_writer(seconds: dict) -> dict:
+    return {notebook: s for notebook, s in seconds.items() if notebook != WRITING_NOTEBOOK}
+
+
+def kinds_markdown(params: dict, run_seconds: dict, run_machine: dict | None,
+                   kinds: dict[str, MachineKind] | None = None) -> str:
+    """A table: one seed of this profile on each measured kind of machine (and this run's own), in the precision
+    bf16: "auto" picks there; "" where no kind is known."""
+    kinds = machine_kinds() if kinds is None else kinds
+    if run_machine is not None and run_machine.get("kind") not in kinds and "peak_gflops" in run_machine:
+        kinds = {**kinds, run_machine["kind"]: MachineKind(
+            run_machine["kind"], run_machine["peak_gflops"], run_machine["auto_precision"], params["profile"], {}, {})}
+    rows = [p for kind in kinds.values() if (p := project_onto_kind(params, kind, kinds, run_seconds, run_machine))]
+    if not rows:
+        return ""
+    lines = ["One seed of this profile on each kind of machine measured so far (`ppt_core/machine_kinds.json`), in "
+             "the precision `bf16: auto` picks there, notebooks 00-06 (07 writes this): measured where the kind ran "
+             "it, else projected from the seconds measured in that precision (`ppt_core/cost.py`).", "",
+             "| machine kind | precision | matmul peak (GFLOP/s) | minutes | how |", "|---|---|---|---|---|"]
+    lines += [f"| {p.kind} | {p.precision} | {p.peak_gflops:,.0f} | {p.minutes:.1f} | {p.how} |" for p in rows]
+    return "\n".join(lines)

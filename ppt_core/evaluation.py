@@ -2,8 +2,8 @@
 
 Every number the study reads from a model's likelihood starts here: held-out perplexity (notebooks 02
 and 04), the per-record rows [summed log-probability, tokens] the verdicts pair across arms, and the
-membership and audit scores of ppt_core.membership. `bf16` runs the blocks under bf16 autocast where
-the device computes it natively, with the output head kept in float32.
+membership and audit scores of ppt_core.membership. `bf16` runs the blocks under bf16 autocast (where
+ppt_core.precision finds it native and faster, for a profile's "auto"), with the output head kept in float32.
 
 Speed is elsewhere: wall-clock in ppt_core.timing, the ideal from counting FLOPs in ppt_core.flops.
 """
@@ -19,31 +19,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ppt_core import batching, stats, tokens
-
-
-def bf16_available(device: torch.device) -> bool:
-    """Whether bf16 autocast pays on `device`: CUDA with bf16 support, or a CPU with native bf16 matmuls
-    (AVX-512 BF16 / AMX); elsewhere bf16 would be emulated and slower than float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def resolve_bf16(setting, device: torch.device) -> bool:
-    """A profile's bf16 setting ("auto", True or False) for `device`: "auto" means bf16_available(device)."""
-    if setting == "auto":
-        return bf16_available(torch.device(device))
-    if not isinstance(setting, bool):
-        raise ValueError(f"a bf16 setting must be 'auto', True or False (got {setting!r})")
-    return setting
+from ppt_core import batching, precision, stats, tokens
 
 
 def scoring_bf16(params: dict, model) -> bool:
     """The profile's `bf16_scoring` resolved for the device `model` is on: how every stage scores (the pruning
     sweep, held-out perplexity, the attacks)."""
-    return resolve_bf16(params["bf16_scoring"], next(model.parameters()).device)
+    return precision.resolve_bf16(params["bf16_scoring"], next(model.parameters()).device)
 
 
 def frozen_weights_in_bf16(model) -> list:
@@ -102,8 +84,9 @@ def causal_lm_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     next_token_logits. `cache`: the KV cache of the tokens before `input_ids` (the caller's copy: the forward
     extends it); `use_cache`: return the cache; `keep`: the positions (1-D tensor) whose logits are computed,
     else every position's."""
-    if not isinstance(bf16, bool):  # a profile's "auto" is truthy: settle it first (resolve_bf16)
-        raise TypeError(f"bf16 must be True or False here (got {bf16!r}): settle a profile's setting with resolve_bf16")
+    if not isinstance(bf16, bool):  # a profile's "auto" is truthy: settle it first (precision.resolve_bf16)
+        raise TypeError(f"bf16 must be True or False here (got {bf16!r}): settle a profile's setting with "
+                        "precision.resolve_bf16")
     cached = dict(cache=cache, use_cache=True) if cache is not None or use_cache else {}
     if not bf16:
         kept = {"logits_to_keep": keep} if keep is not None and _accepts_logits_to_keep(model) else {}

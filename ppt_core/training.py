@@ -50,7 +50,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from ppt_core import batching, distributed, evaluation, frozen_prefix, head_loss, privacy, tokens
+from ppt_core import batching, distributed, evaluation, frozen_prefix, head_loss, precision, privacy, tokens
 from ppt_core.architectures import blocks_path, decoder_blocks, lora_target_modules
 from ppt_core.memory import PeakMemory
 from ppt_core.privacy import DPConfig
@@ -148,8 +148,8 @@ def training_attention(config: TrainConfig, device: torch.device) -> str | None:
     16 records of 48 tokens against 0.6 ms for its forward: a bf16 step trained 10-14% faster on eager, a float32
     one the same (bench/train_throughput.py's `+sdpa` row; SmolLM2-135M, 2-core CPU). Attention holds no trained
     weights: per-sample gradients, clipping and noise are the same computations either way. A config's
-    bf16="auto" settles on the device first (evaluation.resolve_bf16), as `finetune` settles it."""
-    return "eager" if device.type == "cpu" and evaluation.resolve_bf16(config.bf16, device) else None
+    bf16="auto" settles on the device first (precision.resolve_bf16), as `finetune` settles it."""
+    return "eager" if device.type == "cpu" and precision.resolve_bf16(config.bf16, device) else None
 
 
 # --- the loss of a record ------------------------------------------------------------------------
@@ -445,7 +445,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
         distributed.check_world(world.world_size, len(texts), config.expected_batch_size)
         config = replace(config, progress=config.progress and world.main)
     device = torch.device(config.device) if config.device else next(model.parameters()).device
-    config = replace(config, bf16=evaluation.resolve_bf16(config.bf16, device))  # "auto" settles on the device
+    config = replace(config, bf16=precision.resolve_bf16(config.bf16, device))  # "auto" settles on the device
     torch.manual_seed(config.seed)
     peft_model = _lora_model(model, config, device)
     float32_weights = evaluation.frozen_weights_in_bf16(peft_model) if config.bf16 else []

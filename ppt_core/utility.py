@@ -49,7 +49,7 @@ def model_size(model, params: dict, arm: str) -> dict:
     fine-tuned arm also its LoRA adapter's MB."""
     unique = {id(p): p for p in model.parameters()}.values()
     spec = arms.checkpoint(params, arm)
-    folder = Path(spec) if Path(spec).is_dir() else models.cache_dir() / spec
+    folder = Path(spec) if Path(spec).is_dir() else artifacts.cache_dir() / spec
     size = {
         "parameters": int(sum(p.numel() for p in unique)),
         "float32_mb": sum(p.numel() for p in unique) * 4 / 2**20,

@@ -27,9 +27,9 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from ppt_core import (
     architectures,
+    artifacts,
     conformance,
     errors,
-    models,
     pruning,
     similarity,
     train_config,
@@ -177,13 +177,14 @@ def test_the_verdict_is_kept_per_config_and_targets(monkeypatch):
     for _ in range(2):  # a refusal is kept too, and refuses again
         with pytest.raises(errors.ArchitectureError, match="step 'removal'"):
             conformance.check(refused, "attention")
-    assert len(list((models.cache_dir() / "conformance").glob("*.json"))) == 4
+    assert len(list((artifacts.cache_dir() / "conformance").glob("*.json"))) == 4
 
 
 def test_a_lora_list_naming_missing_modules_is_a_setting_error_not_a_verdict():
     with pytest.raises(errors.TrainingConfigError, match="'c_attn' does not exist"):
         conformance.check(tiny_llama(), ["c_attn"])
-    assert not (models.cache_dir() / "conformance").exists() or not any((models.cache_dir() / "conformance").iterdir())
+    kept = artifacts.cache_dir() / "conformance"
+    assert not kept.exists() or not any(kept.iterdir())
 
 
 def test_profile_check_reads_the_config_only(smoke_params, tmp_path, capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppt_core import evaluation, stats, tokens
+from ppt_core import evaluation, precision, stats, tokens
 
 TEXTS = ["A short note.", "Discharged home on metformin 500 mg twice daily after an uneventful stay.", "Stable."]
 
@@ -69,7 +69,7 @@ BF16_RECORD_ATOL = 0.03  # nats per token, any one record's mean log-probability
 BF16_AUC_ATOL = 0.02
 
 
-@pytest.mark.skipif(not evaluation.bf16_available(torch.device("cpu")),
+@pytest.mark.skipif(not precision.choose("cpu").bf16,
                     reason="this CPU has no native bf16 (AVX-512 BF16 or AMX): the study scores in float32 here, and "
                            "emulated bf16 on the 135M model would only slow the slow tier down")
 def test_bf16_scoring_agrees_with_float32_on_the_embedded_model(smollm, smoke_params, tmp_path):

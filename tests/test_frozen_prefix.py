@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from ppt_core import batching, frozen_prefix, training
+from ppt_core import batching, frozen_prefix, precision, training
 from ppt_core.architectures import decoder_blocks
 from tests.test_training import TEXTS, dp_config, lora_vector, small_config
 
@@ -182,13 +182,13 @@ def test_audit_probe_settles_a_profiles_auto_bf16_on_the_models_device(tiny):
     """Notebook 03 hands the probe the profile's config, whose bf16 is "auto" (training settles its own copy): the
     probe scores as the setting resolved on the model's device, replayed or computed, and never takes the string
     for True (the quick run failed on it in notebook 03)."""
-    from ppt_core import arm_training, evaluation, membership
+    from ppt_core import arm_training, membership
 
     model, tokenizer = tiny
     audit = [{"text": f"zebra quartz {'lumen ' * (i % 3)}{i}", "secret_tokens": 2} for i in range(5)]
     run, _ = trained_once(tiny, small_config(**UPPER), cached=True, steps=0)
     run.peft_model.eval()
-    resolved = evaluation.resolve_bf16("auto", torch.device("cpu"))
+    resolved = precision.resolve_bf16("auto", torch.device("cpu"))
     for frozen_blocks in (run.prefix.n_frozen, None):
         automatic = arm_training.audit_probe(tokenizer, audit, small_config(**UPPER, bf16="auto"))
         settled = arm_training.audit_probe(tokenizer, audit, small_config(**UPPER, bf16=resolved))

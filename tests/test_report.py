@@ -2,8 +2,9 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from ppt_core import cost, profiles, report, verdicts
+from ppt_core import artifacts, cost, profiles, report, verdicts
 
 
 def one_row_table():
@@ -54,3 +55,41 @@ def test_the_wall_time_table_leaves_out_the_notebook_that_writes_it():
     table = report.wall_time_markdown(seconds, {"03_dp_lora_finetuning": 1000})
     assert "total 3.0 min" in table and "07_summary |" not in table and "999" not in table
     assert "| 03_dp_lora_finetuning | 1,000 | 120 | 120,000 |" in table
+
+
+def test_the_wall_time_says_which_machine_and_precision_measured_it():
+    machine = {"kind": "x86-64 CPU with AVX-512, no bf16", "threads": 2, "precision": "float32",
+               "precision_reason": "this CPU has no native bf16", "peak_gflops": {"float32": 225.0, "bf16": 60.0}}
+    table = report.wall_time_markdown({"01_layer_similarity": 60.0}, machine=machine)
+    assert ("Measured on an x86-64 CPU with AVX-512, no bf16 (matmul peaks 225 GFLOP/s in float32, 60 in bf16), "
+            "2 threads, computing in float32: this CPU has no native bf16.") in table
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """Every table of a Markdown text: its rows, header first."""
+    tables, rows = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            rows.append(line)
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+def test_every_readme_table_row_has_its_headers_cells():
+    """A separator or row with more cells than its header stops the table from rendering."""
+    readme = (artifacts.REPO_ROOT / "README.md").read_text()
+    broken = [rows[0] for rows in markdown_tables(readme) if len({row.count("|") for row in rows}) > 1]
+    assert broken == [], f"README tables whose rows differ from their header in cell count: {broken}"
+    assert markdown_tables("| a | b |\n|---|---|---|\n") != [] and len({r.count("|") for r in markdown_tables(
+        "| a | b |\n|---|---|---|\n")[0]}) > 1  # the check itself sees a broken separator
+
+
+@pytest.mark.parametrize("run_name", sorted(artifacts.COMMITTED_FIGURES))
+def test_the_readme_results_blocks_are_the_committed_results_md(run_name):
+    """A README results block is only ever written by report.update_readme from its run's results.md."""
+    results_md = artifacts.REPO_ROOT / artifacts.COMMITTED_FIGURES[run_name] / "results.md"
+    start, end = report.readme_markers(run_name)
+    readme = (artifacts.REPO_ROOT / "README.md").read_text()
+    assert readme.split(start, 1)[1].split(end, 1)[0] == "\n" + results_md.read_text()

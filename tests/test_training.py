@@ -12,7 +12,7 @@ import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from ppt_core import batching, errors, evaluation, privacy, tokens, train_config, training
+from ppt_core import batching, errors, evaluation, precision, privacy, tokens, train_config, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model runs faster on one thread of a shared CPU
 
@@ -366,7 +366,7 @@ def test_a_bf16_run_on_a_cpu_trains_with_eager_attention_which_gives_sdpas_per_r
     assert training._lora_model(model, small_config(bf16=True), cpu).config._attn_implementation == "eager"
     assert training._lora_model(model, small_config(bf16=False), cpu).config._attn_implementation == "sdpa"
     assert training.training_attention(small_config(bf16=True), torch.device("cuda")) is None
-    native = evaluation.bf16_available(cpu)  # "auto" settles on the device: eager only where bf16 is native
+    native = precision.choose(cpu).bf16  # "auto" settles on the device: eager only where bf16 is native
     assert training.training_attention(small_config(bf16="auto"), cpu) == ("eager" if native else None)
     config = small_config(dp=dp_config(), lora_targets="attention+mlp")
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
