@@ -44,6 +44,7 @@ test-slow: setup
 test-all: test test-slow
 
 bench: setup
+	$(PY) bench/machine_kinds.py
 	$(PY) bench/pruning_speed.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/dp_overhead.py

@@ -1,4 +1,5 @@
-"""The training benchmark's ceiling: the bare forward and backward of the adapted blocks, with the adapters off."""
+"""The benchmarks' own logic: the training benchmark's ceiling (the bare forward and backward of the adapted blocks,
+with the adapters off, and each setting's products replayed) and the machine-kinds record the cost model reads."""
 
 import importlib.util
 import sys
@@ -16,9 +17,9 @@ from tests.test_training import TEXTS, dp_config, small_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def load_bench():
-    path = Path(__file__).resolve().parent.parent / "bench" / "train_throughput.py"
-    spec = importlib.util.spec_from_file_location("train_throughput", path)
+def load_bench(name: str = "train_throughput"):
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -88,3 +89,25 @@ def test_the_products_ceiling_replays_every_product_a_dp_step_multiplies(tiny):
     assert products.replay_seconds(repeats=1) > 0
     # one tensor per address: the frozen weights each block multiplies forward and backward are replayed as one
     assert len(set(specs)) < len(specs)
+
+
+def test_a_measured_run_enters_the_kinds_file_under_its_machine_and_precision(tmp_path):
+    from ppt_core import artifacts, cost
+
+    bench = load_bench("machine_kinds")
+    run = tmp_path / "run"
+    machine = {"kind": "x86-64 CPU with AVX-512, no bf16", "cpu": "a Xeon", "threads": 2, "precision": "float32",
+               "auto_precision": "float32", "precision_reason": "this CPU has no native bf16",
+               "peak_gflops": {"float32": 225.0, "bf16": 60.0}}
+    artifacts.write_json(run / "timings.json", {"machine": machine, "notebooks": {"02_pruning": 60.0}})
+    kinds_file = tmp_path / "kinds.json"
+    bench.record(run, "make study", "quick", kinds_file)
+    machine["precision"], machine["precision_reason"] = "bf16", "set by the profile (bf16=True)"
+    artifacts.write_json(run / "timings.json", {"machine": machine, "notebooks": {"02_pruning": 300.0}})
+    bench.record(run, "make study --set bf16=true", "quick", kinds_file)
+    kind = cost.machine_kinds(kinds_file)["x86-64 CPU with AVX-512, no bf16"]
+    assert kind.precision == "float32"  # what auto picks there, whatever a run forced
+    assert kind.notebook_seconds == {"float32": {"02_pruning": 60.0}, "bf16": {"02_pruning": 300.0}}
+    assert kind.source["bf16"].startswith("make study --set bf16=true at ")
+    with pytest.raises(SystemExit, match="record a 'quick' run"):
+        bench.record(run, "make study", "paper", kinds_file)
