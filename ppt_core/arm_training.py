@@ -35,18 +35,20 @@ class TrainingDiverged(RuntimeError):
 
 
 def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
-              progress: bool = True) -> TrainResult:
+              progress: bool = True, family: dict | None = None) -> TrainResult:
     """Fine-tune one arm (full-nodp, pruned-dp8, ...) from its starting model on `texts` (the train split,
     in order), measure its loss curve on `heldout_texts` and the log-likelihood of every audit canary in
     `audit_records` (the audit split) before training and after every expected pass, check that it did not
-    diverge (check_converged), save it (save_arm) and return its result.
+    diverge (check_converged), save it (save_arm) and return its result. `family`: a dict kept by the caller
+    for the arms of this arm's starting model, where what they compute alike (the frozen blocks' outputs on the
+    training records and on the audit canaries, the starting model's audit read) is computed once.
     Under torchrun (`ppt_core.launch`), every process trains its share and rank 0 saves."""
     from ppt_core import distributed, models
 
     model, tokenizer = models.load_arm(params, arms.parse(arm).start)
     config = config_from_params(params, arms.parse(arm).epsilon, progress=progress)
-    probe = audit_probe(tokenizer, list(audit_records), config) if len(audit_records) else None
-    peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts, pass_probe=probe)
+    probe = audit_probe(tokenizer, list(audit_records), config, family) if len(audit_records) else None
+    peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts, pass_probe=probe, family=family)
     check_converged(arm, result)
     world = distributed.current_world()
     if world is None or world.main:  # under torchrun every process holds the same adapter: rank 0 writes it
@@ -59,12 +61,15 @@ AUDIT_BATCH_SIZE = 64  # audit canaries per forward of the probe: short rows; 25
 #                       (SmolLM2-135M, its upper 10 blocks in bf16, 2-core CPU)
 
 
-def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig):
+def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig, family: dict | None = None):
     """The pass probe of the audit over training: each audit canary's summed log-probability of its random
     words under the adapter of the moment, scored as training computes (its bf16 setting). Where training
     replays its frozen lower blocks (`frozen_blocks`), the probe keeps their output on the audit canaries at its
     first call and replays it at every later one: those blocks are the public model's, unchanged by training.
-    A profile's bf16="auto" settles on the model's device, as `finetune` settles it for training."""
+    With `family` (train_arm's), those outputs and the read of an adapter that adds nothing (every LoRA B
+    matrix zero, as before the first step: the starting model's read, the same for every arm of the family)
+    are computed once per family. A profile's bf16="auto" settles on the model's device, as `finetune` settles
+    it for training."""
     from ppt_core import frozen_prefix, membership, precision
 
     kept = None  # the frozen blocks' output on the audit canaries
@@ -74,11 +79,23 @@ def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig):
         bf16 = precision.resolve_bf16(config.bf16, next(peft_model.parameters()).device)
         if frozen_blocks is not None and (kept is None or kept.n_frozen != frozen_blocks):
             kept = frozen_prefix.FrozenPrefix(peft_model, membership.audit_dataset(tokenizer, audit_records),
-                                              frozen_blocks, batch_size=AUDIT_BATCH_SIZE, bf16=bf16)
-        return membership.audit_logprobs(peft_model, tokenizer, audit_records, batch_size=AUDIT_BATCH_SIZE,
-                                         bf16=bf16, progress=False, prefix=kept if frozen_blocks is not None else None)
+                                              frozen_blocks, batch_size=AUDIT_BATCH_SIZE, bf16=bf16, kept=family)
+        start_read = ("starting model's audit read", frozen_blocks, bf16)
+        if family is not None and start_read in family and adapter_adds_nothing(peft_model):
+            return family[start_read]
+        values = membership.audit_logprobs(peft_model, tokenizer, audit_records, batch_size=AUDIT_BATCH_SIZE,
+                                           bf16=bf16, progress=False,
+                                           prefix=kept if frozen_blocks is not None else None)
+        if family is not None and adapter_adds_nothing(peft_model):
+            family[start_read] = values
+        return values
 
     return probe
+
+
+def adapter_adds_nothing(peft_model) -> bool:
+    """Whether every LoRA B matrix is zero, so that the adapter adds exactly nothing to its model's output."""
+    return all(not p.any() for name, p in peft_model.named_parameters() if "lora_B" in name)
 
 
 def check_converged(arm: str, result: TrainResult) -> None:

@@ -24,6 +24,7 @@ the stack; and no training record is read outside DP-SGD.
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager, suppress
 
 import torch
@@ -85,9 +86,15 @@ def frozen_dropout(model, n_frozen: int) -> list[str]:
 
 
 class FrozenPrefix:
-    """The output of the lower `n_frozen` blocks of `peft_model` for every record of `dataset`, kept in float32."""
+    """The output of the lower `n_frozen` blocks of `peft_model` for every record of `dataset`, kept in float32.
 
-    def __init__(self, peft_model, dataset: TensorDataset, n_frozen: int, *, batch_size: int, bf16: bool):
+    `kept`: a dict the caller holds for one starting model (the arms of one family train from the same frozen
+    blocks on the same records): the outputs computed by the first FrozenPrefix of the same records, blocks, batch
+    size and autocast are taken from it instead of computed again (the same computation: the same numbers), and a
+    new one's are put in it."""
+
+    def __init__(self, peft_model, dataset: TensorDataset, n_frozen: int, *, batch_size: int, bf16: bool,
+                 kept: dict | None = None):
         self.model, self.n_frozen = peft_model, n_frozen
         self.blocks = decoder_blocks(peft_model.get_base_model())
         if not 0 < n_frozen < len(self.blocks):
@@ -99,7 +106,13 @@ class FrozenPrefix:
         self.bf16 = bf16
         self.tuple_length = 0  # the form of a block's output, seen while the outputs are kept
         self.dataset = dataset  # the records whose rows `replaying` takes
-        self.outputs = self._outputs(dataset, batch_size)
+        key = (_records_digest(dataset), n_frozen, batch_size, bf16)
+        if kept is not None and key in kept:
+            self.outputs, self.tuple_length = kept[key]
+        else:
+            self.outputs = self._outputs(dataset, batch_size)
+            if kept is not None:
+                kept[key] = self.outputs, self.tuple_length
 
     @torch.no_grad()
     def _outputs(self, dataset: TensorDataset, batch_size: int) -> torch.Tensor:
@@ -159,6 +172,15 @@ class FrozenPrefix:
         finally:
             self.model.train(was_training)
         return float((computed - replayed)[attention_mask.bool()].abs().max())
+
+
+def _records_digest(dataset: TensorDataset) -> str:
+    """What identifies a dataset's records for the cache: every tensor's bytes."""
+    digest = hashlib.sha256()
+    for tensor in dataset.tensors:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def replay_check_error(peft_model, n_frozen: int, *, bf16: bool) -> float:

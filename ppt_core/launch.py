@@ -113,8 +113,11 @@ def train_arms(params: dict, arm_names, texts, heldout_texts, audit_records=()) 
     """{arm: TrainResult} for each of `arm_names`, trained on `texts` (the train split, in order) with its
     loss curve on `heldout_texts` and the audit over training on `audit_records` (the audit split): in this
     process when params["nproc"] is 1, else in nproc processes (which read the run's own splits)."""
-    if int(params["nproc"]) == 1:
-        return {arm: arm_training.train_arm(params, arm, texts, heldout_texts, audit_records) for arm in arm_names}
+    if int(params["nproc"]) == 1:  # the arms of one starting model share what they compute alike
+        families: dict[str, dict] = {}
+        return {arm: arm_training.train_arm(params, arm, texts, heldout_texts, audit_records,
+                                            family=families.setdefault(arms.parse(arm).start, {}))
+                for arm in arm_names}
     return {arm: launch(params, arm) for arm in arm_names}
 
 

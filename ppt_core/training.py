@@ -428,13 +428,15 @@ def _progress(training: Training, log: StepLog, step: int, steps: int) -> dict:
     return postfix
 
 
-def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, pass_probe=None):
+def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, pass_probe=None, family=None):
     """(peft_model, TrainResult): LoRA fine-tuned copy of `model` on `texts` (`model` is left untouched).
 
     With `config.dp`, DP-SGD through Opacus at (target_epsilon, delta); else the same loop without
     clipping or noise. The held-out loss curve is measured on the first `config.loss_curve_records` of
     `heldout_texts` (none when None). `pass_probe(peft_model, frozen_blocks) -> values` (e.g. the audit
     canaries' scores) is called before training and after every expected pass: TrainResult.pass_probes.
+    `family`: a dict the caller keeps for the runs that start from `model` (the arms of one family), where the
+    frozen blocks' outputs on the records are computed once and replayed by every later run (FrozenPrefix's `kept`).
     Losses in nats per token; seconds per logical step; peak memory in MB.
     Inside a torchrun process group, each process trains on its share of every Poisson batch
     (`ppt_core.distributed`) and every process returns the same adapter and guarantee.
@@ -450,7 +452,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
     peft_model = _lora_model(model, config, device)
     float32_weights = evaluation.frozen_weights_in_bf16(peft_model) if config.bf16 else []
     dataset = batching.record_dataset(tokenizer, texts, config.max_length)
-    training = prepare(peft_model, dataset, config, world, _frozen_prefix(peft_model, dataset, config))
+    training = prepare(peft_model, dataset, config, world, _frozen_prefix(peft_model, dataset, config, family))
     heldout = None if heldout_texts is None or (world and not world.main) else batching.record_dataset(
         tokenizer, list(heldout_texts)[: config.loss_curve_records], config.max_length)
     initial = [p.detach().clone() for p in training.lora_params]
@@ -483,7 +485,8 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
     return peft_model, result
 
 
-def _frozen_prefix(peft_model, dataset: TensorDataset, config: TrainConfig) -> frozen_prefix.FrozenPrefix | None:
+def _frozen_prefix(peft_model, dataset: TensorDataset, config: TrainConfig,
+                   family: dict | None = None) -> frozen_prefix.FrozenPrefix | None:
     """The cache of the blocks below the adapted ones (LoRA on the last `config.lora_blocks`), or None: every
     block adapted, dropout in the frozen part, or a model whose replayed forward differs (said, not hidden)."""
     depth = len(decoder_blocks(peft_model.get_base_model()))
@@ -505,7 +508,7 @@ def _frozen_prefix(peft_model, dataset: TensorDataset, config: TrainConfig) -> f
               f"differs from its computed one by {error:.3g} in a logit")
         return None
     return frozen_prefix.FrozenPrefix(peft_model, dataset, n_frozen, batch_size=config.physical_batch_size,
-                                      bf16=config.bf16)
+                                      bf16=config.bf16, kept=family)
 
 
 def _empty_batch_gradients(lora_params, dp: DPConfig | None) -> None:

@@ -150,3 +150,37 @@ def test_a_planted_learning_rate_stops_notebook_03_naming_the_arm(smoke_run, cop
     assert result.returncode == 1, result.stderr[-2000:]
     assert "TrainingDiverged" in result.stderr and "'full-nodp' diverged" in result.stderr, result.stderr[-2000:]
     assert not (paths.models / "full-nodp").exists()  # nothing of the failed arm is saved
+
+
+def test_the_arms_of_one_family_compute_their_shared_work_once_with_the_same_numbers(tiny, smoke_params,
+                                                                                    monkeypatch):
+    """The frozen blocks' outputs on the training records and on the audit canaries, and the starting model's audit
+    read, are computed by a family's first arm and replayed by the next: every probe value and adapter weight is
+    what each arm gives alone, bit for bit."""
+    from test_frozen_prefix import UPPER
+
+    from ppt_core import corpus, frozen_prefix, membership
+
+    model, tokenizer = tiny
+    audit = corpus.audit_canary_records(dict(smoke_params, n_audit_canaries=6), tokenizer)
+    computed = []
+    outputs = frozen_prefix.FrozenPrefix._outputs
+    monkeypatch.setattr(frozen_prefix.FrozenPrefix, "_outputs",
+                        lambda self, *a, **k: computed.append(len(a[0])) or outputs(self, *a, **k))
+    reads = []
+    original_read = membership.audit_logprobs
+    monkeypatch.setattr(membership, "audit_logprobs", lambda *a, **k: reads.append(1) or original_read(*a, **k))
+    family: dict = {}
+    for config in (small_config(epochs=2.0, **UPPER), small_config(epochs=2.0, dp=dp_config(), **UPPER)):
+        alone_model, alone = training.finetune(model, tokenizer, TEXTS, config,
+                                               pass_probe=arm_training.audit_probe(tokenizer, audit, config))
+        computed.clear(), reads.clear()
+        shared_model, shared = training.finetune(model, tokenizer, TEXTS, config, family=family,
+                                                 pass_probe=arm_training.audit_probe(tokenizer, audit, config, family))
+        assert shared.pass_probes == alone.pass_probes and shared.heldout_losses == alone.heldout_losses
+        for a, b in zip(alone_model.parameters(), shared_model.parameters()):
+            assert torch.equal(a, b)
+        first = config.dp is None
+        # the setup check's batch always; the records' and the canaries' outputs by the family's first arm only
+        assert len(computed) == (3 if first else 1)
+        assert len(reads) == len(shared.pass_probes) - (0 if first else 1)  # the starting model read once
