@@ -378,6 +378,21 @@ def lora_parameter_names(training) -> list[str]:
     return [names.get(id(p), f"parameter {i}") for i, p in enumerate(training.optimizer.params)]
 
 
+def copy_of(optimizer):
+    """A DP optimizer of `optimizer`'s class and settings over a deep copy of its torch optimizer (parameters and
+    state), with a copy of its noise generator and no step hook: the accounting hook is a closure over the arm's
+    accountant. (A DPOptimizer does not deep-copy itself: torch's __setstate__ reads a property that needs
+    `original_optimizer` before it is restored.)"""
+    scratch = type(optimizer)(
+        copy.deepcopy(optimizer.original_optimizer), noise_multiplier=optimizer.noise_multiplier,
+        max_grad_norm=optimizer.max_grad_norm, expected_batch_size=optimizer.expected_batch_size,
+        loss_reduction=optimizer.loss_reduction, generator=copy.deepcopy(optimizer.generator),
+        secure_mode=optimizer.secure_mode)
+    for p in scratch.params:
+        p.grad, p.grad_sample, p.summed_grad = None, None, None
+    return scratch
+
+
 def noise_check_steps(smallest_matrix: int) -> int:
     """Zero-gradient steps for NOISE_TOLERANCE to sit NOISE_CHECK_STDS standard deviations out on a matrix of
     `smallest_matrix` entries (the relative std of a chi-square with k*d degrees of freedom is sqrt(2 / (k d)))."""
@@ -385,19 +400,17 @@ def noise_check_steps(smallest_matrix: int) -> int:
 
 
 def check_noise_per_matrix(optimizer, names: list[str], passes: int = 2) -> dict:
-    """Opacus's test_noise_level per matrix, on a deep copy of the arm's optimizer as the study steps it.
+    """Opacus's test_noise_level per matrix, on a copy of the arm's optimizer (`copy_of`) as the study steps it.
 
     Each of k steps gives every parameter a zero per-record gradient in `passes` physical passes signalled as
     the loop signals them; after the step, each matrix's noised gradient p.grad is read. The study trains with
     AdamW, whose update is normalised, so the check reads p.grad after add_noise and scale_grad, where Opacus's
     own test (with SGD) reads the weights: Σ_k ‖p.grad‖² must be within NOISE_TOLERANCE of k·d·(σC/B)². The
-    copy has no accounting hook, and the global RNG is restored, so the arm's state and noise are untouched.
+    copy has no accounting hook and the global RNGs are restored, so the arm's state and noise are untouched.
     Returns {matrix: ratio observed / expected}; raises MissingNoise naming the first matrix outside."""
     cuda = sorted({p.device.index or 0 for p in optimizer.params if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):  # a generator-less optimizer draws from the global RNGs
-        scratch = copy.deepcopy(optimizer)
-        scratch.step_hook = None  # a function deep-copies by reference: it would charge the arm's accountant
-        scratch.zero_grad()
+        scratch = copy_of(optimizer)
         params = scratch.params
         steps = noise_check_steps(min(p.numel() for p in params))
         squares = [0.0] * len(params)
