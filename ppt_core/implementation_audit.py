@@ -166,6 +166,9 @@ class CanaryMechanism:
         claim its config makes for its plan."""
         if training.world is not None:
             raise ValueError("the implementation audit runs in one process (its canaries are not sharded)")
+        if training.config.dp.grad_sample_mode != "hooks":
+            raise ValueError("the implementation audit needs grad_sample_mode='hooks': ghost clipping clips inside "
+                             "the backward pass, which the canaries (no forward pass) do not run")
         claim = Claim.of(training.config.dp, training.plan.sample_rate, training.plan.steps)
         return cls(training.optimizer, training.loader.batch_sampler.sample_rate, claim, m, seed)
 
@@ -173,11 +176,11 @@ class CanaryMechanism:
         """One training step for the canaries: draw, clip, sum and noise them block by block; add each canary's
         log-likelihood ratio for this step to its score."""
         started = time.perf_counter()
-        drawn = np.flatnonzero(self.included & (self.draws.random(self.m) < self.sample_rate))
+        drawn = np.flatnonzero(self.included & (self.draws.random(self.m) < self.sample_rate))  # sorted
         width = self.parameter.numel()
         for start in range(0, self.m, width):
-            rows = drawn[(drawn >= start) & (drawn < start + width)]
             end = min(self.m, start + width)
+            rows = drawn[np.searchsorted(drawn, start):np.searchsorted(drawn, end)]
             self.scores[start:end] += step_scores(self._noised_sum(rows - start, self.norms[rows])[: end - start],
                                                   self.claim)
         self.steps += 1
@@ -265,10 +268,12 @@ class ImplementationAuditFailure(audit.GuaranteeViolation):
 class TrainingHook:
     """The implementation audit of one DP run, as `training.finetune(..., step_hook=...)` calls it: `start`
     once the DP optimizer exists (the per-matrix noise check, then the canaries), `step` after every logical
-    step, `finish` after the last (the report)."""
+    step, `finish` after the last (the report, and with `with_controls` the planted-bug controls at the run's
+    schedule and its optimizer's class)."""
 
-    def __init__(self, m: int = DEFAULT_CANARIES, seed: int = 0, simulation_runs: int = SIMULATION_RUNS):
-        self.m, self.seed, self.simulation_runs = m, seed, simulation_runs
+    def __init__(self, m: int = DEFAULT_CANARIES, seed: int = 0, simulation_runs: int = SIMULATION_RUNS,
+                 with_controls: bool = False):
+        self.m, self.seed, self.simulation_runs, self.with_controls = m, seed, simulation_runs, with_controls
         self.mechanism, self.noise_check = None, None
 
     def start(self, training) -> None:
@@ -281,7 +286,12 @@ class TrainingHook:
         self.mechanism.step()
 
     def finish(self, training) -> dict:
-        return report(self.mechanism, self.simulation_runs) | {"noise_per_matrix": self.noise_check}
+        record = report(self.mechanism, self.simulation_runs) | {"noise_per_matrix": self.noise_check}
+        if self.with_controls:
+            dp, claim = training.config.dp, self.mechanism.claim
+            planted = control_claim(claim.sample_rate, claim.steps, dp.delta, dp.accountant, dp.max_grad_norm)
+            record["controls"] = controls(training.optimizer, planted, self.m, self.seed, self.simulation_runs)
+        return record
 
 
 def report(mechanism: CanaryMechanism, simulation_runs: int = SIMULATION_RUNS) -> dict:
@@ -323,6 +333,17 @@ def check_claim(arm: str, record: dict) -> None:
             f"{record['noise_multiplier_claimed']:.4g}, q = {record['sample_rate_claimed']:.4g}, C = "
             f"{record['max_grad_norm_claimed']:g}) by a KS test at p = {record['scores_ks_pvalue']:.3g} "
             f"< {KS_ALPHA:g}: {fix}")
+
+
+def check_controls(arm: str, table: dict) -> None:
+    """Stop, naming the arm, when a planted bug passes the audit: an audit that cannot fire on its positive
+    control is a design to fix, and its silence on the arm would be no evidence."""
+    missed = [bug for bug, record in table.items() if not record["flagged"]]
+    if missed:
+        raise ImplementationAuditFailure(
+            f"arm {arm!r}: the implementation audit did not flag the planted bug(s) {', '.join(missed)} (claiming "
+            f"ε = {CONTROL_EPSILON:g}): with these canaries it cannot tell a broken DP-SGD from the arm's; raise "
+            "implementation_audit_canaries")
 
 
 # --- the planted-bug controls --------------------------------------------------------------------

@@ -189,3 +189,29 @@ def test_the_noise_check_names_a_matrix_left_without_noise(tiny):
     assert skipped is trained.optimizer.params[2]
     with pytest.raises(ia.MissingNoise, match=f"LoRA matrix '{names[2]}'"):
         ia.check_noise_per_matrix(trained.optimizer, names)
+
+
+# --- what the study publishes, and where it stops ------------------------------------------------
+
+
+def test_the_study_publishes_each_arm_and_control_and_stops_on_a_missed_control(controls):
+    """results.json's section holds each DP arm and each control with its claim, bound, simulation, ceiling and
+    flag; results.md shows them; a control the audit did not flag stops the study, naming the arm and the bug."""
+    from ppt_core import arm_training, report
+
+    claim, table = controls
+    mechanism = ia.CanaryMechanism(arm_optimizer(claim), STUDY_RATE, claim, 2000).run(claim.steps)
+    audited = ia.report(mechanism, simulation_runs=1) | {"noise_per_matrix": {"lora_A": 1.01}, "controls": table}
+    result = training.TrainResult([], [], [], [], claim.steps, STUDY_RATE, 16, 100, implementation_audit=audited)
+    record = arm_training.implementation_audit_record({"pruned-dp8": result, "pruned-nodp": training.TrainResult(
+        [], [], [], [], claim.steps, STUDY_RATE, 16, 100)})
+    assert set(record) == {"pruned-dp8", "controls"}
+    assert set(record["controls"]) == {f"pruned-dp8: {bug}" for bug in ia.PLANTED_BUGS}
+    assert set(record["pruned-dp8"]) == {*arm_training.IMPLEMENTATION_AUDIT_COLUMNS, "noise_per_matrix"}
+    markdown = report.implementation_audit_markdown(record)
+    assert "| pruned-dp8 |" in markdown and "| control: pruned-dp8: half noise |" in markdown
+    assert markdown.count("**yes**") == len(ia.PLANTED_BUGS)
+    ia.check_controls("pruned-dp8", table)
+    missed = dict(table, **{"half noise": dict(table["half noise"], flagged=False)})
+    with pytest.raises(ia.ImplementationAuditFailure, match="'pruned-dp8'.*half noise"):
+        ia.check_controls("pruned-dp8", missed)
