@@ -368,16 +368,23 @@ def controls(optimizer, claim: Claim, m: int = DEFAULT_CANARIES, seed: int = 0,
              simulation_runs: int = SIMULATION_RUNS) -> dict:
     """The planted-bug controls at `claim` (which claims CONTROL_EPSILON): the canary mechanism of the arm
     optimizer's class with half the noise, without clipping, and drawing at 2q while q is claimed; each
-    report's `flagged` says whether the audit caught it (its bound above the claim)."""
+    report's `flagged` says whether the audit caught it. Arms of one schedule and optimizer share them."""
+    return copy.deepcopy(_controls(type(optimizer), optimizer.expected_batch_size, optimizer.loss_reduction, claim,
+                                   m, seed, simulation_runs))
+
+
+@functools.lru_cache(maxsize=8)
+def _controls(optimizer_class, expected_batch_size, loss_reduction: str, claim: Claim, m: int, seed: int,
+              simulation_runs: int) -> dict:
     base = dict(noise_multiplier=claim.noise_multiplier, max_grad_norm=claim.max_grad_norm,
-                expected_batch_size=optimizer.expected_batch_size, loss_reduction=optimizer.loss_reduction)
-    bugs = {"half noise": (type(optimizer), dict(base, noise_multiplier=claim.noise_multiplier / 2), 1),
-            "no clipping": (unclipped_optimizer_class(type(optimizer)), base, 1),
-            "double sample rate": (type(optimizer), base, 2)}
+                expected_batch_size=expected_batch_size, loss_reduction=loss_reduction)
+    bugs = {"half noise": (optimizer_class, dict(base, noise_multiplier=claim.noise_multiplier / 2), 1),
+            "no clipping": (unclipped_optimizer_class(optimizer_class), base, 1),
+            "double sample rate": (optimizer_class, base, 2)}
     table = {}
     for name in PLANTED_BUGS:
-        optimizer_class, settings, rate = bugs[name]
-        planted = optimizer_class(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0), **settings)
+        planted_class, settings, rate = bugs[name]
+        planted = planted_class(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0), **settings)
         mechanism = CanaryMechanism(planted, rate * claim.sample_rate, claim, m, seed).run(claim.steps)
         table[name] = report(mechanism, simulation_runs)
     return table
