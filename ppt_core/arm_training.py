@@ -50,6 +50,8 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
     probe = audit_probe(tokenizer, list(audit_records), config) if len(audit_records) else None
     world = distributed.current_world()
     hook = implementation_audit_hook(params) if config.dp is not None and world is None else None
+    if config.dp is not None and world is not None and world.main and implementation_audit_hook(params):
+        print(f"{arm}: the implementation audit runs in one process only; train with nproc=1 to run it")
     peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts, pass_probe=probe, step_hook=hook)
     if result.implementation_audit is not None:
         implementation_audit.check_claim(arm, result.implementation_audit)
