@@ -16,6 +16,7 @@ never released with a model.
 from __future__ import annotations
 
 import copy
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
     config = config_from_params(params, arms.parse(arm).epsilon, progress=progress)
     probe = audit_probe(tokenizer, list(audit_records), config) if len(audit_records) else None
     world = distributed.current_world()
-    hook = implementation_audit_hook(params) if config.dp is not None and world is None else None
-    if config.dp is not None and world is not None and world.main and implementation_audit_hook(params):
+    hook = implementation_audit_hook(params, arm) if config.dp is not None and world is None else None
+    if config.dp is not None and world is not None and world.main and implementation_audit_hook(params, arm):
         print(f"{arm}: the implementation audit runs in one process only; train with nproc=1 to run it")
     peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts, pass_probe=probe, step_hook=hook)
     if result.implementation_audit is not None:
@@ -63,11 +64,16 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
     return result
 
 
-def implementation_audit_hook(params: dict):
+def implementation_audit_hook(params: dict, arm: str):
     """The implementation audit a DP arm trains with (white-box gradient canaries in its own DP optimizer, and
-    the planted-bug controls at its schedule), or None where the profile sets no canaries."""
+    the planted-bug controls at its schedule), or None where the profile sets no canaries. Each arm draws its
+    canaries from a seed of its own (two arms of one optimizer and schedule are two audits, not one twice); the
+    controls, the same for such arms, are drawn once from the run's seed."""
     m = int(params.get("implementation_audit_canaries", 0))
-    return implementation_audit.TrainingHook(m, seed=int(params["seed"]), with_controls=True) if m else None
+    if not m:
+        return None
+    seed = int(np.random.SeedSequence([int(params["seed"]), zlib.crc32(arm.encode())]).generate_state(1)[0])
+    return implementation_audit.TrainingHook(m, seed=seed, with_controls=True, controls_seed=int(params["seed"]))
 
 
 AUDIT_BATCH_SIZE = 64  # audit canaries per forward of the probe: short rows; 256 read in 1.7 s at 64, 2.05 s at 16

@@ -251,13 +251,24 @@ def ceiling(m: int, delta: float) -> float:
 
 
 KS_SEED = 1_000  # the simulation the KS test compares against: apart from those of `simulated_bound`
+# The simulated reference holds KS_REFERENCE times m scores. A reference of m scores carries its own sampling
+# noise into every audit of that claim: at q = 0.1, σ = 0.55, 20 steps, m = 10,000, one such reference put 8 of
+# 13 correct runs' p below 0.05 (one at 1e-4) while two others gave uniform p. Ten times as many scores make the
+# test nearly the one-sample test against the claimed distribution itself.
+KS_REFERENCE = 10
 
 
-def scores_match_simulation(mechanism: CanaryMechanism, seed: int = KS_SEED) -> float:
+@functools.lru_cache(maxsize=8)  # a pure function of the claim: an arm's report and its controls share it
+def reference_scores(claim: Claim, m: int, steps: int) -> np.ndarray:
+    """KS_REFERENCE * m scores of an ideal implementation of `claim` over `steps` steps (the KS test's reference)."""
+    return simulated_scores(claim, KS_REFERENCE * m, KS_SEED, steps)[0]
+
+
+def scores_match_simulation(mechanism: CanaryMechanism) -> float:
     """Two-sample Kolmogorov-Smirnov p-value of the audited canaries' scores against an ideal simulation's at
-    the same claim, steps and m: small when the implementation's scores are not the claim's."""
-    simulated, _ = simulated_scores(mechanism.claim, mechanism.m, seed, mechanism.steps)
-    return float(stats.ks_2samp(mechanism.scores, simulated).pvalue)
+    the same claim and steps (`reference_scores`): small when the implementation's scores are not the claim's."""
+    reference = reference_scores(mechanism.claim, mechanism.m, mechanism.steps)
+    return float(stats.ks_2samp(mechanism.scores, reference).pvalue)
 
 
 # --- the hook in the training loop, the report, the stop ------------------------------------------
@@ -271,11 +282,12 @@ class TrainingHook:
     """The implementation audit of one DP run, as `training.finetune(..., step_hook=...)` calls it: `start`
     once the DP optimizer exists (the per-matrix noise check, then the canaries), `step` after every logical
     step, `finish` after the last (the report, and with `with_controls` the planted-bug controls at the run's
-    schedule and its optimizer's class)."""
+    schedule and its optimizer's class, drawn from `controls_seed`)."""
 
     def __init__(self, m: int = DEFAULT_CANARIES, seed: int = 0, simulation_runs: int = SIMULATION_RUNS,
-                 with_controls: bool = False):
+                 with_controls: bool = False, controls_seed: int = 0):
         self.m, self.seed, self.simulation_runs, self.with_controls = m, seed, simulation_runs, with_controls
+        self.controls_seed = controls_seed
         self.mechanism, self.noise_check = None, None
 
     def start(self, training) -> None:
@@ -292,7 +304,8 @@ class TrainingHook:
         if self.with_controls:
             dp, claim = training.config.dp, self.mechanism.claim
             planted = control_claim(claim.sample_rate, claim.steps, dp.delta, dp.accountant, dp.max_grad_norm)
-            record["controls"] = controls(training.optimizer, planted, self.m, self.seed, self.simulation_runs)
+            record["controls"] = controls(training.optimizer, planted, self.m, self.controls_seed,
+                                          self.simulation_runs)
         return record
 
 

@@ -215,3 +215,13 @@ def test_the_study_publishes_each_arm_and_control_and_stops_on_a_missed_control(
     missed = dict(table, **{"half noise": dict(table["half noise"], flagged=False)})
     with pytest.raises(ia.ImplementationAuditFailure, match="'pruned-dp8'.*half noise"):
         ia.check_controls("pruned-dp8", missed)
+
+
+def test_each_dp_arm_draws_its_own_canaries_and_the_run_its_controls():
+    from ppt_core import arm_training, profiles
+
+    params = profiles.get_profile("smoke")
+    full, pruned = (arm_training.implementation_audit_hook(params, arm) for arm in ("full-dp8", "pruned-dp8"))
+    assert full.seed != pruned.seed and full.controls_seed == pruned.controls_seed == params["seed"]
+    assert full.m == params["implementation_audit_canaries"] and full.with_controls
+    assert arm_training.implementation_audit_hook(dict(params, implementation_audit_canaries=0), "full-dp8") is None
