@@ -16,12 +16,13 @@ never released with a model.
 from __future__ import annotations
 
 import copy
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from ppt_core import arms, artifacts, privacy
+from ppt_core import arms, artifacts, implementation_audit, privacy
 from ppt_core.train_config import TrainConfig, config_from_params
 from ppt_core.training import TrainResult, finetune
 
@@ -42,19 +43,40 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
     diverge (check_converged), save it (save_arm) and return its result. `family`: a dict kept by the caller
     for the arms of this arm's starting model, where what they compute alike (the frozen blocks' outputs on the
     training records and on the audit canaries, the starting model's audit read) is computed once.
+    A DP arm trained in one process runs the implementation audit (`implementation_audit_hook`) and stops,
+    naming the arm, where it flags the arm or misses a planted bug.
     Under torchrun (`ppt_core.launch`), every process trains its share and rank 0 saves."""
     from ppt_core import distributed, models
 
     model, tokenizer = models.load_arm(params, arms.parse(arm).start)
     config = config_from_params(params, arms.parse(arm).epsilon, progress=progress)
     probe = audit_probe(tokenizer, list(audit_records), config, family) if len(audit_records) else None
-    peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts, pass_probe=probe, family=family)
-    check_converged(arm, result)
     world = distributed.current_world()
+    hook = implementation_audit_hook(params, arm) if config.dp is not None and world is None else None
+    if config.dp is not None and world is not None and world.main and implementation_audit_hook(params, arm):
+        print(f"{arm}: the implementation audit runs in one process only; train with nproc=1 to run it")
+    peft_model, result = finetune(model, tokenizer, texts, config, heldout_texts, pass_probe=probe, step_hook=hook,
+                                  family=family)
+    if result.implementation_audit is not None:
+        implementation_audit.check_claim(arm, result.implementation_audit)
+        implementation_audit.check_controls(arm, result.implementation_audit["controls"])
+    check_converged(arm, result)
     if world is None or world.main:  # under torchrun every process holds the same adapter: rank 0 writes it
         save_arm(params, arm, peft_model, tokenizer, result, config)
     distributed.barrier()
     return result
+
+
+def implementation_audit_hook(params: dict, arm: str):
+    """The implementation audit a DP arm trains with (white-box gradient canaries in its own DP optimizer, and
+    the planted-bug controls at its schedule), or None where the profile sets no canaries. Each arm draws its
+    canaries from a seed of its own (two arms of one optimizer and schedule are two audits, not one twice); the
+    controls, the same for such arms, are drawn once from the run's seed."""
+    m = int(params.get("implementation_audit_canaries", 0))
+    if not m:
+        return None
+    seed = int(np.random.SeedSequence([int(params["seed"]), zlib.crc32(arm.encode())]).generate_state(1)[0])
+    return implementation_audit.TrainingHook(m, seed=seed, with_controls=True, controls_seed=int(params["seed"]))
 
 
 AUDIT_BATCH_SIZE = 64  # audit canaries per forward of the probe: short rows; 256 read in 1.7 s at 64, 2.05 s at 16
@@ -204,20 +226,48 @@ def result_record(result: TrainResult) -> dict:
     return record
 
 
+IMPLEMENTATION_AUDIT_COLUMNS = ("claimed_epsilon", "epsilon_lower", "ratio_to_claim", "simulation_epsilon_lower",
+                                "ratio_to_simulation", "ceiling", "scores_ks_pvalue", "flagged", "canaries", "steps")
+
+
+def implementation_audit_record(results: dict[str, TrainResult]) -> dict:
+    """results.json["implementation_audit"]: per DP arm its implementation audit (IMPLEMENTATION_AUDIT_COLUMNS and
+    the per-matrix noise check), and `controls`: per arm and planted bug (claiming ε = 8) the same columns."""
+    audited = {arm: r.implementation_audit for arm, r in results.items() if r.implementation_audit is not None}
+    record = {arm: {k: a[k] for k in (*IMPLEMENTATION_AUDIT_COLUMNS, "noise_per_matrix")} for arm, a in audited.items()}
+    controls = {f"{arm}: {bug}": {k: c[k] for k in IMPLEMENTATION_AUDIT_COLUMNS}
+                for arm, a in audited.items() for bug, c in a.get("controls", {}).items()}
+    return artifacts.rounded(record | ({"controls": controls} if controls else {}))
+
+
+def implementation_audit_table(record: dict) -> dict:
+    """{row: columns} of results.json["implementation_audit"] for a table: each DP arm, then each control."""
+    arms_rows = {arm: {k: v for k, v in a.items() if k != "noise_per_matrix"}
+                 for arm, a in record.items() if arm != "controls"}
+    return arms_rows | {f"control {row}": values for row, values in record.get("controls", {}).items()}
+
+
 def cost_record(result: TrainResult) -> dict:
     """Wall-clock cost of a run for timings.json: seconds per step, total seconds (and of them the held-out
-    loss curve's), peak memory (MB)."""
-    return {"seconds_per_step": round(result.seconds_per_step, 3), "seconds_total": round(result.seconds_total, 1),
-            "seconds_heldout_loss": round(result.seconds_heldout_loss, 1),
-            "peak_memory_mb": round(result.peak_memory_mb, 1), "steps": result.steps, "bf16": result.bf16}
+    loss curve's), peak memory (MB), and with the implementation audit its canaries' seconds a step."""
+    record = {"seconds_per_step": round(result.seconds_per_step, 3), "seconds_total": round(result.seconds_total, 1),
+              "seconds_heldout_loss": round(result.seconds_heldout_loss, 1),
+              "peak_memory_mb": round(result.peak_memory_mb, 1), "steps": result.steps, "bf16": result.bf16}
+    if result.implementation_audit is not None:
+        record["implementation_audit_seconds_per_step"] = round(result.implementation_audit["seconds_per_step"], 4)
+    return record
 
 
 def record_results(paths: artifacts.RunPaths, results: dict[str, TrainResult]) -> tuple[dict, dict]:
-    """Write what notebook 03 publishes: each arm's result_record to results.json["training"] and its
-    cost_record to timings.json["training"]; return both, {arm: record}."""
+    """Write what notebook 03 publishes: each arm's result_record to results.json["training"], the DP arms'
+    implementation audits to results.json["implementation_audit"] and each arm's cost_record to
+    timings.json["training"]; return the first and the last, {arm: record}."""
     published = {arm: result_record(result) for arm, result in results.items()}
     costs = {arm: cost_record(result) for arm, result in results.items()}
     artifacts.update_results(paths, "training", published)
+    audited = implementation_audit_record(results)
+    if audited:
+        artifacts.update_results(paths, "implementation_audit", audited)
     artifacts.update_timings(paths, "training", costs)
     return published, costs
 

@@ -42,7 +42,7 @@ DECIDING_BOUND = "epsilon_lower_fdp"  # the one bound a leak verdict reads (pre-
 
 
 @cache
-def _auditing():
+def jax_privacy_auditing():
     """jax_privacy.auditing, loaded from its file without running the package's __init__ (which imports jax)."""
     package = importlib.util.find_spec("jax_privacy")
     if package is None or not package.submodule_search_locations:
@@ -66,7 +66,7 @@ def check_params(params: dict) -> None:
     if not int(params["n_audit_canaries"]):
         return
     try:
-        auditor = _auditing().CanaryScoreAuditor
+        auditor = jax_privacy_auditing().CanaryScoreAuditor
     except (ImportError, AttributeError, OSError) as err:
         raise ValueError(f"the one-run audit cannot load jax-privacy's auditor ({err}); run `make setup`, or set "
                          "n_audit_canaries=0 to run without the audit") from None
@@ -86,7 +86,7 @@ def epsilon_lower_bounds(scores: np.ndarray, included: np.ndarray, *, delta: flo
     if included.all() or not included.any():
         raise ValueError("the audit needs both included and excluded canaries (got "
                          f"{int(included.sum())} of {len(included)} included): raise n_audit_canaries")
-    auditor = _auditing().CanaryScoreAuditor(scores[included], scores[~included])
+    auditor = jax_privacy_auditing().CanaryScoreAuditor(scores[included], scores[~included])
     return {
         "one_run": float(auditor.epsilon_one_run(significance, delta)),
         "fdp": float(auditor.epsilon_one_run_fdp(significance, delta)),

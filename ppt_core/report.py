@@ -108,13 +108,43 @@ def guarantee_markdown(params: dict, group_privacy: dict | None) -> str:
     ])
 
 
+def implementation_audit_markdown(record: dict | None) -> str:
+    """The implementation audit (results.json["implementation_audit"], notebook 03) as Markdown: per DP arm and
+    per planted-bug control, the claimed ε, the audit's lower bound, its ratios to the claim and to the ideal
+    simulation, the ceiling, the scores' KS p against the simulation, and whether it was flagged."""
+    if not record:
+        return ""
+    rows = []
+    for name, r in [*((arm, a) for arm, a in record.items() if arm != "controls"),
+                    *((f"control: {row}", c) for row, c in record.get("controls", {}).items())]:
+        rows.append("| " + " | ".join([
+            name, _fmt(r["claimed_epsilon"]), _fmt(r["epsilon_lower"]), _fmt(r["ratio_to_claim"]),
+            _fmt(r["simulation_epsilon_lower"]), _fmt(r["ratio_to_simulation"]), _fmt(r["ceiling"]),
+            f"{r['scores_ks_pvalue']:.2g}", "**yes**" if r["flagged"] else "no", f"{r['canaries']:,}"]) + " |")
+    header = ("| | claimed ε | audit ε ≥ | ÷ claim | simulation ε ≥ | ÷ simulation | ceiling | scores vs simulation "
+              "(KS p) | flagged | canaries |")
+    return "\n".join([
+        "**Implementation audit.** White-box gradient canaries in each DP arm's own optimizer (its clipping, its "
+        "noise, its sampler's rate), scored by the claimed mechanism's likelihood ratio; the bound is jax-privacy's "
+        "one-run f-DP bound (95%, threshold on a pre-specified split), beside the ideal simulation at the same "
+        "(q, σ, T, m) and the ceiling of m canaries. A correct arm is flagged (the study stops) when its bound "
+        "exceeds its claim or its scores fail the KS test; each planted bug (claiming ε = 8) must be flagged.",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+        *rows,
+    ])
+
+
 def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Verdict],
                      notebook_seconds: dict, group_privacy: dict | None = None, seeds: list[int] | None = None,
-                     estimate: str = "", notebook_tokens: dict | None = None, machine: dict | None = None) -> str:
+                     estimate: str = "", notebook_tokens: dict | None = None,
+                     implementation_audit: dict | None = None, machine: dict | None = None) -> str:
     """figures/results.md: the table, the claims with their verdicts, what the guarantee covers, and where
     and when it was produced (over several `seeds`: the table's intervals are over seeds, and say so);
     `estimate`: projected costs (cost.study_estimate), if any; `notebook_tokens` (cost.notebook_tokens) goes
-    beside the notebooks' seconds, and `machine` (timings.json's, precision.describe) says where they ran."""
+    beside the notebooks' seconds, and `machine` (timings.json's, precision.describe) says where they ran;
+    `implementation_audit`: notebook 03's, if any."""
     seeds = list(seeds or [params["seed"]])
     over = ("Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares." if len(seeds) == 1 else
             f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): perplexity is the geometric mean of the seeds' "
@@ -145,6 +175,7 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
         "",
         guarantee_markdown(params, group_privacy),
         "",
+        *([implementation_audit_markdown(implementation_audit), ""] if implementation_audit else []),
         wall_time_markdown(notebook_seconds, notebook_tokens, len(seeds), machine) if notebook_seconds else "",
         *([""] + [estimate] if estimate else []),
     ]) + "\n"
@@ -188,7 +219,8 @@ def study_markdown(params: dict, study, claims: list[verdicts.Verdict], estimate
     results_markdown."""
     machine = artifacts.read_timings(artifacts.run_paths(params)).get("machine")
     return results_markdown(params, study.table, claims, study.notebook_seconds, study.results.get("group_privacy"),
-                            study.seeds, estimate, notebook_tokens, machine)
+                            study.seeds, estimate, notebook_tokens, study.results.get("implementation_audit"),
+                            machine)
 
 
 def readme_markers(run_name: str = "quick") -> tuple[str, str]:

@@ -238,6 +238,7 @@ def load_study(params: dict) -> Study:
         "attacks": pooling.pool_attacks({s: r.get("attacks") or {} for s, r in results.items()},
                                          pooled_records["attacks"], n_boot=params["n_bootstrap"], seed=params["seed"]),
         "group_privacy": _largest(*(r.get("group_privacy") for r in results.values())),
+        "implementation_audit": _by_seed({s: r.get("implementation_audit") for s, r in results.items()}),
     }
     seconds: dict = {}
     for timing in [*timings.values(), artifacts.read_timings(artifacts.run_paths(params))]:
@@ -246,6 +247,18 @@ def load_study(params: dict) -> Study:
     seed_tables = {seed: summary_table(params, results[seed], timings[seed]) for seed in seeds}
     return Study(pooled_table(seed_tables), pooled_results, pooling.pool_timings(timings), pooled_records, seeds,
                  seconds, seed_tables, results)
+
+
+def _by_seed(audits: dict) -> dict | None:
+    """The seeds' implementation audits as one record: each arm and control once per seed, named with it."""
+    merged: dict = {}
+    for seed, audit in audits.items():
+        for arm, record in (audit or {}).items():
+            if arm == "controls":
+                merged.setdefault("controls", {}).update({f"{row} (seed {seed})": r for row, r in record.items()})
+            else:
+                merged[f"{arm} (seed {seed})"] = record
+    return merged or None
 
 
 def _largest(*tables):

@@ -99,6 +99,7 @@ class TrainResult:
     batches_per_pass: int = 0  # logical batches in one expected pass over the records (1 / q)
     pass_probes: list[tuple[int, list[float]]] = field(default_factory=list)  # (step, pass_probe's values) at
     #                                   step 0 and after every expected pass: publishable (a function of the model)
+    implementation_audit: dict | None = None  # what the step hook reported (implementation_audit.TrainingHook)
 
     @property
     def private(self) -> bool:
@@ -347,10 +348,11 @@ class StepLog:
 
 
 def run_steps(training: Training, steps: int | None = None, heldout: TensorDataset | None = None,
-              pass_probe=None) -> StepLog:
+              pass_probe=None, step_hook=None) -> StepLog:
     """Train `steps` logical steps (default: the schedule's), measuring the held-out loss curve on `heldout`
     and calling `pass_probe(peft_model, frozen_blocks)` (eval mode, no gradient) before the first step and after
-    every expected pass (every `batches_per_pass` steps, and the last step).
+    every expected pass (every `batches_per_pass` steps, and the last step), and `step_hook.step(training)`
+    after every logical step.
 
     Each Poisson logical batch is cut into physical batches of similar widths (batching.physical_batches);
     every physical batch is signalled to the optimizer (skip: not the last of its logical batch), so it clips
@@ -374,6 +376,8 @@ def run_steps(training: Training, steps: int | None = None, heldout: TensorDatas
         for step, indices in enumerate(batching.logical_batches(training.loader, steps), start=1):
             loss_sum = logical_step(training, indices, lengths)
             training.scheduler.step()
+            if step_hook is not None:
+                step_hook.step(training)
             for i in indices:
                 log.sample_counts[i] += 1
             log.losses.append(loss_sum / len(indices) if indices else None)
@@ -428,13 +432,17 @@ def _progress(training: Training, log: StepLog, step: int, steps: int) -> dict:
     return postfix
 
 
-def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, pass_probe=None, family=None):
+def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, pass_probe=None, step_hook=None,
+             family=None):
     """(peft_model, TrainResult): LoRA fine-tuned copy of `model` on `texts` (`model` is left untouched).
 
     With `config.dp`, DP-SGD through Opacus at (target_epsilon, delta); else the same loop without
     clipping or noise. The held-out loss curve is measured on the first `config.loss_curve_records` of
     `heldout_texts` (none when None). `pass_probe(peft_model, frozen_blocks) -> values` (e.g. the audit
     canaries' scores) is called before training and after every expected pass: TrainResult.pass_probes.
+    `step_hook` (e.g. implementation_audit.TrainingHook) is told `start(training)` before the first step,
+    `step(training)` after each logical step and `finish(training)` after the last, whose answer is
+    TrainResult.implementation_audit; it must leave the run's batches, noise and adapter as they would be.
     `family`: a dict the caller keeps for the runs that start from `model` (the arms of one family), where the
     frozen blocks' outputs on the records are computed once and replayed by every later run (FrozenPrefix's `kept`).
     Losses in nats per token; seconds per logical step; peak memory in MB.
@@ -457,7 +465,10 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
         tokenizer, list(heldout_texts)[: config.loss_curve_records], config.max_length)
     initial = [p.detach().clone() for p in training.lora_params]
     probe = pass_probe if world is None or world.main else None
-    log = run_steps(training, heldout=heldout, pass_probe=probe)
+    if step_hook is not None:
+        step_hook.start(training)
+    log = run_steps(training, heldout=heldout, pass_probe=probe, step_hook=step_hook)
+    hook_report = step_hook.finish(training) if step_hook is not None else None
     if world is not None:  # every process took every step: the replicas must agree
         distributed.check_replicas_agree(training.lora_params)
     _check_adapter_moved(training.lora_params, initial)
@@ -481,6 +492,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
         seconds_per_step=log.seconds / max(1, len(log.losses)), seconds_total=log.seconds,
         seconds_heldout_loss=log.seconds_heldout, peak_memory_mb=log.peak_mb, bf16=config.bf16,
         batches_per_pass=training.plan.batches_per_pass, pass_probes=log.pass_probes,
+        implementation_audit=hook_report,
     )
     return peft_model, result
 

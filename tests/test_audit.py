@@ -128,14 +128,14 @@ def test_a_missing_or_changed_auditor_stops_before_any_work(monkeypatch):
             def epsilon_one_run(self):
                 return 0.0
 
-    monkeypatch.setattr(audit, "_auditing", lambda: Changed)
+    monkeypatch.setattr(audit, "jax_privacy_auditing", lambda: Changed)
     with pytest.raises(ValueError, match="has no epsilon_one_run_fdp, attack_auroc"):
         audit.check_params(params)
 
     def missing():
         raise ImportError("No module named 'jax_privacy'")
 
-    monkeypatch.setattr(audit, "_auditing", missing)
+    monkeypatch.setattr(audit, "jax_privacy_auditing", missing)
     with pytest.raises(ValueError, match="cannot load jax-privacy's auditor .* run `make setup`"):
         audit.check_params(params)
     audit.check_params(dict(params, n_audit_canaries=0))  # no audit, nothing to load

@@ -18,7 +18,7 @@ LAYERS = {
     "model structure": ["architectures"],
     "kernels": ["similarity", "evaluation", "flops", "pruning", "batching", "frozen_prefix", "head_loss", "privacy",
                 "distributed", "train_config", "training", "generation", "membership", "canaries", "extraction",
-                "audit"],
+                "audit", "implementation_audit"],
     "stages": ["conformance", "arm_training", "launch", "utility", "attacks", "cost"],
     "study": ["verdicts", "pooling", "summary", "report", "figures", "checks"],
     "tools": ["lr_tuning"],
