@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmark: this machine's kind, its float32 and bf16 matmul peaks, the precision `bf16: auto` picks here and
-why, and what each notebook of a measured run reaches; with --record, that run's notebook seconds enter
+why, and what each notebook of a measured run costs per token; with --record, that run's notebook seconds enter
 ppt_core/machine_kinds.json under this machine's kind and the run's precision, for the cost model
 (ppt_core/cost.py) to project every profile onto every kind measured so far.
 
@@ -23,20 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ppt_core import artifacts, cost, precision, profiles  # noqa: E402
-
-TRAINING_NOTEBOOK = "03_dp_lora_finetuning"
-
-
-def notebook_shares(params: dict, seconds: dict, peak_gflops: float, parameters: float) -> dict[str, float]:
-    """Each notebook's share of the peak: its FLOPs (cost.notebook_tokens times 2 per weight forward, 6 in
-    training: the cost model's count, an upper end for 03) per second, over the peak."""
-    tokens = cost.notebook_tokens(params)
-    shares = {}
-    for notebook, spent in seconds.items():
-        per_token = cost.TRAINING_FLOPS_PER_PARAM if notebook == TRAINING_NOTEBOOK else cost.FORWARD_FLOPS_PER_PARAM
-        if tokens.get(notebook) and spent > 0 and not notebook.startswith("00"):
-            shares[notebook] = tokens[notebook] * per_token * parameters / spent / (peak_gflops * 1e9)
-    return shares
 
 
 def record(run: Path, command: str, profile: str, path: Path = cost.KINDS_FILE) -> dict:
@@ -75,15 +61,13 @@ def main(argv=None) -> int:
         entry = record(args.record, args.command, args.profile)
         timings = artifacts.read_json(args.record / "timings.json")
         machine = timings["machine"]
-        params = profiles.get_profile(entry["profile"])
-        table = artifacts.read_json(args.record / "results.json")["summary"]["table"]
-        parameters = next(row["parameters_M"] for row in table if row["arm"] == "base") * 1e6
-        shares = notebook_shares(params, timings["notebooks"], machine["peak_gflops"][machine["precision"]],
-                                 parameters)
-        print(f"recorded {args.record} ({machine['precision']}) under {machine['kind']!r}; each notebook's share "
-              f"of the {machine['precision']} peak (the cost model's FLOPs per second):")
-        for notebook, share in shares.items():
-            print(f"  {notebook}: {timings['notebooks'][notebook]:.0f} s, {100 * share:.1f}%")
+        tokens = cost.notebook_tokens(profiles.get_profile(entry["profile"]))
+        print(f"recorded {args.record} ({machine['precision']}) under {machine['kind']!r}: each notebook's seconds and "
+              "milliseconds per 1,000 tokens it pushes through the model (cost.notebook_tokens)")
+        for notebook, seconds in timings["notebooks"].items():
+            per = (f", {1e6 * seconds / tokens[notebook]:,.0f} ms per 1k tokens"
+                   if tokens.get(notebook) and not notebook.startswith("00") else "")  # 00 writes records only
+            print(f"  {notebook}: {seconds:.0f} s{per}")
     print("\nkinds measured so far (ppt_core/machine_kinds.json):")
     for kind in cost.machine_kinds().values():
         measured = ", ".join(f"{p}: {sum(s.values()) / 60:.1f} min over {len(s)} notebooks"

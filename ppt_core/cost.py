@@ -164,26 +164,25 @@ class KindProjection:
 
 def project_onto_kind(params: dict, kind: MachineKind, kinds: dict[str, MachineKind], run_seconds: dict,
                       run_machine: dict | None) -> KindProjection | None:
-    """One seed of `params` on `kind`, from this run's notebook seconds (`run_seconds`, one seed's, measured on
-    `run_machine`, timings.json's "machine") where the precisions agree, else from the kinds file's seconds in the
-    kind's precision; None where nothing was measured in that precision for this run's model. Notebook 07's own
-    time is left out (it writes the table while it runs)."""
+    """One seed of `params` on `kind`, from a complete measurement (every notebook but the one writing the table)
+    in the kind's precision: this run's (`run_seconds`, one seed's, measured on `run_machine`, timings.json's
+    "machine") where the precisions agree, else the kinds file's (the kind's own, else the fastest kind's in that
+    precision); None where no complete measurement of this run's model exists in that precision. A partial one
+    (a few notebooks) only calibrates the slowdown."""
     want = kind.precision
-    run_seconds = _without_writer(run_seconds)
-    if run_machine is not None and run_machine.get("precision") == want and run_seconds:
-        reference = ("this run", run_machine["kind"], run_machine["peak_gflops"][want], params, run_seconds)
-    else:
-        measured = [k for k in kinds.values() if want in k.notebook_seconds]
-        # the reference kind: the run's own where it measured this precision, else the fastest in it
-        own = [k for k in measured if run_machine is not None and k.name == run_machine.get("kind")]
-        if not measured:
-            return None
-        ref = own[0] if own else max(measured, key=lambda k: k.peak_gflops[want])
-        if profiles.get_profile(ref.profile)["model"] != params["model"]:
-            return None  # per-token costs do not carry across models
-        reference = (ref.name, ref.name, ref.peak_gflops[want], profiles.get_profile(ref.profile),
-                     _without_writer(ref.notebook_seconds[want]))
-    _, reference_kind, reference_peak, reference_params, reference_seconds = reference
+    candidates = []  # (name, kind, peak, profile's params, seconds) of complete measurements in `want`
+    if run_machine is not None and run_machine.get("precision") == want:
+        candidates.append(("this run", run_machine["kind"], run_machine["peak_gflops"][want], params,
+                           _without_writer(run_seconds)))
+    for other in sorted(kinds.values(), key=lambda k: (k.name != kind.name, -k.peak_gflops[want])):
+        if want in other.notebook_seconds:
+            candidates.append((other.name, other.name, other.peak_gflops[want], profiles.get_profile(other.profile),
+                               _without_writer(other.notebook_seconds[want])))
+    complete = [c for c in candidates if c[3]["model"] == params["model"]  # per-token costs do not carry across
+                and set(c[4]) >= set(_without_writer(notebook_tokens(c[3])))]  # models; every notebook measured
+    if not complete:
+        return None
+    _, reference_kind, reference_peak, reference_params, reference_seconds = complete[0]
     seconds = projected_seconds(reference_params, reference_seconds, params)
     if reference_kind == kind.name:
         return KindProjection(kind.name, want, kind.peak_gflops[want], sum(seconds.values()) / 60, "measured")
