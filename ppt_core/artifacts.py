@@ -67,6 +67,9 @@ class RunPaths:
         return self.models / arm
 
 
+SUMMARY_NOTEBOOK = "07_summary"  # writes results.md while it runs: its own seconds are not measured there yet
+
+
 def cache_dir() -> Path:
     """Where what is kept across runs on this machine lives (converted embedded models, the conformance check's
     verdicts, the precision measurement); move it with the PPT_CACHE_DIR environment variable."""

@@ -28,7 +28,6 @@ from pathlib import Path
 from ppt_core import arms, artifacts, attacks, batching, data, profiles
 
 KINDS_FILE = Path(__file__).with_name("machine_kinds.json")
-WRITING_NOTEBOOK = "07_summary"  # writes results.md while it runs: its own seconds are not measured yet there
 
 PROJECTED_PROFILES = ("paper", "full")  # the larger profiles whose cost results.md projects from a measured run
 ASSUMED_GPU_TFLOPS = 20.0  # effective, not peak: a 135M model in batches of 8-32 records uses a few % of a GPU
@@ -199,7 +198,7 @@ def project_onto_kind(params: dict, kind: MachineKind, kinds: dict[str, MachineK
 
 
 def _without_writer(seconds: dict) -> dict:
-    return {notebook: s for notebook, s in seconds.items() if notebook != WRITING_NOTEBOOK}
+    return {notebook: s for notebook, s in seconds.items() if notebook != artifacts.SUMMARY_NOTEBOOK}
 
 
 def kinds_markdown(params: dict, run_seconds: dict, run_machine: dict | None,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppt_core import artifacts, cost, profiles, summary, verdicts
+from ppt_core import artifacts, profiles, summary, verdicts
 from ppt_core.stats import format_interval
 from ppt_core.timing import SPEED_BATCH_SIZE
 
@@ -199,10 +199,11 @@ def wall_time_markdown(notebook_seconds: dict, notebook_tokens: dict | None = No
     earlier run's), and run_all records it once it ends."""
     tokens = {name: n * n_seeds for name, n in (notebook_tokens or {}).items()
               if not name.startswith("00")}  # notebook 00 writes records; no model runs
-    measured = {name: seconds for name, seconds in notebook_seconds.items() if name != cost.WRITING_NOTEBOOK}
+    measured = {name: seconds for name, seconds in notebook_seconds.items() if name != artifacts.SUMMARY_NOTEBOOK}
     total = sum(measured.values())
     lines = [f"Notebook wall time{' summed over the seeds' if n_seeds > 1 else ''} (total {total / 60:.1f} min, "
-             f"without {cost.WRITING_NOTEBOOK}, which writes this table) and the tokens each pushes through the model."
+             f"without {artifacts.SUMMARY_NOTEBOOK}, which writes this table) and the tokens each pushes through the "
+             "model."
              + (f" {machine_sentence(machine)}" if machine else ""),
              "", "| notebook | tokens | seconds | ms per 1k tokens |", "|---|---|---|---|"]
     for name, seconds in sorted(measured.items()):
