@@ -91,6 +91,14 @@ def test_a_damaged_cache_entry_is_measured_again(fresh_choice, monkeypatch):
     assert precision.choose("cpu").bf16 and asked == [3.0]
 
 
+def test_a_cache_that_cannot_be_written_still_gives_an_answer(fresh_choice, monkeypatch, tmp_path):
+    fake_cpu(monkeypatch, (*ICE_LAKE, "amx_bf16"), speedup=3.0)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("PPT_CACHE_DIR", str(blocker))  # a file where the cache folder would be
+    assert precision.choose("cpu").bf16
+
+
 def test_the_real_measurement_compares_the_two_dtypes():
     seconds = precision.product_seconds((64, 64, 64), torch.float32, repeats=3)
     assert 0 < seconds < 1
