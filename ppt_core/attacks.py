@@ -163,9 +163,11 @@ def attack_arm(model, tokenizer, splits: data.DatasetSplits, params: dict, *, ar
                               point["claimed_epsilon"],
                               when=f"after {point['passes']:g} passes" if over_training else "after training")
         audit_score = membership.audit_scores(audit_curve["logprobs"][-1], audit_curve["logprobs"][0])
+        most = audit.ceiling(len(included), int(included.sum()), params["delta"])
         summary["audit"] = {"m": len(included), "included": int(included.sum()), "claimed_epsilon": claimed_epsilon,
                             "epsilon_lower_one_run": points[-1]["epsilon_lower_one_run"],
                             "epsilon_lower_fdp": points[-1]["epsilon_lower_fdp"],
+                            "ceiling_one_run": most["one_run"], "ceiling_fdp": most["fdp"],
                             "auc": stats.estimate(roc_auc, [audit_score[included], audit_score[~included]], **boot)}
         if over_training:
             summary["audit"]["over_training"] = points

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -94,6 +94,25 @@ def epsilon_lower_bounds(scores: np.ndarray, included: np.ndarray, *, delta: flo
         "included": int(included.sum()),
         "auc": float(auditor.attack_auroc()),
     }
+
+
+@lru_cache(maxsize=64)
+def ceiling(m: int, included: int, delta: float, significance: float = SIGNIFICANCE) -> dict:
+    """The largest lower bounds m audit canaries (`included` of them included) can give at all: those of perfectly
+    separated scores, {"one_run", "fdp"}. A claimed ε above them cannot be refuted by this audit, whatever leaks."""
+    perfect = np.arange(m) < included
+    bounds = epsilon_lower_bounds(perfect.astype(float), perfect, delta=delta, significance=significance)
+    return {"one_run": bounds["one_run"], "fdp": bounds["fdp"]}
+
+
+def ceiling_of(attacks: dict) -> dict | None:
+    """The audit's ceiling as notebook 06 recorded it (results["attacks"][arm]["audit"]), or None without an audit:
+    {"m", "one_run", "fdp"}, the same for every arm of a run (one audit split)."""
+    for record in (attacks or {}).values():
+        audited = (record or {}).get("audit") or {}
+        if "ceiling_fdp" in audited:
+            return {"m": audited["m"], "one_run": audited["ceiling_one_run"], "fdp": audited["ceiling_fdp"]}
+    return None
 
 
 def bounds_over_training(curve: dict, included, *, delta: float, claimed=None) -> list[dict]:

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ppt_core import arms
+from ppt_core import arms, audit
 from ppt_core.plots import arm_color
 from ppt_core.timing import SPEED_BATCH, SPEED_BATCH_SIZE, batch_key
 
@@ -220,8 +220,10 @@ def canary_exposure(results: dict):
 def audit_over_training(results: dict):
     """Per fine-tuned arm of results["attacks"], the audit's ε lower bounds after every expected pass (solid:
     f-DP, the one the verdicts read; dotted: one-run) and, for a DP arm, the accountant's ε after those steps
-    (dashed): a non-private arm's bounds climb, a DP arm's stay under its own dashed line."""
+    (dashed): a non-private arm's bounds climb, a DP arm's stay under its own dashed line. The grey lines are the
+    audit's ceiling (audit.ceiling): no claim above them could be refuted by these canaries."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    _ceiling_lines(ax, audit.ceiling_of(results))
     for arm, attacks in results.items():
         points = (attacks.get("audit") or {}).get("over_training") or []
         if not points:
@@ -260,9 +262,20 @@ def privacy_utility_speed(table: pd.DataFrame):
     return fig
 
 
-def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, seed_tables: dict) -> None:
+def _ceiling_lines(ax, most: dict | None) -> None:
+    """The audit's ceiling (audit.ceiling_of) as two grey lines: the most its m canaries can show."""
+    if most is None:
+        return
+    ax.axhline(most["fdp"], color="0.5", lw=1, ls="-.",
+               label=f"ceiling of {most['m']} audit canaries: f-DP {most['fdp']:.2f}")
+    ax.axhline(most["one_run"], color="0.5", lw=1, ls=":", label=f"ceiling, one run {most['one_run']:.2f}")
+
+
+def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, seed_tables: dict,
+                 ceiling: dict | None = None) -> None:
     """The audit's lower bounds against the claimed ε: the DP arms at their ε under the diagonal, the
-    non-private ones at "∞" (right of the largest ε, where nothing is claimed); one point per seed."""
+    non-private ones at "∞" (right of the largest ε, where nothing is claimed); one point per seed; and the
+    audit's `ceiling` (audit.ceiling_of): a claim above it could not be refuted by these canaries."""
     tables = list(seed_tables.values()) or [table]
     infinity = largest * 1.3
     points = []  # (x, bound, arm, column)
@@ -271,7 +284,8 @@ def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, se
         for column in ("audit_epsilon_one_run", "audit_epsilon_fdp"):
             points += [(x, t.loc[arm, column], arm, column) for t in tables
                        if arm in t.index and column in t.columns and np.isfinite(t.loc[arm, column])]
-    top = max([largest] + [p[1] for p in points]) * 1.1
+    top = max([largest] + [p[1] for p in points] + ([ceiling["fdp"]] if ceiling else [])) * 1.1
+    _ceiling_lines(ax, ceiling)
     ax.fill_between([0, largest], [0, largest], [top, top], color="#d62728", alpha=0.08,
                     label="impossible for a DP arm: audit above its claim")
     ax.plot([0, largest], [0, largest], color="k", lw=0.8, ls="--", label="audit = claimed ε")
@@ -289,14 +303,14 @@ def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, se
            title="Audit vs claim" + (f" ({len(tables)} seeds)" if len(tables) > 1 else ""))
 
 
-def frontier(table: pd.DataFrame, seed_tables: dict | None = None):
+def frontier(table: pd.DataFrame, seed_tables: dict | None = None, ceiling: dict | None = None):
     """The privacy–utility–speed frontier. Left: held-out perplexity against the claimed ε of each fine-tuned
     arm (∞ for the non-private ones, drawn right of the largest ε), one line per family with its intervals
     (over seeds, or records for one seed), `base` and `pruned-noft` as reference lines, the pruned family's
     measured speedup in its legend. Right: the audit's ε lower bound against the claimed ε for every trained
     arm (each seed's, from `seed_tables`, where there are several): a sound accountant keeps every DP arm on or
     below the diagonal (the shaded side is impossible), and the non-private twins, at ∞, show that the audit
-    can find a leak where there is one."""
+    can find a leak where there is one; `ceiling` (audit.ceiling_of) draws the most the audit can show."""
     trained = [arm for arm in table.index if arms.parse(arm).trained]
     finite = [table.loc[a, "epsilon"] for a in trained if np.isfinite(table.loc[a, "epsilon"])]
     largest = max(finite) if finite else 1.0
@@ -326,7 +340,7 @@ def frontier(table: pd.DataFrame, seed_tables: dict | None = None):
     left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the arms' ε are ticks
     left.legend(loc="best", fontsize="small")
 
-    _audit_panel(right, table, trained, largest, seed_tables or {})
+    _audit_panel(right, table, trained, largest, seed_tables or {}, ceiling)
     right.legend(loc="upper left", fontsize="x-small")
     fig.tight_layout()
     return fig

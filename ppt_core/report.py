@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppt_core import artifacts, profiles, summary, verdicts
+from ppt_core import artifacts, audit, profiles, summary, verdicts
 from ppt_core.stats import format_interval
 from ppt_core.timing import SPEED_BATCH_SIZE
 
@@ -139,12 +139,14 @@ def implementation_audit_markdown(record: dict | None) -> str:
 def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Verdict],
                      notebook_seconds: dict, group_privacy: dict | None = None, seeds: list[int] | None = None,
                      estimate: str = "", notebook_tokens: dict | None = None,
-                     implementation_audit: dict | None = None, machine: dict | None = None) -> str:
+                     implementation_audit: dict | None = None, machine: dict | None = None,
+                     audit_ceiling: dict | None = None) -> str:
     """figures/results.md: the table, the claims with their verdicts, what the guarantee covers, and where
     and when it was produced (over several `seeds`: the table's intervals are over seeds, and say so);
     `estimate`: projected costs (cost.study_estimate), if any; `notebook_tokens` (cost.notebook_tokens) goes
     beside the notebooks' seconds, and `machine` (timings.json's, precision.describe) says where they ran;
-    `implementation_audit`: notebook 03's, if any."""
+    `implementation_audit`: notebook 03's, if any; `audit_ceiling` (audit.ceiling_of): the most the one-run
+    audit's canaries can show."""
     seeds = list(seeds or [params["seed"]])
     over = ("Intervals: 95%, bootstrap over records; exact (Clopper–Pearson) for shares." if len(seeds) == 1 else
             f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): perplexity is the geometric mean of the seeds' "
@@ -164,7 +166,10 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
         markdown_table(table),
         "",
         over + " ε = ∞: non-private; "
-        "audit ε: empirical lower bounds (one-run audit), never above the claimed ε. Speed: prefill of a batch "
+        "audit ε: empirical lower bounds (one-run audit), never above the claimed ε"
+        + (f"; the most its {audit_ceiling['m']} canaries can show is {audit_ceiling['one_run']:.2f} (one run) and "
+           f"{audit_ceiling['fdp']:.2f} (f-DP), so a claimed ε above that is not tested by it" if audit_ceiling else "")
+        + ". Speed: prefill of a batch "
         f"of {SPEED_BATCH_SIZE} on the machine that produced this run. Membership AUC: the attack calibrated by the "
         "arm's starting model (`reference`), the plain loss attack for the untrained arms. Canaries: of those "
         "inserted most often, how many gain more log-likelihood over the starting model on their secret than "
@@ -221,7 +226,7 @@ def study_markdown(params: dict, study, claims: list[verdicts.Verdict], estimate
     machine = artifacts.read_timings(artifacts.run_paths(params)).get("machine")
     return results_markdown(params, study.table, claims, study.notebook_seconds, study.results.get("group_privacy"),
                             study.seeds, estimate, notebook_tokens, study.results.get("implementation_audit"),
-                            machine)
+                            machine, audit.ceiling_of(study.results.get("attacks")))
 
 
 def readme_markers(run_name: str = "quick") -> tuple[str, str]:

@@ -139,3 +139,19 @@ def test_a_missing_or_changed_auditor_stops_before_any_work(monkeypatch):
     with pytest.raises(ValueError, match="cannot load jax-privacy's auditor .* run `make setup`"):
         audit.check_params(params)
     audit.check_params(dict(params, n_audit_canaries=0))  # no audit, nothing to load
+
+
+def test_the_ceiling_is_the_most_m_canaries_can_show():
+    """Perfect separation of the same m canaries bounds every audit of them; at the quick profile's 256 (126
+    included) it sits below ε = 8, which is why no DP arm's claim of 8 can be refuted by this audit."""
+    rng = np.random.default_rng(1)
+    included = np.arange(256) < 126
+    most = audit.ceiling(256, 126, 1e-5)
+    for separation in (0.5, 2.0, 8.0):
+        scores = rng.normal(size=256) + separation * included
+        bounds = audit.epsilon_lower_bounds(scores, included, delta=1e-5)
+        assert bounds["one_run"] <= most["one_run"] + 1e-9 and bounds["fdp"] <= most["fdp"] + 1e-9
+    assert 3.3 < most["one_run"] < 3.5 and 6.2 < most["fdp"] < 6.4 < 8
+    assert audit.ceiling(1024, 512, 1e-5)["fdp"] > most["fdp"]  # more canaries, a higher ceiling
+    recorded = {"base": {}, "full-dp8": {"audit": {"m": 256, "ceiling_one_run": 3.4, "ceiling_fdp": 6.3}}}
+    assert audit.ceiling_of(recorded) == {"m": 256, "one_run": 3.4, "fdp": 6.3} and audit.ceiling_of({}) is None

@@ -87,3 +87,6 @@ def test_audit_over_training_draws_each_arms_bounds_and_a_dp_arms_claim():
     assert lines[0] == ("full-nodp", [0.0, 1.5]) and lines[1][1] == [0.0, 0.75]  # f-DP, then one-run
     assert lines[2] == ("full-dp8", [0.0, 0.1]) and lines[4][1] == [5.0, 8.0]  # a DP arm's claimed ε(t)
     assert len(lines) == 5  # no claim line for the non-private arm, nothing for an untrained one
+    results["full-nodp"]["audit"].update(m=256, ceiling_one_run=3.4, ceiling_fdp=6.3)  # the audit's ceiling
+    labels = [line.get_label() for line in figures.audit_over_training(results).axes[0].get_lines()]
+    assert labels[:2] == ["ceiling of 256 audit canaries: f-DP 6.30", "ceiling, one run 3.40"] and len(labels) == 7

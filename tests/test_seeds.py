@@ -225,6 +225,8 @@ def test_frontier_figure_builds_from_a_table(tmp_path):
     assert sorted(y for x, y in points if x == infinity) == [2.5, 2.5, 4.3, 4.3]  # the twins: a leak, found
     two_seeds = figures.frontier(frontier_table(), {0: frontier_table(), 1: frontier_table()})
     assert len([line for line in two_seeds.axes[1].get_lines() if line.get_marker() in "o^"]) == 24  # per seed
+    with_ceiling = figures.frontier(frontier_table(), ceiling={"m": 256, "one_run": 3.4, "fdp": 6.3}).axes[1]
+    assert [line.get_ydata()[0] for line in with_ceiling.get_lines() if line.get_color() == "0.5"] == [6.3, 3.4]
     plots.save(fig, "frontier", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frontier.pdf", "frontier.png"]
 
