@@ -103,12 +103,13 @@ def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig, famil
             kept = frozen_prefix.FrozenPrefix(peft_model, membership.audit_dataset(tokenizer, audit_records),
                                               frozen_blocks, batch_size=AUDIT_BATCH_SIZE, bf16=bf16, kept=family)
         start_read = ("starting model's audit read", frozen_blocks, bf16)
-        if family is not None and start_read in family and adapter_adds_nothing(peft_model):
+        at_start = family is not None and adapter_adds_nothing(peft_model)
+        if at_start and start_read in family:
             return family[start_read]
         values = membership.audit_logprobs(peft_model, tokenizer, audit_records, batch_size=AUDIT_BATCH_SIZE,
                                            bf16=bf16, progress=False,
                                            prefix=kept if frozen_blocks is not None else None)
-        if family is not None and adapter_adds_nothing(peft_model):
+        if at_start:
             family[start_read] = values
         return values
 

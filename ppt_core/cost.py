@@ -169,19 +169,18 @@ def project_onto_kind(params: dict, kind: MachineKind, kinds: dict[str, MachineK
     precision); None where no complete measurement of this run's model exists in that precision. A partial one
     (a few notebooks) only calibrates the slowdown."""
     want = kind.precision
-    candidates = []  # (name, kind, peak, profile's params, seconds) of complete measurements in `want`
+    candidates = []  # (kind, peak, profile's params, seconds) of measurements in `want`, the preferred first
     if run_machine is not None and run_machine.get("precision") == want:
-        candidates.append(("this run", run_machine["kind"], run_machine["peak_gflops"][want], params,
-                           _without_writer(run_seconds)))
+        candidates.append((run_machine["kind"], run_machine["peak_gflops"][want], params, _without_writer(run_seconds)))
     for other in sorted(kinds.values(), key=lambda k: (k.name != kind.name, -k.peak_gflops[want])):
         if want in other.notebook_seconds:
-            candidates.append((other.name, other.name, other.peak_gflops[want], profiles.get_profile(other.profile),
+            candidates.append((other.name, other.peak_gflops[want], profiles.get_profile(other.profile),
                                _without_writer(other.notebook_seconds[want])))
-    complete = [c for c in candidates if c[3]["model"] == params["model"]  # per-token costs do not carry across
-                and set(c[4]) >= set(_without_writer(notebook_tokens(c[3])))]  # models; every notebook measured
+    complete = [c for c in candidates if c[2]["model"] == params["model"]  # per-token costs do not carry across
+                and set(c[3]) >= set(_without_writer(notebook_tokens(c[2])))]  # models; every notebook measured
     if not complete:
         return None
-    _, reference_kind, reference_peak, reference_params, reference_seconds = complete[0]
+    reference_kind, reference_peak, reference_params, reference_seconds = complete[0]
     seconds = projected_seconds(reference_params, reference_seconds, params)
     if reference_kind == kind.name:
         return KindProjection(kind.name, want, kind.peak_gflops[want], sum(seconds.values()) / 60, "measured")

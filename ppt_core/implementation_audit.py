@@ -32,8 +32,8 @@ clipped sum read at its coordinate. The ε lower bound is jax-privacy's one-run 
 al. 2024) on the scores and the inclusions, loaded by `ppt_core.audit` without jax. Multiple testing is
 pre-specified: jax-privacy's `Split` strategy (`THRESHOLD_SPLIT`, seed `SPLIT_SEED`) picks the threshold on a
 random half of the canaries and bounds ε on the other half at that one threshold, not the data-dependent
-Bonferroni over every threshold of the hull (at m = 100,000 the split gave the higher bound on simulated
-runs, both for the claim and for each planted bug).
+Bonferroni over every threshold of the hull (with this many canaries, half of them bound ε more tightly than
+all of them under a correction that grows with the number of thresholds).
 
 What it promises. A correct DP arm's bound stays at or under its claimed ε (a bound above it, which a correct
 arm gives with probability at most 0.05, stops the study naming the arm: `check_claim`), and its canaries'
@@ -60,9 +60,8 @@ from scipy import stats
 
 from ppt_core import audit, privacy
 
-# m: the bound grows slowly with m. At ε = 8, q = 1/17, 102 steps (3 runs each) the audit gave 2.0, 3.8 and 4.6 at
-# m = 1e3, 1e4, 1e5 (the ideal simulation 2.4, 4.2, 4.0; the ceiling 8.8, 12.5, 16.0); the canaries cost 0.3,
-# 2.5 and 25 ms a step on a 2-core CPU (linear in m).
+# m: the bound grows slowly with m and its ceiling with it (twice ε = 8 at 100,000), the cost per step linearly
+# (timings.json's implementation_audit_seconds_per_step): a canary needs no forward pass, only a coordinate.
 DEFAULT_CANARIES = 100_000
 CANARY_BLOCK = 1024  # canary coordinates per scratch-optimizer step: k*CANARY_BLOCK floats of dense gradients
 ROWS_PER_PASS = 256  # drawn canaries per physical pass of one block (virtual steps beyond): 1 MB of rows
@@ -74,7 +73,7 @@ SIMULATION_RUNS = 3  # ideal simulations per audit: the bound varies between run
 # must not reject at this level. Not a privacy bound: a check that the mechanism is the claimed one, which catches
 # what the bound is too weak to falsify (drawing at 2q raises the true ε at the study's schedule from 8 to 15.2,
 # and the one-run bound, at about half the true ε, reaches 8 in about half the runs at m = 100,000). A correct
-# arm fails it with probability 0.001; each planted bug gave p < 1e-100 at m = 10,000.
+# arm fails it with probability 0.001; a planted bug's scores lie far from the claim's.
 KS_ALPHA = 1e-3
 CANARY_STREAMS = {"inclusion": 0x1A0D1, "draws": 0x1A0D2, "norms": 0x1A0D3, "noise": 0x1A0D4, "simulation": 0x1A0D5}
 CONTROL_EPSILON = 8.0  # the planted-bug controls claim the study's largest ε, the one the black-box audit cannot test
@@ -251,10 +250,9 @@ def ceiling(m: int, delta: float) -> float:
 
 
 KS_SEED = 1_000  # the simulation the KS test compares against: apart from those of `simulated_bound`
-# The simulated reference holds KS_REFERENCE times m scores. A reference of m scores carries its own sampling
-# noise into every audit of that claim: at q = 0.1, σ = 0.55, 20 steps, m = 10,000, one such reference put 8 of
-# 13 correct runs' p below 0.05 (one at 1e-4) while two others gave uniform p. Ten times as many scores make the
-# test nearly the one-sample test against the claimed distribution itself.
+# The simulated reference holds KS_REFERENCE times m scores. A reference of only m scores carries its own sampling
+# noise into every audit of that claim (one atypical draw skews them all); ten times as many make the test nearly
+# the one-sample test against the claimed distribution itself.
 KS_REFERENCE = 10
 
 

@@ -39,7 +39,7 @@ from ppt_core import artifacts
 
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # x86 flags whose instructions multiply bf16 (AMX tiles, VDPBF16PS)
 MIN_BF16_SPEEDUP = 1.3  # bf16 must beat float32 by this much: it also rounds every product to 8 bits of mantissa,
-#                         so a tie is not worth it; native bf16 measures 3-6x here, emulated 0.25-0.5x
+#                         so a tie is not worth it; native bf16 is several times faster, emulated several slower
 SPEEDUP_SHAPE = (512, 576, 1536)  # (rows, in, out) of the timed product: a study training step's MLP projection
 PEAK_SIZE = 2048  # the side of the square matmul whose rate is a machine's peak in the cost model
 # Variables that cap torch's, oneDNN's and MKL's kernels: a cached decision holds only under the same values.
@@ -67,14 +67,22 @@ class Precision:
 # --- what the machine is --------------------------------------------------------------------------
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's own feature flags (Linux: /proc/cpuinfo; elsewhere the few torch's cpuinfo reports)."""
+def _cpuinfo(*keys: str) -> str | None:
+    """The first /proc/cpuinfo value under one of `keys` (Linux), else None."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):  # x86, ARM
-                return frozenset(value.split())
+            if key.strip() in keys:
+                return value.strip()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's own feature flags (Linux: /proc/cpuinfo; elsewhere the few torch's cpuinfo reports)."""
+    flags = _cpuinfo("flags", "Features")  # x86, ARM
+    if flags is not None:
+        return frozenset(flags.split())
     found = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported",
              "avx512f": "_is_avx512_supported", "avx2": "_is_avx2_supported"}
     return frozenset(flag for flag, check in found.items() if getattr(torch.cpu, check, lambda: False)())
@@ -82,13 +90,7 @@ def cpu_flags() -> frozenset[str]:
 
 def cpu_name() -> str:
     """The CPU's model name as the system reports it ("" where it does not)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    return platform.processor()
+    return _cpuinfo("model name") or platform.processor()
 
 
 def is_x86() -> bool:

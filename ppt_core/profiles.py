@@ -28,20 +28,14 @@ _QUICK = dict(
     # --- data (00) -------------------------------------------------------------------------
     data_path=None,  # None: the synthetic clinical-notes corpus; else a .jsonl/.csv/.txt file
     text_field="text",  # JSONL key or CSV column holding the text of a user record
-    # The memorisation regime (issue 21): a study of what DP mitigates needs non-private twins that leak,
-    # measurably. Few short records seen several times, by an adapter with the capacity to memorise: notes cut to
-    # max_length tokens, canaries up to 32 copies, 256 single-copy audit canaries, 6 expected passes (each
-    # included record drawn about 6 times), LoRA rank 16 on every linear projection of the last 10 blocks (value,
-    # output and MLP matter most for memorisation: Savine 2025, arXiv 2507.21009), a constant learning rate. Its
-    # probe on this model (non-private, 6 passes over ~40k tokens, 2e-3) took the audit AUC from 0.52 after one
-    # pass to 0.99 after six; one pass at rank 2 on q/v memorised nothing any attack saw. Kept as they are:
-    # random-word audit canaries (Panda et al.'s rare-token canaries were not needed) and m = 256.
-    # Every token pays (issue 22): 50 notes and 2 canaries per repetition count (a pass is about 6,500 tokens over
-    # about 260 records, 96-102 steps an arm; with 100 notes and 4 canaries it was 11,175 over 390, 150 steps). The
-    # audit canaries are then a larger share of what the model sees, and the twins leaked more, not less: the paper
-    # profile's 3 seeds of these sizes gave full-nodp f-DP bounds 4.35-4.76 and pruned-nodp 4.83-5.4, against 4.45
-    # and 4.77 with twice the notes and canaries (commit bc210a9). Every DP arm's bound was 0. The quick run of these
-    # sizes (figures/results.md, commit ab45601): the twins' bounds 4.53 and 5.3, every DP arm's 0.
+    # The memorisation regime: a study of what DP mitigates needs non-private twins that leak, measurably. Few
+    # short records seen several times, by an adapter with the capacity to memorise: notes cut to max_length
+    # tokens, canaries up to 32 copies, 256 single-copy audit canaries, 6 expected passes (each included record
+    # drawn about 6 times), LoRA rank 16 on every linear projection of the last 10 blocks (value, output and MLP
+    # matter most for memorisation: Savine 2025, arXiv 2507.21009), a constant learning rate. One pass at a small
+    # rank on q/v alone memorises nothing an attack sees. Every token pays: 50 notes and 2 canaries per repetition
+    # count keep a pass short, and the audit canaries a larger share of what the model sees, so the twins leak
+    # more, not less (figures/results.md shows their audit bounds beside the DP arms').
     n_train=50,  # training notes; the membership attack takes n_membership of them
     n_heldout=100,  # never trained on: the attacks' non-members and the held-out perplexity
     n_public=100,
@@ -62,9 +56,8 @@ _QUICK = dict(
     prune_strategies=["pairwise", "block", "iterative", "last", "random"],
     prune_sweep=[0, 4, 8, 12],  # blocks removed in the perplexity/speed sweep
     n_calibration_iterative=8,  # public records for each re-measurement of S by the iterative strategy
-    # Held-out records for perplexity (02 scores 5 strategies x 4 levels). 64 gave the verdicts they read intervals
-    # of about +-3% (ratio pruned / base 1.36 [1.32, 1.41]); 32 give about +-6% and decide the same verdicts (ratio
-    # pruned / base 1.34 [1.27, 1.44], pruned-dp8 / pruned-noft 0.691 [0.64, 0.743]; commit ab45601).
+    # Held-out records for perplexity (02 scores 5 strategies x 4 levels): 32 give intervals of about +-6% on the
+    # ratios the verdicts read (64 about +-3%), enough to decide them.
     n_eval=32,
     eval_batch_size=16,
     timing_prompt_tokens=32,  # inference timing: prompt length, generated tokens, timed runs per setting
@@ -86,21 +79,18 @@ _QUICK = dict(
     epochs=6.0,  # expected passes over train (a float): steps = floor(epochs * ceil(N / expected_batch_size))
     train_max_length=None,  # tokens per record while training (None: max_length); scoring reads the same length
     # One learning rate per family, each chosen by `make tune` (ppt_core/lr_tuning.py) on an independent draw of the
-    # data, never the study's records (figures/tuning/quick.json), at these sizes with LoRA on the last 10 blocks:
-    # held-out loss of full-dp8 at 2e-3, 5e-3, 1e-2: 3.80, 3.70, 3.69 (the best at the grid's edge, by 0.004 nats: the
-    # curve is flat there); of full-nodp at 5e-4, 1e-3, 2e-3: 2.00, 1.78, 1.81 (71-92 s a run on a 2-core bf16 CPU)
+    # data, never the study's records, at these sizes with LoRA on the last 10 blocks; the held-out loss of every
+    # candidate is in figures/tuning/quick.json.
     dp_learning_rate=1e-2,  # the DP arms'
     nodp_learning_rate=1e-3,  # the non-private arms'
-    lora_rank=16,  # the capacity to memorise (see the regime above); rank 2 on q/v memorised nothing
+    lora_rank=16,  # the capacity to memorise (see the regime above)
     lora_alpha=16,
     lora_dropout=0.0,
     lora_targets="attention+mlp",  # "query+value", "attention", "attention+mlp", or a list of module names
     # LoRA on the last 10 blocks only (None: every block). The 20 frozen blocks below are computed once per
-    # record instead of in every pass (ppt_core.frozen_prefix), and the backward pass stops at block 20: notebook
-    # 03 took 793 s against 1596 s on all 30 blocks (commits 387062f and 74225f7, 2-core bf16 CPU). It memorises
-    # more, not less: full-nodp's audit AUC after 6 passes 0.96 and f-DP bound 4.35, against 0.86 and 2.43 on all
-    # 30. What it costs: the DP arms heal less (held-out perplexity of full-dp8 35.5 against 22.9, pruned-dp8
-    # 42.4 against 31.4; full-nodp 5.45 against 4.91).
+    # record instead of in every pass (ppt_core.frozen_prefix), and the backward pass stops at block 20: about
+    # half of training's work. It memorises more, not less (a larger audit AUC and bound for the twins); what it
+    # costs is healing: the DP arms reach a higher held-out perplexity than with LoRA on every block.
     lora_blocks=10,
     bf16="auto",  # bf16 autocast for the forward/backward where the device has native bf16 (else float32,
     # which is faster than emulated bf16); per-sample clipping and noise stay float32 either way
@@ -111,13 +101,13 @@ _QUICK = dict(
     secure_mode=False,  # False: Poisson draws and DP noise come from the seed (reproducible study, not a
     #                     release); True: Opacus's cryptographic generator (needs torchcsprng), for a release
     # The implementation audit of every DP arm (ppt_core.implementation_audit): white-box gradient canaries in its
-    # own DP optimizer, m of them, and the planted-bug controls claiming ε = 8 at its schedule (0: off). At
-    # m = 100,000 the canaries cost about 26 ms a step on a 2-core CPU; at ε = 8, q = 1/17, 102 steps the bound
-    # reaches 4.4 (the ideal simulation 4.4, the ceiling 16), half the noise 12.2 and no clipping 13.5.
+    # own DP optimizer, m of them, and the planted-bug controls claiming ε = 8 at its schedule (0: off). A canary
+    # costs no forward pass, only a coordinate: the bound grows slowly with m (the ceiling of 100,000 is twice
+    # ε = 8), and its cost per step linearly (timings.json's implementation_audit_seconds_per_step).
     implementation_audit_canaries=100_000,
     # Held-out loss read this many times during training (and once before), on loss_curve_records held-out notes:
     # the only loss curve a DP arm publishes. (The audit over training reads all 256 audit canaries after every
-    # expected pass whatever this is: arm_training.audit_probe; 7 reads, 22-25 s of an arm's 82-93 s in bf16.)
+    # expected pass whatever this is: arm_training.audit_probe.)
     loss_curve_points=3,
     loss_curve_records=8,  # held-out notes each held-out-loss measurement averages over
     # --- synthetic data (05) -----------------------------------------------------------------
@@ -132,10 +122,9 @@ _QUICK = dict(
     n_attack=8,  # members and as many held-out records for prefix extraction (the first of n_membership)
     attack_prefix_tokens=16,
     attack_suffix_tokens=16,
-    # Members (every training note) and as many non-members: AUC intervals of about +-0.11 (+-0.08 with 100). The
-    # twins' calibrated membership gain (ΔAUC vs start) read 0.39 [0.31, 0.44] and 0.36 [0.28, 0.42] with 50, the DP
-    # arms' 0.036 [-0.085, 0.14] and 0.044 [-0.073, 0.14] (commit ab45601): still apart. "DP mitigates" decides on
-    # the audit canaries; the membership difference is shown beside it.
+    # Members (every training note) and as many non-members: AUC intervals of about +-0.11 (+-0.08 with 100),
+    # enough to tell the twins' calibrated membership gain from the DP arms'. "DP mitigates" decides on the audit
+    # canaries; the membership difference is shown beside it.
     n_membership=50,
     min_k_percent=20,
     canary_rank_cap=20,  # exact rank up to this (exposure above 15.6 of 19.9 bits; past it an interval): descriptive,
@@ -230,7 +219,7 @@ _FULL = dict(
 )
 
 # The paper profile: the quick profile, record for record, over the epsilon sweep and three seeds: 8 fine-tuned
-# arms a seed and 30 attacked in all, in at most 100 minutes on a 2-core CPU (issue 24). Pruning's strategy sweep
+# arms a seed and 30 attacked in all, sized for a 2-core CPU in well under two hours. Pruning's strategy sweep
 # runs at the studied level only. Its committed run: README, under Results.
 _PAPER = dict(
     _QUICK,
@@ -240,8 +229,7 @@ _PAPER = dict(
     prune_strategies=["pairwise", "block", "last", "random"],  # iterative chose pairwise's blocks in quick
     prune_sweep=[0, 4],
     # One rate per family, chosen by `make tune PROFILE=paper` on an independent draw of the data, never the study's
-    # records (figures/tuning/paper.json): held-out loss of full-dp1 at 2e-3, 5e-3, 1e-2: 3.94, 3.82, 4.04; of
-    # full-nodp at 5e-4, 1e-3, 2e-3: 2.00, 1.78, 1.81 (about 80 s a run on a 2-core bf16 CPU)
+    # records; the held-out loss of every candidate is in figures/tuning/paper.json.
     dp_learning_rate=5e-3,
     nodp_learning_rate=1e-3,
 )
