@@ -59,7 +59,7 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
                                   family=family)
     if result.implementation_audit is not None:
         implementation_audit.check_claim(arm, result.implementation_audit)
-        implementation_audit.check_controls(arm, result.implementation_audit["controls"])
+        implementation_audit.check_controls(arm, result.implementation_audit)
     check_converged(arm, result)
     if world is None or world.main:  # under torchrun every process holds the same adapter: rank 0 writes it
         save_arm(params, arm, peft_model, tokenizer, result, config)
@@ -229,13 +229,16 @@ def result_record(result: TrainResult) -> dict:
 
 IMPLEMENTATION_AUDIT_COLUMNS = ("claimed_epsilon", "epsilon_lower", "ratio_to_claim", "simulation_epsilon_lower",
                                 "ratio_to_simulation", "ceiling", "scores_ks_pvalue", "flagged", "canaries", "steps")
+NOISE_CHECK_KEYS = ("noise_per_matrix", "noise_control")  # the per-matrix noise check and its planted control
 
 
 def implementation_audit_record(results: dict[str, TrainResult]) -> dict:
     """results.json["implementation_audit"]: per DP arm its implementation audit (IMPLEMENTATION_AUDIT_COLUMNS and
-    the per-matrix noise check), and `controls`: per arm and planted bug (claiming ε = 8) the same columns."""
+    the per-matrix noise check with its planted control, NOISE_CHECK_KEYS), and `controls`: per arm and planted
+    bug (claiming ε = 8) the same columns."""
     audited = {arm: r.implementation_audit for arm, r in results.items() if r.implementation_audit is not None}
-    record = {arm: {k: a[k] for k in (*IMPLEMENTATION_AUDIT_COLUMNS, "noise_per_matrix")} for arm, a in audited.items()}
+    record = {arm: {k: a[k] for k in (*IMPLEMENTATION_AUDIT_COLUMNS, *NOISE_CHECK_KEYS) if k in a}
+              for arm, a in audited.items()}
     controls = {f"{arm}: {bug}": {k: c[k] for k in IMPLEMENTATION_AUDIT_COLUMNS}
                 for arm, a in audited.items() for bug, c in a.get("controls", {}).items()}
     return artifacts.rounded(record | ({"controls": controls} if controls else {}))
@@ -243,7 +246,7 @@ def implementation_audit_record(results: dict[str, TrainResult]) -> dict:
 
 def implementation_audit_table(record: dict) -> dict:
     """{row: columns} of results.json["implementation_audit"] for a table: each DP arm, then each control."""
-    arms_rows = {arm: {k: v for k, v in a.items() if k != "noise_per_matrix"}
+    arms_rows = {arm: {k: v for k, v in a.items() if k not in NOISE_CHECK_KEYS}
                  for arm, a in record.items() if arm != "controls"}
     return arms_rows | {f"control {row}": values for row, values in record.get("controls", {}).items()}
 

@@ -13,7 +13,13 @@ The score of a canary is its starting model's loss minus the arm's loss on the c
 (`membership.audit_scores`): a model gains on random words only by having seen them.
 
 The bounds are jax-privacy's (`jax_privacy.auditing.CanaryScoreAuditor`: `epsilon_one_run` and
-`epsilon_one_run_fdp`, each maximised over thresholds with a Bonferroni correction). Its `auditing`
+`epsilon_one_run_fdp`). Their multiple testing is pre-specified (`threshold_strategy`): jax-privacy's `Split`
+picks the threshold on a fixed random half of the canaries (`THRESHOLD_SPLIT`, seed `SPLIT_SEED`) and bounds ε
+on the other half at that one threshold. jax-privacy's default, a Bonferroni correction over every threshold of
+the ROC hull, divides the confidence by a number the scores choose; at perfect separation both give the same
+ceiling. The audit's AUC is one estimator, the empirical ROC AUC (`ppt_core.roc.roc_auc`, Mann–Whitney: the
+share of included-excluded pairs the score orders right), not jax-privacy's `attack_auroc`, which credits
+classifiers that randomise between hull thresholds and reads higher on the same scores. Its `auditing`
 module needs only dp-accounting, numpy and scipy; the package's `__init__` imports all of
 jax-privacy, jax included (about 600 MB that nothing here would use), so the package is installed
 without its dependencies and that one module is loaded from its file, unchanged.
@@ -37,7 +43,11 @@ from functools import cache, lru_cache
 
 import numpy as np
 
+from ppt_core.roc import roc_auc
+
 SIGNIFICANCE = 0.05  # the lower bounds hold with 95% confidence
+THRESHOLD_SPLIT = 0.5  # jax-privacy's Split: the share of canaries that choose the threshold
+SPLIT_SEED = 0x5F1D  # the split's partition: fixed before any score is read
 DECIDING_BOUND = "epsilon_lower_fdp"  # the one bound a leak verdict reads (pre-registered, not the max of two)
 
 
@@ -57,7 +67,7 @@ def jax_privacy_auditing():
     return module
 
 
-AUDITOR_API = ("epsilon_one_run", "epsilon_one_run_fdp", "attack_auroc")
+AUDITOR_API = ("CanaryScoreAuditor.epsilon_one_run", "CanaryScoreAuditor.epsilon_one_run_fdp", "Split")
 
 
 def check_params(params: dict) -> None:
@@ -66,33 +76,49 @@ def check_params(params: dict) -> None:
     if not int(params["n_audit_canaries"]):
         return
     try:
-        auditor = jax_privacy_auditing().CanaryScoreAuditor
+        auditing = jax_privacy_auditing()
     except (ImportError, AttributeError, OSError) as err:
         raise ValueError(f"the one-run audit cannot load jax-privacy's auditor ({err}); run `make setup`, or set "
                          "n_audit_canaries=0 to run without the audit") from None
-    missing = [name for name in AUDITOR_API if not hasattr(auditor, name)]
+    missing = [name for name in AUDITOR_API if not _has(auditing, name)]
     if missing:
-        raise ValueError(f"jax-privacy's CanaryScoreAuditor has no {', '.join(missing)}: the audit needs "
+        raise ValueError(f"jax-privacy's auditing has no {', '.join(missing)}: the audit needs "
                          "jax-privacy==2.0.0 (run `make setup`)")
+
+
+def _has(module, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not hasattr(module, part):
+            return False
+        module = getattr(module, part)
+    return True
+
+
+def threshold_strategy():
+    """The pre-specified multiple-testing strategy of every one-run bound: jax-privacy's Split at THRESHOLD_SPLIT
+    with SPLIT_SEED."""
+    return jax_privacy_auditing().Split(threshold_estimation_frac=THRESHOLD_SPLIT, seed=SPLIT_SEED)
 
 
 def epsilon_lower_bounds(scores: np.ndarray, included: np.ndarray, *, delta: float,
                          significance: float = SIGNIFICANCE) -> dict:
     """Empirical ε lower bounds at confidence 1 - significance from audit-canary scores (higher = more
-    likely included) and the true inclusions: {"one_run", "fdp", "m", "included", "auc"}."""
+    likely included) and the true inclusions, each at the pre-specified `threshold_strategy`: {"one_run",
+    "fdp", "m", "included", "auc"} (the empirical ROC AUC)."""
     scores, included = np.asarray(scores, dtype=float), np.asarray(included, dtype=bool)
     if scores.shape != included.shape or scores.ndim != 1:
         raise ValueError(f"scores and included must be 1-D of one length (got {scores.shape} and {included.shape})")
-    if included.all() or not included.any():
-        raise ValueError("the audit needs both included and excluded canaries (got "
+    if min(included.sum(), (~included).sum()) < 2:  # the split leaves one of each on either side
+        raise ValueError("the audit needs at least two included and two excluded canaries (got "
                          f"{int(included.sum())} of {len(included)} included): raise n_audit_canaries")
     auditor = jax_privacy_auditing().CanaryScoreAuditor(scores[included], scores[~included])
+    split = threshold_strategy()
     return {
-        "one_run": float(auditor.epsilon_one_run(significance, delta)),
-        "fdp": float(auditor.epsilon_one_run_fdp(significance, delta)),
+        "one_run": float(auditor.epsilon_one_run(significance, delta, threshold_strategy=split)),
+        "fdp": float(auditor.epsilon_one_run_fdp(significance, delta, threshold_strategy=split)),
         "m": int(len(scores)),
         "included": int(included.sum()),
-        "auc": float(auditor.attack_auroc()),
+        "auc": roc_auc(scores[included], scores[~included]),
     }
 
 

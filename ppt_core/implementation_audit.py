@@ -30,8 +30,8 @@ What the auditor computes. Canary i's score is the log-likelihood ratio of the P
 over the steps at the CLAIMED (σ, q, C): Σ_t log(1 − q + q·exp((y_t·C − C²/2) / (σC)²)), y_t the noised
 clipped sum read at its coordinate. The ε lower bound is jax-privacy's one-run f-DP bound (Mahloujifar et
 al. 2024) on the scores and the inclusions, loaded by `ppt_core.audit` without jax. Multiple testing is
-pre-specified: jax-privacy's `Split` strategy (`THRESHOLD_SPLIT`, seed `SPLIT_SEED`) picks the threshold on a
-random half of the canaries and bounds ε on the other half at that one threshold, not the data-dependent
+pre-specified, as in the black-box audit (`audit.threshold_strategy`): jax-privacy's `Split` picks the threshold on
+a random half of the canaries and bounds ε on the other half at that one threshold, not the data-dependent
 Bonferroni over every threshold of the hull (with this many canaries, half of them bound ε more tightly than
 all of them under a correction that grows with the number of thresholds).
 
@@ -66,8 +66,6 @@ DEFAULT_CANARIES = 100_000
 CANARY_BLOCK = 1024  # canary coordinates per scratch-optimizer step: k*CANARY_BLOCK floats of dense gradients
 ROWS_PER_PASS = 256  # drawn canaries per physical pass of one block (virtual steps beyond): 1 MB of rows
 CANARY_NORMS = (1.0, 4.0)  # canary gradient norms, log-uniform, in units of the claimed C: all >= C, most above
-THRESHOLD_SPLIT = 0.5  # jax-privacy's Split: the share of canaries that choose the threshold
-SPLIT_SEED = 0x5F1D  # the split's partition: fixed before any score is read
 SIMULATION_RUNS = 3  # ideal simulations per audit: the bound varies between runs; the ratio reads their median
 # The scores' consistency with the claim: a two-sample KS test of the audited scores against an ideal simulation's
 # must not reject at this level. Not a privacy bound: a check that the mechanism is the claimed one, which catches
@@ -125,8 +123,7 @@ def epsilon_lower_bound(scores: np.ndarray, included: np.ndarray, delta: float) 
     auditing = audit.jax_privacy_auditing()
     scores, included = np.asarray(scores, dtype=float), np.asarray(included, dtype=bool)
     auditor = auditing.CanaryScoreAuditor(scores[included], scores[~included])
-    split = auditing.Split(threshold_estimation_frac=THRESHOLD_SPLIT, seed=SPLIT_SEED)
-    return float(auditor.epsilon_one_run_fdp(audit.SIGNIFICANCE, delta, threshold_strategy=split))
+    return float(auditor.epsilon_one_run_fdp(audit.SIGNIFICANCE, delta, threshold_strategy=audit.threshold_strategy()))
 
 
 def inclusion(m: int, seed: int) -> np.ndarray:
@@ -286,12 +283,14 @@ class TrainingHook:
                  with_controls: bool = False, controls_seed: int = 0):
         self.m, self.seed, self.simulation_runs, self.with_controls = m, seed, simulation_runs, with_controls
         self.controls_seed = controls_seed
-        self.mechanism, self.noise_check = None, None
+        self.mechanism, self.noise_check, self.noise_control = None, None, None
 
     def start(self, training) -> None:
         if training.config.dp is None:
             raise ValueError("the implementation audit audits a DP run: its config has no dp")
-        self.noise_check = check_noise_per_matrix(training.optimizer, lora_parameter_names(training))
+        names = lora_parameter_names(training)
+        self.noise_check = check_noise_per_matrix(training.optimizer, names)
+        self.noise_control = unnoised_matrix_control(training.optimizer, names) if self.with_controls else None
         self.mechanism = CanaryMechanism.of_training(training, self.m, self.seed)
 
     def step(self, training) -> None:
@@ -304,6 +303,7 @@ class TrainingHook:
             planted = control_claim(claim.sample_rate, claim.steps, dp.delta, dp.accountant, dp.max_grad_norm)
             record["controls"] = controls(training.optimizer, planted, self.m, self.controls_seed,
                                           self.simulation_runs)
+            record["noise_control"] = self.noise_control
         return record
 
 
@@ -325,7 +325,7 @@ def report(mechanism: CanaryMechanism, simulation_runs: int = SIMULATION_RUNS) -
         "sample_rate_claimed": claim.sample_rate, "sample_rate_drawn": mechanism.sample_rate,
         "max_grad_norm_claimed": claim.max_grad_norm, "max_grad_norm_used": float(mechanism.scratch.max_grad_norm),
         "optimizer_class": type(mechanism.scratch).__name__,
-        "threshold": f"jax-privacy Split({THRESHOLD_SPLIT}, seed={SPLIT_SEED})",
+        "threshold": f"jax-privacy Split({audit.THRESHOLD_SPLIT}, seed={audit.SPLIT_SEED})",
         "seconds_per_step": mechanism.seconds / max(1, mechanism.steps),
     }
 
@@ -348,10 +348,16 @@ def check_claim(arm: str, record: dict) -> None:
             f"< {KS_ALPHA:g}: {fix}")
 
 
-def check_controls(arm: str, table: dict) -> None:
-    """Stop, naming the arm, when a planted bug passes the audit: an audit that cannot fire on its positive
-    control is a design to fix, and its silence on the arm would be no evidence."""
-    missed = [bug for bug, record in table.items() if not record["flagged"]]
+def check_controls(arm: str, record: dict) -> None:
+    """Stop, naming the arm, when a planted bug of its implementation audit `record` passes unflagged (a
+    `controls` row, or the matrix of its `noise_control`): an audit that cannot fire on its positive control is
+    a design to fix, and its silence on the arm would be no evidence."""
+    noise = record.get("noise_control")
+    if noise is not None and not noise["flagged"]:
+        raise MissingNoise(f"arm {arm!r}: the per-matrix noise check did not flag the planted bug that leaves "
+                           f"{noise['matrix']!r} without noise (ratio {noise['ratio']:.3g}): it cannot tell a "
+                           "matrix without noise from the arm's; stop and find why")
+    missed = [bug for bug, control in record.get("controls", {}).items() if not control["flagged"]]
     if missed:
         raise ImplementationAuditFailure(
             f"arm {arm!r}: the implementation audit did not flag the planted bug(s) {', '.join(missed)} (claiming "
@@ -419,12 +425,12 @@ def lora_parameter_names(training) -> list[str]:
     return [names.get(id(p), f"parameter {i}") for i, p in enumerate(training.optimizer.params)]
 
 
-def copy_of(optimizer):
-    """A DP optimizer of `optimizer`'s class and settings over a deep copy of its torch optimizer (parameters and
-    state), with a copy of its noise generator and no step hook: the accounting hook is a closure over the arm's
-    accountant. (A DPOptimizer does not deep-copy itself: torch's __setstate__ reads a property that needs
-    `original_optimizer` before it is restored.)"""
-    scratch = type(optimizer)(
+def copy_of(optimizer, optimizer_class=None):
+    """A DP optimizer of `optimizer`'s class (or `optimizer_class`) and settings over a deep copy of its torch
+    optimizer (parameters and state), with a copy of its noise generator and no step hook: the accounting hook is
+    a closure over the arm's accountant. (A DPOptimizer does not deep-copy itself: torch's __setstate__ reads a
+    property that needs `original_optimizer` before it is restored.)"""
+    scratch = (optimizer_class or type(optimizer))(
         copy.deepcopy(optimizer.original_optimizer), noise_multiplier=optimizer.noise_multiplier,
         max_grad_norm=optimizer.max_grad_norm, expected_batch_size=optimizer.expected_batch_size,
         loss_reduction=optimizer.loss_reduction, generator=copy.deepcopy(optimizer.generator),
@@ -440,18 +446,18 @@ def noise_check_steps(smallest_matrix: int) -> int:
     return max(1, math.ceil(2 * (NOISE_CHECK_STDS / NOISE_TOLERANCE) ** 2 / smallest_matrix))
 
 
-def check_noise_per_matrix(optimizer, names: list[str], passes: int = 2) -> dict:
-    """Opacus's test_noise_level per matrix, on a copy of the arm's optimizer (`copy_of`) as the study steps it.
+def noise_ratios(optimizer, names: list[str], passes: int = 2, optimizer_class=None) -> dict:
+    """Opacus's test_noise_level per matrix, on a copy of the arm's optimizer (`copy_of`, of `optimizer_class` if
+    given) as the study steps it: {matrix: observed / expected}.
 
     Each of k steps gives every parameter a zero per-record gradient in `passes` physical passes signalled as
     the loop signals them; after the step, each matrix's noised gradient p.grad is read. The study trains with
     AdamW, whose update is normalised, so the check reads p.grad after add_noise and scale_grad, where Opacus's
     own test (with SGD) reads the weights: Σ_k ‖p.grad‖² must be within NOISE_TOLERANCE of k·d·(σC/B)². The
-    copy has no accounting hook and the global RNGs are restored, so the arm's state and noise are untouched.
-    Returns {matrix: ratio observed / expected}; raises MissingNoise naming the first matrix outside."""
+    copy has no accounting hook and the global RNGs are restored, so the arm's state and noise are untouched."""
     cuda = sorted({p.device.index or 0 for p in optimizer.params if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):  # a generator-less optimizer draws from the global RNGs
-        scratch = copy_of(optimizer)
+        scratch = copy_of(optimizer, optimizer_class)
         params = scratch.params
         steps = noise_check_steps(min(p.numel() for p in params))
         squares = [0.0] * len(params)
@@ -466,14 +472,52 @@ def check_noise_per_matrix(optimizer, names: list[str], passes: int = 2) -> dict
             for j, p in enumerate(params):
                 squares[j] += float(p.grad.double().square().sum())
             scratch.zero_grad()
-    divisor = scratch.expected_batch_size if scratch.loss_reduction == "mean" else 1
-    std = optimizer.noise_multiplier * optimizer.max_grad_norm / divisor
-    ratios = {name: s / (steps * p.numel() * std**2) if std else math.inf for name, s, p in zip(names, squares, params)}
-    for name, ratio in ratios.items():
-        if not abs(ratio - 1) <= NOISE_TOLERANCE:
-            raise MissingNoise(
-                f"LoRA matrix {name!r}: its noised gradient over {steps} zero-gradient steps has {ratio:.3g} times the "
-                f"variance (σC/B)² = ({optimizer.noise_multiplier:.4g} x {optimizer.max_grad_norm:g} / {divisor:g})² "
-                f"per entry (allowed: within {NOISE_TOLERANCE:.0%}): the optimizer does not noise this matrix as "
-                "claimed; stop and find the bug before training")
+    std = noise_std(optimizer)
+    return {name: s / (steps * p.numel() * std**2) if std else math.inf for name, s, p in zip(names, squares, params)}
+
+
+def noise_std(optimizer) -> float:
+    """The noise a correct optimizer adds per coordinate of its (scaled) gradient: σC/B, or σC with loss
+    reduction "sum"."""
+    divisor = optimizer.expected_batch_size if optimizer.loss_reduction == "mean" else 1
+    return optimizer.noise_multiplier * optimizer.max_grad_norm / divisor
+
+
+def outside_tolerance(ratios: dict) -> list[str]:
+    """The matrices whose noise ratio is not within NOISE_TOLERANCE of 1."""
+    return [name for name, ratio in ratios.items() if not abs(ratio - 1) <= NOISE_TOLERANCE]
+
+
+def check_noise_per_matrix(optimizer, names: list[str], passes: int = 2) -> dict:
+    """`noise_ratios` of the arm's optimizer; raises MissingNoise naming the first matrix outside NOISE_TOLERANCE."""
+    ratios = noise_ratios(optimizer, names, passes)
+    for name in outside_tolerance(ratios):
+        raise MissingNoise(
+            f"LoRA matrix {name!r}: its noised gradient over zero-gradient steps has {ratios[name]:.3g} times the "
+            f"variance (σC/B)² = {noise_std(optimizer):.4g}² per entry (σ = {optimizer.noise_multiplier:.4g}, C = "
+            f"{optimizer.max_grad_norm:g}; allowed: within {NOISE_TOLERANCE:.0%}): the optimizer does not noise this "
+            "matrix as claimed; stop and find the bug before training")
     return ratios
+
+
+def forgets_noise_on(optimizer_class, index: int):
+    """Planted bug (d): a subclass of `optimizer_class` whose add_noise leaves its parameter `index` without noise
+    (the clipped sum passes through as its gradient)."""
+
+    class ForgetsOneMatrix(optimizer_class):
+        def add_noise(self):
+            super().add_noise()
+            target = self.params[index]
+            target.grad = target.summed_grad.view_as(target).clone()
+
+    ForgetsOneMatrix.__name__ = f"ForgetsOneMatrix{optimizer_class.__name__}"
+    return ForgetsOneMatrix
+
+
+def unnoised_matrix_control(optimizer, names: list[str], passes: int = 2) -> dict:
+    """Planted bug (d) at the arm's own optimizer: the per-matrix check on a copy that forgets the noise of its
+    middle matrix. {"matrix", "ratio", "tolerance", "flagged"}: flagged when the check names exactly that matrix."""
+    index = len(names) // 2
+    ratios = noise_ratios(optimizer, names, passes, forgets_noise_on(type(optimizer), index))
+    return {"matrix": names[index], "ratio": ratios[names[index]], "tolerance": NOISE_TOLERANCE,
+            "flagged": outside_tolerance(ratios) == [names[index]]}

@@ -22,10 +22,31 @@ def test_bounds_on_synthetic_scores():
     assert audit.epsilon_lower_bounds(more.astype(float), more, delta=1e-5)["one_run"] > perfect["one_run"]
 
 
+def test_the_bounds_multiple_testing_is_pre_specified_and_the_auc_is_mann_whitney():
+    """Each bound is jax-privacy's at one pre-specified Split, not its default Bonferroni over the thresholds the
+    scores happen to produce; the AUC is the empirical one (scipy's Mann-Whitney U / (n_in n_out)), not
+    jax-privacy's hull AUC, which reads higher on the same scores."""
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    included = rng.random(512) < 0.5
+    scores = rng.normal(size=512) + 1.5 * included
+    bounds = audit.epsilon_lower_bounds(scores, included, delta=1e-5)
+    auditing = audit.jax_privacy_auditing()
+    auditor = auditing.CanaryScoreAuditor(scores[included], scores[~included])
+    split = auditing.Split(threshold_estimation_frac=audit.THRESHOLD_SPLIT, seed=audit.SPLIT_SEED)
+    assert bounds["fdp"] == auditor.epsilon_one_run_fdp(audit.SIGNIFICANCE, 1e-5, threshold_strategy=split)
+    assert bounds["one_run"] == auditor.epsilon_one_run(audit.SIGNIFICANCE, 1e-5, threshold_strategy=split)
+    assert bounds["fdp"] != auditor.epsilon_one_run_fdp(audit.SIGNIFICANCE, 1e-5)  # Bonferroni's differs here
+    u = stats.mannwhitneyu(scores[included], scores[~included]).statistic
+    assert bounds["auc"] == pytest.approx(u / (included.sum() * (~included).sum()))
+    assert auditor.attack_auroc() > bounds["auc"] + 0.005
+
+
 def test_jax_privacy_is_used_without_jax():
     import sys
 
-    audit.epsilon_lower_bounds(np.r_[1.0, 0.0], np.r_[True, False], delta=1e-5)
+    audit.epsilon_lower_bounds(np.r_[1.0, 0.9, 0.0, 0.1], np.r_[True, True, False, False], delta=1e-5)
     assert "jax" not in sys.modules
 
 
@@ -129,7 +150,7 @@ def test_a_missing_or_changed_auditor_stops_before_any_work(monkeypatch):
                 return 0.0
 
     monkeypatch.setattr(audit, "jax_privacy_auditing", lambda: Changed)
-    with pytest.raises(ValueError, match="has no epsilon_one_run_fdp, attack_auroc"):
+    with pytest.raises(ValueError, match="has no CanaryScoreAuditor.epsilon_one_run_fdp, Split"):
         audit.check_params(params)
 
     def missing():
@@ -151,7 +172,7 @@ def test_the_ceiling_is_the_most_m_canaries_can_show():
         scores = rng.normal(size=256) + separation * included
         bounds = audit.epsilon_lower_bounds(scores, included, delta=1e-5)
         assert bounds["one_run"] <= most["one_run"] + 1e-9 and bounds["fdp"] <= most["fdp"] + 1e-9
-    assert 3.3 < most["one_run"] < 3.5 and 6.2 < most["fdp"] < 6.4 < 8
+    assert 2.9 < most["one_run"] < 3.1 and 6.2 < most["fdp"] < 6.4 < 8
     assert audit.ceiling(1024, 512, 1e-5)["fdp"] > most["fdp"]  # more canaries, a higher ceiling
     recorded = {"base": {}, "full-dp8": {"audit": {"m": 256, "ceiling_one_run": 3.4, "ceiling_fdp": 6.3}}}
     assert audit.ceiling_of(recorded) == {"m": 256, "one_run": 3.4, "fdp": 6.3} and audit.ceiling_of({}) is None

@@ -173,19 +173,17 @@ def test_the_noise_check_passes_the_study_optimizer_and_leaves_it_untouched(tiny
 
 
 def test_the_noise_check_names_a_matrix_left_without_noise(tiny):
-    """Planted bug (d): an optimizer that noises every LoRA matrix but one."""
+    """Planted bug (d): an optimizer that noises every LoRA matrix but one is stopped, naming that matrix; the
+    study's own control (the arm's optimizer made to forget its middle matrix) is flagged, the arm's is not."""
     config = small_config(dp=dp_config())
     trained = prepared(tiny, config)
     names = ia.lora_parameter_names(trained)
     skipped = trained.optimizer.params[2]
+    control = ia.unnoised_matrix_control(trained.optimizer, names)
+    assert control["flagged"] and control["matrix"] == names[len(names) // 2] and control["ratio"] < 0.5
+    assert all(getattr(p, "summed_grad", None) is None for p in trained.lora_params)  # the arm's optimizer untouched
 
-    class ForgetsOneMatrix(type(trained.optimizer)):
-        def add_noise(self):
-            super().add_noise()
-            target = self.params[2]
-            target.grad = target.summed_grad.view_as(target).clone()
-
-    trained.optimizer.__class__ = ForgetsOneMatrix
+    trained.optimizer.__class__ = ia.forgets_noise_on(type(trained.optimizer), 2)
     assert skipped is trained.optimizer.params[2]
     with pytest.raises(ia.MissingNoise, match=f"LoRA matrix '{names[2]}'"):
         ia.check_noise_per_matrix(trained.optimizer, names)
@@ -201,20 +199,30 @@ def test_the_study_publishes_each_arm_and_control_and_stops_on_a_missed_control(
 
     claim, table = controls
     mechanism = ia.CanaryMechanism(arm_optimizer(claim), STUDY_RATE, claim, 2000).run(claim.steps)
-    audited = ia.report(mechanism, simulation_runs=1) | {"noise_per_matrix": {"lora_A": 1.01}, "controls": table}
+    noise_control = {"matrix": "lora_B", "ratio": 0.0, "tolerance": ia.NOISE_TOLERANCE, "flagged": True}
+    audited = ia.report(mechanism, simulation_runs=1) | {"noise_per_matrix": {"lora_A": 1.01, "lora_B": 0.98},
+                                                         "noise_control": noise_control, "controls": table}
     result = training.TrainResult([], [], [], [], claim.steps, STUDY_RATE, 16, 100, implementation_audit=audited)
     record = arm_training.implementation_audit_record({"pruned-dp8": result, "pruned-nodp": training.TrainResult(
         [], [], [], [], claim.steps, STUDY_RATE, 16, 100)})
     assert set(record) == {"pruned-dp8", "controls"}
     assert set(record["controls"]) == {f"pruned-dp8: {bug}" for bug in ia.PLANTED_BUGS}
-    assert set(record["pruned-dp8"]) == {*arm_training.IMPLEMENTATION_AUDIT_COLUMNS, "noise_per_matrix"}
+    assert set(record["pruned-dp8"]) == {*arm_training.IMPLEMENTATION_AUDIT_COLUMNS, *arm_training.NOISE_CHECK_KEYS}
     markdown = report.implementation_audit_markdown(record)
     assert "| pruned-dp8 |" in markdown and "| control: pruned-dp8: half noise |" in markdown
-    assert markdown.count("**yes**") == len(ia.PLANTED_BUGS)
-    ia.check_controls("pruned-dp8", table)
+    assert markdown.count("**yes**") == len(ia.PLANTED_BUGS) + 1  # and the matrix left without noise
+    assert "| pruned-dp8 | 2 | 0.98–1.01 | lora_B | 0 | **yes** |" in markdown
+    assert "Per claimed ε" not in markdown  # one arm per ε: nothing to pool
+    pooled = report.implementation_audit_markdown({"full-dp8 (seed 0)": dict(record["pruned-dp8"], epsilon_lower=2.0),
+                                                   "full-dp8 (seed 1)": dict(record["pruned-dp8"], epsilon_lower=4.0)})
+    claimed = record["pruned-dp8"]["claimed_epsilon"]
+    assert f"| {round(claimed, 1):g} | 2 | 3 (2–4) |" in pooled
+    ia.check_controls("pruned-dp8", audited)
     missed = dict(table, **{"half noise": dict(table["half noise"], flagged=False)})
     with pytest.raises(ia.ImplementationAuditFailure, match="'pruned-dp8'.*half noise"):
-        ia.check_controls("pruned-dp8", missed)
+        ia.check_controls("pruned-dp8", dict(audited, controls=missed))
+    with pytest.raises(ia.MissingNoise, match="'pruned-dp8'.*'lora_B' without noise"):
+        ia.check_controls("pruned-dp8", dict(audited, noise_control=dict(noise_control, flagged=False)))
 
 
 def test_each_dp_arm_draws_its_own_canaries_and_the_run_its_controls():
