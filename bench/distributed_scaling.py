@@ -52,7 +52,7 @@ def measure(rank: int, args, world_size: int, device: str, out_dir: str) -> None
                                   # rdp: quick to calibrate
                                   dp=privacy.DPConfig(target_epsilon=8.0, delta=1e-5, accountant="rdp"))
     torch.manual_seed(0)
-    peft_model = training._lora_model(model, config, torch.device(device))
+    peft_model = training.lora_model(model, config, torch.device(device))
     dataset = batching.record_dataset(tokenizer, records, args.tokens)
     run = training.prepare(peft_model, dataset, config, world)
     training.run_steps(run, steps=args.warmup)

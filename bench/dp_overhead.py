@@ -45,7 +45,7 @@ def measure(args, mode, bf16, queue):
     texts = [f"Patient {i} was admitted with chest pain and discharged home on day {i % 7}. " * 20 for i in range(64)]
     config = train_config.TrainConfig(expected_batch_size=args.batch, physical_batch_size=args.batch,
                                   max_length=args.tokens, bf16=bf16, dp=dp, progress=False, epochs=1.0)
-    peft_model = training._lora_model(model, config, next(model.parameters()).device)
+    peft_model = training.lora_model(model, config, next(model.parameters()).device)
     del model
     gc.collect()
     run = training.prepare(peft_model, batching.record_dataset(tokenizer, texts, args.tokens), config)

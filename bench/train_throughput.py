@@ -188,7 +188,7 @@ def adapters_off(peft_model, first_adapted: int):
 def measure(model, dataset, config, setting: Setting, *, steps: int) -> dict:
     """Seconds, tokens and FLOPs per logical step of the loop (training.logical_step) in `setting`."""
     cut, attention = setting.cut, setting.attention
-    peft_model = training._lora_model(model, config, next(model.parameters()).device)
+    peft_model = training.lora_model(model, config, next(model.parameters()).device)
     if attention is not None:
         peft_model.get_base_model().set_attn_implementation(attention)
     if setting.bf16_weights:

@@ -35,6 +35,7 @@ from ppt_core import (
     extraction,
     membership,
     models,
+    power,
     privacy,
     record_files,
     stats,
@@ -281,13 +282,17 @@ def save_records(paths: artifacts.RunPaths, splits: data.DatasetSplits, params: 
 
 # --- what notebook 06 shows ----------------------------------------------------------------------------
 def membership_table(attacks: dict) -> pd.DataFrame:
-    """Per arm and signal of results["attacks"]: AUC and ΔAUC vs the start with their 95% intervals, and the
-    TPR at each resolvable low FPR."""
+    """Per arm and signal of results["attacks"]: AUC and ΔAUC vs the start with their 95% intervals, beside it
+    the chance that an arm leaking nothing reads "no leak" at this many members (power.null_exclusion_power),
+    and the TPR at each resolvable low FPR."""
     rows = {}
+    margin = power.MINIMAL_AUC_EFFECT
     for arm, arm_attacks in attacks.items():
+        null = power.null_exclusion_power(arm_attacks["membership"]["members"], margin)
         for signal, s in arm_attacks["membership"]["signals"].items():
             rows[(arm, signal)] = {"AUC [95%]": format_interval(s["auc"]),
                                    "ΔAUC vs start [95%]": format_interval(s.get("delta_auc_vs_start")),
+                                   f"P(no leak reads ΔAUC ≤ {margin:g})": round(null, 2),
                                    **{f"TPR @ FPR {fpr}": tpr for fpr, tpr in s["tpr_at_fpr"].items()}}
     return pd.DataFrame(rows).T
 

@@ -32,7 +32,6 @@ import copy
 import hashlib
 import io
 import json
-import os
 import re
 import tempfile
 import time
@@ -403,7 +402,7 @@ def _check_per_record_gradients(pruned, lora_targets) -> None:
 
     from ppt_core import training
 
-    peft_model = training._lora_model(pruned, _train_config(lora_targets), torch.device("cpu"))
+    peft_model = training.lora_model(pruned, _train_config(lora_targets), torch.device("cpu"))
     with torch.no_grad():  # B starts at zero (so would every gradient of A): random adapters test both
         generator = torch.Generator().manual_seed(1)
         for parameter in peft_model.parameters():
@@ -457,7 +456,7 @@ def _check_dp_step(pruned, lora_targets) -> bool:
 
     depth = architectures.depth(pruned.config)
     config = _train_config(lora_targets, lora_blocks=depth - 1)  # the frozen-block cache below the adapted ones
-    peft_model = training._lora_model(pruned, config, torch.device("cpu"))
+    peft_model = training.lora_model(pruned, config, torch.device("cpu"))
     dataset = _records(8, _vocab(pruned), seed=3)
     before = {name: p.detach().clone() for name, p in peft_model.named_parameters()}
     with contextlib.redirect_stdout(io.StringIO()):  # the cache says when it is not used: the verdict keeps it
@@ -517,10 +516,7 @@ def check(config, lora_targets: str | list[str] = "attention+mlp", name: str | N
 
 
 def _write(path: Path, verdict: Conformance) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({k: v for k, v in asdict(verdict).items() if k != "cached"}, indent=1))
-    temporary.replace(path)
+    artifacts.write_text(path, json.dumps({k: v for k, v in asdict(verdict).items() if k != "cached"}, indent=1))
 
 
 def check_params(params: dict):

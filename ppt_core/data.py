@@ -11,7 +11,7 @@ Splits:
 - `audit`: the one-run privacy audit's canaries (Steinke, Nasr & Jagielski, 2023): a short fixed
   prefix and `audit_canary_tokens` words drawn at random from the tokenizer's single-token words.
   Each is one record, included in `train` independently with probability 1/2 by a random stream of
-  its own (`audit_stream`), kept apart from every other draw of the study; `included` says which.
+  its own (`corpus.audit_inclusions`), kept apart from every other draw of the study; `included` says which.
   Random words cannot be guessed from the rest of the data, so a model only predicts them well if it
   saw them: a fine-tuned model's gain on them over its starting model is the audit's score.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 import numpy as np
+import scipy.stats
 
 from ppt_core import bertscore, stats
 from ppt_core.generation import generate_ids
@@ -57,6 +58,16 @@ def _members_vs_heldout(member: np.ndarray, heldout: np.ndarray, statistic=np.me
     }
 
 
+def _hit_rates(member: np.ndarray, heldout: np.ndarray) -> dict:
+    """Hits (booleans) on members and on held-out records, each a share with its exact interval, and the
+    one-sided Fisher exact test of members hitting more often ("p_value"): a bootstrap of 0 of 8 would read
+    [0, 0], as if no rate above 0 were possible."""
+    hits = [int(np.sum(member)), int(np.sum(heldout))]
+    table = [[hits[0], len(member) - hits[0]], [hits[1], len(heldout) - hits[1]]]
+    return {"members": stats.proportion(hits[0], len(member)), "heldout": stats.proportion(hits[1], len(heldout)),
+            "p_value": float(scipy.stats.fisher_exact(table, alternative="greater").pvalue)}
+
+
 def _pii_rate(rows: np.ndarray) -> float:
     """Extracted PII fields over PII fields present in the true suffixes (rows: [extracted, present])."""
     present = rows[:, 1].sum()
@@ -74,7 +85,8 @@ def _pii_extraction_rate(member: np.ndarray, heldout: np.ndarray, **boot) -> dic
 
 def extraction_summary(member_rows: list[dict], heldout_rows: list[dict], member_perplexity: np.ndarray,
                        heldout_perplexity: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Members vs held-out: mean BERTScore F1, exact-suffix rate, PII extraction rate, mean perplexity."""
+    """Members vs held-out: mean BERTScore F1, exact-suffix rate (exact intervals, Fisher's test), PII extraction
+    rate, mean perplexity."""
     boot = dict(n_boot=n_boot, seed=seed)
 
     def column(rows, key):
@@ -87,8 +99,7 @@ def extraction_summary(member_rows: list[dict], heldout_rows: list[dict], member
         "records": {"members": len(member_rows), "heldout": len(heldout_rows)},
         "bertscore_f1": _members_vs_heldout(column(member_rows, "bertscore_f1"), column(heldout_rows, "bertscore_f1"),
                                             **boot),
-        "exact_suffix_rate": _members_vs_heldout(column(member_rows, "exact_suffix"),
-                                                 column(heldout_rows, "exact_suffix"), **boot),
+        "exact_suffix_rate": _hit_rates(column(member_rows, "exact_suffix"), column(heldout_rows, "exact_suffix")),
         "pii_extraction_rate": _pii_extraction_rate(pii(member_rows), pii(heldout_rows), **boot),
         "pii_fields_in_suffix": {"members": int(pii(member_rows)[:, 1].sum()),
                                  "heldout": int(pii(heldout_rows)[:, 1].sum())},

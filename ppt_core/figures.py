@@ -241,7 +241,9 @@ def audit_over_training(results: dict):
 
 
 def privacy_utility_speed(table: pd.DataFrame):
-    """Two panels: held-out perplexity against membership AUC (calibrated; privacy), and against speedup (speed)."""
+    """Two panels: held-out perplexity against membership AUC (privacy; each arm's judged signal, named in the
+    legend: calibrated by the start for the fine-tuned arms, the plain loss for base and pruned-noft), and
+    against speedup (speed)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for arm, r in table.iterrows():
         color, marker = arm_color(arm), "s" if arms.parse(arm).pruned else "o"
@@ -249,11 +251,13 @@ def privacy_utility_speed(table: pd.DataFrame):
             if not np.isnan(r.perplexity_low) else None
         xerr = [[r.membership_auc - r.membership_auc_low], [r.membership_auc_high - r.membership_auc]] \
             if not np.isnan(r.membership_auc_low) else None
+        signal = f" ({r.membership_signal})" if isinstance(r.membership_signal, str) else ""
         left.errorbar(r.membership_auc, r.perplexity, xerr=xerr, yerr=yerr, fmt=marker, color=color,
-                      capsize=3, ms=8, label=arm)
+                      capsize=3, ms=8, label=arm + signal)
         right.errorbar(r.speedup, r.perplexity, yerr=yerr, fmt=marker, color=color, capsize=3, ms=8, label=arm)
     left.axvline(0.5, color="k", lw=0.8, ls="--")
-    left.set(xlabel="membership AUC, calibrated by the starting model (0.5 = no leakage)",
+    left.legend(loc="best", fontsize="x-small")
+    left.set(xlabel="membership AUC (0.5 = no leakage; each arm's attack in the legend)",
              ylabel="held-out perplexity (log scale)", yscale="log", title="Utility vs privacy")
     right.axvline(1.0, color="k", lw=0.8, ls="--")
     right.set(xlabel="prefill speedup over base (×)", title="Utility vs speed")
@@ -277,18 +281,22 @@ def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, se
     non-private ones at "∞" (right of the largest ε, where nothing is claimed); one point per seed; and the
     audit's `ceiling` (audit.ceiling_of): a claim above it could not be refuted by these canaries."""
     tables = list(seed_tables.values()) or [table]
-    infinity = largest * 1.3
+    infinity = largest * 3  # right of the largest claim on the symlog axis
     points = []  # (x, bound, arm, column)
     for arm in trained:
         x = table.loc[arm, "epsilon"] if np.isfinite(table.loc[arm, "epsilon"]) else infinity
         for column in ("audit_epsilon_one_run", "audit_epsilon_fdp"):
             points += [(x, t.loc[arm, column], arm, column) for t in tables
                        if arm in t.index and column in t.columns and np.isfinite(t.loc[arm, column])]
-    top = max([largest] + [p[1] for p in points] + ([ceiling["fdp"]] if ceiling else [])) * 1.1
+    # Up to the bounds, the ceiling and the claims a bound could reach (a claim far above the ceiling runs off the top)
+    claims = [p[0] for p in points if p[0] != infinity]
+    reach = max([p[1] for p in points] + ([ceiling["fdp"]] if ceiling else []) + [1.0])
+    top = max([reach] + [c for c in claims if c <= 2 * reach]) * 1.15
     _ceiling_lines(ax, ceiling)
-    ax.fill_between([0, largest], [0, largest], [top, top], color="#d62728", alpha=0.08,
+    diagonal = np.r_[np.linspace(0, 1, 20), np.geomspace(1, max(largest, 1.0), 60)[1:]]  # straight on no axis
+    ax.fill_between(diagonal, diagonal, np.full_like(diagonal, top), color="#d62728", alpha=0.08,
                     label="impossible for a DP arm: audit above its claim")
-    ax.plot([0, largest], [0, largest], color="k", lw=0.8, ls="--", label="audit = claimed ε")
+    ax.plot(diagonal, diagonal, color="k", lw=0.8, ls="--", label="audit = claimed ε")
     labelled = set()
     for x, bound, arm, column in points:
         marker = "o" if column == "audit_epsilon_one_run" else "^"
@@ -297,8 +305,10 @@ def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, se
                 label=None if label in labelled else label)
         labelled.add(label)
     ticks = sorted({p[0] for p in points if p[0] != infinity} | {largest})
-    ax.set_xticks(ticks + [infinity], [f"{t:.2g}" for t in ticks] + ["∞"])
-    ax.set(xlim=(0, infinity * 1.1), ylim=(0, top), xlabel="claimed ε (accountant; ∞ = non-private)",
+    ax.set_xscale("symlog", linthresh=1.0)  # claims from below 1 to the hundreds, and ∞, on one axis
+    ax.set_xticks(ticks + [infinity], [f"{t:.3g}" for t in ticks] + ["∞"])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set(xlim=(0, infinity * 1.5), ylim=(0, top), xlabel="claimed ε (accountant; ∞ = non-private)",
            ylabel="audited ε lower bound",
            title="Audit vs claim" + (f" ({len(tables)} seeds)" if len(tables) > 1 else ""))
 
@@ -336,7 +346,7 @@ def frontier(table: pd.DataFrame, seed_tables: dict | None = None, ceiling: dict
     ticks = sorted(set(finite)) + [infinity]
     left.set(xscale="log", yscale="log", xlabel="claimed ε (accountant; ∞ = non-private)",
              ylabel="held-out perplexity (log scale)", title="Utility vs privacy budget")
-    left.set_xticks(ticks, [f"{t:.2g}" for t in ticks[:-1]] + ["∞"])
+    left.set_xticks(ticks, [f"{t:.3g}" for t in ticks[:-1]] + ["∞"])
     left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the arms' ε are ticks
     left.legend(loc="best", fontsize="small")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppt_core import artifacts, audit, profiles, summary, verdicts
+from ppt_core import arms, artifacts, audit, power, profiles, summary, verdicts
 from ppt_core.stats import format_interval
 from ppt_core.timing import SPEED_BATCH_SIZE
 
@@ -33,11 +33,26 @@ def _canaries(r) -> str:
     return f"{_fmt(r.canaries_above_null)} of {int(r.canaries_highest)} at {int(r.canary_repetitions)}× (p = {p})"
 
 
+def _share_cell(table: pd.DataFrame, arm: str, column: str) -> str:
+    """A counted share with its exact interval; where the arm's twin reads no hit (summary.with_positive_controls)
+    the attack has not shown it can fire: the twin's cell says so, and a DP arm's 0 is not shown as evidence."""
+    if column not in table.columns:
+        return "–"
+    r = table.loc[arm]
+    text = _fmt(r[column], r[f"{column}_low"], r[f"{column}_high"], 2)
+    if r.get(f"{column}_positive_control") is not False:
+        return text
+    twin = arms.parse(arm).twin
+    if twin:
+        return f"no positive control (twin {twin}: {_fmt(table.loc[twin, column], digits=2)})"
+    return f"{text} (no positive control)"
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     """The summary table as Markdown, intervals in brackets (95%: bootstrap over records, exact for shares)."""
     header = ("| arm | blocks | params (M) | ε | held-out perplexity | prefill tok/s (speedup) | membership AUC "
               "| ΔAUC vs start | canaries above null, highest reps (rank test) | audit ε ≥ (one run / f-DP) "
-              "| extraction exact-suffix hits | synthetic PII leak |")
+              "| extraction exact-suffix hits | synthetic PII leak | canary secrets extracted (greedy) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for arm, r in table.iterrows():
         auc = _fmt(r.membership_auc, r.membership_auc_low, r.membership_auc_high, 2)
@@ -55,8 +70,9 @@ def markdown_table(table: pd.DataFrame) -> str:
             _fmt(r.delta_auc, r.delta_auc_low, r.delta_auc_high, 2),
             _canaries(r),
             audit,
-            _fmt(r.extraction_hits, r.extraction_hits_low, r.extraction_hits_high, 2),
-            _fmt(r.synthetic_pii_leak, r.synthetic_pii_leak_low, r.synthetic_pii_leak_high, 2),
+            _share_cell(table, arm, "extraction_hits"),
+            _share_cell(table, arm, "synthetic_pii_leak"),
+            _share_cell(table, arm, "canary_extraction"),
         ]) + " |")
     return "\n".join(lines)
 
@@ -205,9 +221,9 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
             "Shares (extraction hits, synthetic PII): the seeds' counts pooled, exact interval. Audit ε: the "
             "smallest of the seeds' lower bounds (itself a lower bound for every seed's model; a mean of lower "
             "bounds is not one), each seed's in brackets. Other numbers: the mean of the seeds' with a 95% "
-            "Student-t interval over the seeds (wide for few seeds); canaries above the null and the rank test's "
-            "p: the means of the seeds'. The verdicts pool the seeds' records (a bootstrap over seeds, then "
-            "records).")
+            "Student-t interval over the seeds (wide for few seeds); canaries above the null: the mean of the "
+            "seeds'; the rank test's p: one test on every seed's canaries together. The verdicts pool the seeds' "
+            "records (a bootstrap over seeds, then records).")
     return "\n".join([
         f"Profile `{params['profile']}` (model `{params['model']}`), commit `{commit()}`, "
         f"produced {datetime.date.today().isoformat()} by `run_all.py`"
@@ -224,7 +240,16 @@ def results_markdown(params: dict, table: pd.DataFrame, claims: list[verdicts.Ve
         "arm's starting model (`reference`), the plain loss attack for the untrained arms. Canaries: of those "
         "inserted most often, how many gain more log-likelihood over the starting model on their secret than "
         "every never-inserted reference canary, and the one-sided Mann–Whitney p of their gains against the "
-        "references'.",
+        "references'. ΔAUC: at "
+        f"{params['n_membership']} members and as many non-members, an arm that leaks nothing reads \"no leak above "
+        f"{power.MINIMAL_AUC_EFFECT:g}\" (the interval's upper end at most that) "
+        f"{power.null_exclusion_power(params['n_membership']):.0%} of the time per seed; "
+        f"{power.null_support_sample_size(power.MINIMAL_AUC_EFFECT)} a side would make it 80%, so an interval "
+        "reaching past it is what a private arm reads too. Canary secrets extracted: of the inserted canaries (every "
+        "repetition count), how many a greedy continuation of the canary's prefix writes out verbatim, secret "
+        "included (exact extraction; by chance about never). Extraction, synthetic PII and canary extraction: an "
+        "attack that reads no hit on the non-private twin, the arm that memorises, has no positive control, and a "
+        "DP arm's 0 on it is no evidence of privacy.",
         "",
         verdicts.claims_markdown(claims),
         "",

@@ -35,13 +35,6 @@ def _interval(estimate) -> tuple[float, float, float]:
     return (np.nan if estimate is None else float(estimate)), np.nan, np.nan
 
 
-def _share(value, trials) -> dict | None:
-    """A rounded share of `trials` back to its count of hits, with the exact (Clopper–Pearson) interval."""
-    if value is None or not trials:
-        return None
-    return stats.proportion(int(round(value * trials)), int(trials))
-
-
 def _canaries(arm_attacks: dict) -> dict:
     """Of the canaries inserted most often: their repetitions and number, how many gain more over the start on
     their secret than every reference canary, the rank test's p-value (verdicts.canary_rank_test), and their
@@ -62,14 +55,25 @@ def _canaries(arm_attacks: dict) -> dict:
             "exposure_highest_high": max(row["exposure_high"] for row in top)}
 
 
+def _canary_extraction(arm_attacks: dict) -> dict | None:
+    """Of every inserted canary, the share whose secret greedy decoding from its prefix writes out verbatim
+    (exact extraction, Carlini et al. 2019), with its exact interval; None for an arm without canaries. A
+    secret is one of 10**secret_digits codes: a model that never saw it writes it by chance almost never."""
+    rows = [row for row in (_get(arm_attacks, "canaries", "rows", default=None) or []) if row["repetitions"] > 0]
+    if not rows or any(row.get("greedy_extracted") is None for row in rows):
+        return None
+    return stats.proportion(sum(bool(row["greedy_extracted"]) for row in rows), len(rows))
+
+
 def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
     """One row per arm: blocks kept, parameters (M), claimed ε (inf = non-private), held-out perplexity,
     prefill throughput (tokens/s) and speedup over base, membership AUC of the judged signal (calibrated by
     the start; loss for base and pruned-noft) and its ΔAUC vs the start, of the highest-repetition canaries
     how many gain more than every reference canary and the rank test's p-value (and their exposure in bits,
-    descriptive), audit ε lower bounds (one run, f-DP), the share
-    of members' extraction attempts reproducing the exact suffix, and of synthetic records leaking
-    training-only PII (exact intervals); intervals in *_low / *_high."""
+    descriptive), audit ε lower bounds (one run, f-DP), the share of members' extraction attempts reproducing
+    the exact suffix, of synthetic records leaking training-only PII, and of inserted canaries whose secret
+    greedy decoding writes out (exact intervals, and whether the twin shows the attack can fire:
+    with_positive_controls); intervals in *_low / *_high."""
     base_speed = _get(timings, "utility", "base", SPEED_BATCH, "prefill_tokens_per_s")
     rows = []
     for arm in arms.arm_names(params):
@@ -97,20 +101,38 @@ def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
             ("perplexity", _get(utility, "heldout_perplexity")),
             ("membership_auc", _get(attacks, "membership", "signals", signal, "auc")),
             ("delta_auc", verdicts.membership_delta(attacks) if attacks else None),
-            ("extraction_hits", _share(_get(extraction, "exact_suffix_rate", "members"),
-                                       _get(extraction, "records", "members"))),
-            ("synthetic_pii_leak", _share(_get(synthetic, "pii_leak_share", "value"), synthetic.get("records"))),
+            ("extraction_hits", _get(extraction, "exact_suffix_rate", "members")),
+            ("synthetic_pii_leak", _get(synthetic, "pii_leak_share")),
+            ("canary_extraction", _canary_extraction(attacks)),
         ):
             row[column], row[f"{column}_low"], row[f"{column}_high"] = _interval(estimate)
             if column in COUNTED_SHARES:  # the count behind the share: seeds pool hits and trials
-                row[f"{column}_trials"] = estimate["trials"] if estimate else np.nan
+                row[f"{column}_trials"] = estimate.get("trials", np.nan) if isinstance(estimate, dict) else np.nan
         rows.append(row)
-    return pd.DataFrame(rows).set_index("arm")
+    return with_positive_controls(pd.DataFrame(rows).set_index("arm"))
+
+
+def with_positive_controls(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with `<share>_positive_control` for each counted share (COUNTED_SHARES): True where the arm's
+    non-private twin (itself, for a non-private arm), the arm that memorises, reads at least one hit, so the
+    attack has shown it can fire; False where the twin reads none (a 0 on a DP arm is then no evidence of
+    privacy); NaN for the untrained arms and where the share was not measured."""
+    table = table.copy()
+    for column in (c for c in COUNTED_SHARES if c in table.columns):
+        controlled = []
+        for arm in table.index:
+            parsed = arms.parse(arm)
+            twin = (parsed.twin or arm) if parsed.trained else None
+            hits = table.loc[twin, column] if twin in table.index else np.nan
+            controlled.append(np.nan if np.isnan(hits) or np.isnan(table.loc[arm, column]) else bool(hits > 0))
+        table[f"{column}_positive_control"] = pd.Series(controlled, index=table.index, dtype=object)
+    return table
 
 
 # How each seed-varying number pools over seeds (pooled_table):
 LOG_SCALE = ("perplexity",)  # geometric mean, Student-t interval on the log: a perplexity interval stays above 0
-COUNTED_SHARES = ("extraction_hits", "synthetic_pii_leak")  # hits and trials summed, exact interval on the sums
+# Hits and trials summed, exact interval on the sums
+COUNTED_SHARES = ("extraction_hits", "synthetic_pii_leak", "canary_extraction")
 LOWER_BOUNDS = ("audit_epsilon_one_run", "audit_epsilon_fdp")  # the smallest of the seeds', each seed's listed
 # What a quantity can be: a Student-t interval over a few seeds can cross it (an AUC of 0.99, 0.97 and 0.80 reads
 # [0.69, 1.2]); the interval is cut to it, which keeps its coverage (the truth is inside the range).
@@ -197,7 +219,7 @@ def pooled_table(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
                 interval["value"], interval["low"], interval["high"])
         row["seeds"] = int(pd.to_numeric(per_seed["perplexity"], errors="coerce").notna().sum())
         rows.append(row)
-    return pd.DataFrame(rows).set_index("arm")[columns + added + ["seeds"]]
+    return with_positive_controls(pd.DataFrame(rows).set_index("arm")[columns + added + ["seeds"]])
 
 
 @dataclasses.dataclass
@@ -245,8 +267,20 @@ def load_study(params: dict) -> Study:
         for notebook, value in timing.get("notebooks", {}).items():
             seconds[notebook] = seconds.get(notebook, 0.0) + value
     seed_tables = {seed: summary_table(params, results[seed], timings[seed]) for seed in seeds}
-    return Study(pooled_table(seed_tables), pooled_results, pooling.pool_timings(timings), pooled_records, seeds,
+    table = with_pooled_rank_tests(pooled_table(seed_tables), pooled_results["attacks"])
+    return Study(table, pooled_results, pooling.pool_timings(timings), pooled_records, seeds,
                  seconds, seed_tables, results)
+
+
+def with_pooled_rank_tests(table: pd.DataFrame, pooled_attacks: Mapping) -> pd.DataFrame:
+    """The pooled table with each arm's canary p-value from one rank test on every seed's canaries together
+    (pooling.pool_attacks' rows, verdicts.canary_rank_test), the test the verdicts read: a mean of the seeds'
+    p-values is no p-value."""
+    table = table.copy()
+    for arm in table.index:
+        test = verdicts.canary_rank_test(_get(pooled_attacks, arm, "canaries"))
+        table.loc[arm, "canary_p_value"] = test["p_value"] if test else np.nan
+    return table
 
 
 def _by_seed(audits: dict) -> dict | None:

@@ -121,7 +121,7 @@ class TrainResult:
 # --- LoRA ----------------------------------------------------------------------------------------
 
 
-def _lora_model(model, config: TrainConfig, device: torch.device):
+def lora_model(model, config: TrainConfig, device: torch.device):
     """A deep copy of `model` on `device`, frozen, with fresh LoRA adapters (the only trainable weights)."""
     # Device first, PEFT second (opacus#820): hooks and the optimizer must see the final parameters.
     model = copy.deepcopy(model).to(device=device, dtype=torch.float32)
@@ -457,7 +457,7 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
     device = torch.device(config.device) if config.device else next(model.parameters()).device
     config = replace(config, bf16=precision.resolve_bf16(config.bf16, device))  # "auto" settles on the device
     torch.manual_seed(config.seed)
-    peft_model = _lora_model(model, config, device)
+    peft_model = lora_model(model, config, device)
     float32_weights = evaluation.frozen_weights_in_bf16(peft_model) if config.bf16 else []
     dataset = batching.record_dataset(tokenizer, texts, config.max_length)
     training = prepare(peft_model, dataset, config, world, _frozen_prefix(peft_model, dataset, config, family))

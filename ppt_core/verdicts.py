@@ -21,7 +21,7 @@ The privacy claims rest on measures that keep their power when the non-private a
 (membership AUCs near 1, canary ranks past the cap): whether an arm leaks, from three pre-registered tests
 (`leak`); whether DP mitigates and whether pruning complements privacy, from the audit memorisation gain,
 paired per audit canary (`mitigates_memorisation`, `complements_privacy`). Neither is an absolute "nothing
-leaks" claim: what one would cost in members is `null_support_sample_size`, shown in `leak_table`.
+leaks" claim: what one would cost in members is `power.null_support_sample_size`, shown in `leak_table`.
 
 Over several seeds, ppt_core.pooling labels each seed's records by their seed; every paired interval
 then resamples seeds, then records within each drawn seed (stats.paired_indices), and an AUC is computed
@@ -31,7 +31,6 @@ within each seed and averaged (`paired_membership`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -39,6 +38,7 @@ import pandas as pd
 import scipy.stats
 
 from ppt_core import arms, record_files, stats, timing
+from ppt_core.power import MINIMAL_AUC_EFFECT, null_exclusion_power, null_support_sample_size, required_sample_size
 from ppt_core.record_files import RUN_LABELS
 from ppt_core.roc import roc_auc
 from ppt_core.stats import format_interval
@@ -47,7 +47,6 @@ SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusi
 OUTCOMES = (SUPPORTED, CONTRADICTED, INCONCLUSIVE)
 
 PERFORMANCE_MARGIN = 0.10  # "without compromising performance": perplexity at most 10% above the reference
-MINIMAL_AUC_EFFECT = 0.05  # the smallest membership ΔAUC worth calling a leak (AUC 0.55: a weak attack)
 CANARY_ALPHA = 0.05  # level of the canary rank test (most-repeated canaries' secret gains vs the references')
 MIN_REFERENCE_CANARIES = 20  # the null of the canary test: with 20, one canary above them all has p = 1/21 < 0.05
 MIN_PAIRED_RECORDS = 5  # fewer paired records (or canaries) than this give no interval worth deciding on
@@ -246,10 +245,12 @@ def canary_rank_test(canaries: Mapping | None, *, n_boot: int = 1000, seed: int 
 
     {"repetitions", "inserted", "reference" (canaries in each group), "p_value": one-sided Mann–Whitney U
     (inserted gains larger), "auc": P(an inserted canary gains more than a reference one) with its 95%
-    bootstrap interval, each group resampled on its own}; None unless every row has its secret gain and
-    both groups are there. Over several seeds every seed's canaries are taken together: each seed brings the
-    same numbers of inserted and of reference canaries, so a seed's offset shifts both groups alike and the
-    test stays valid (conservative, as a stratified sample is less variable than the test assumes)."""
+    bootstrap interval, each group resampled on its own (no interval, low and high None, when a group has
+    fewer than MIN_PAIRED_RECORDS canaries: the p-value alone decides then)}; None unless every row has its
+    secret gain and both groups are there. Over several seeds every seed's canaries are taken together: each
+    seed brings the same numbers of inserted and of reference canaries, so a seed's offset shifts both groups
+    alike and the test stays valid (conservative, as a stratified sample is less variable than the test
+    assumes)."""
     rows = (canaries or {}).get("rows", [])
     if not rows or any(row.get("secret_gain") is None for row in rows):
         return None
@@ -258,9 +259,11 @@ def canary_rank_test(canaries: Mapping | None, *, n_boot: int = 1000, seed: int 
     reference = np.array([row["secret_gain"] for row in rows if row["repetitions"] == 0], dtype=float)
     if not len(inserted) or not len(reference):
         return None
+    few = min(len(inserted), len(reference)) < MIN_PAIRED_RECORDS  # a bootstrap of 2 canaries is no interval
+    auc = ({"value": roc_auc(inserted, reference), "low": None, "high": None} if few
+           else stats.estimate(roc_auc, [inserted, reference], n_boot=n_boot, seed=seed))
     return {"repetitions": highest, "inserted": len(inserted), "reference": len(reference),
-            "p_value": float(scipy.stats.mannwhitneyu(inserted, reference, alternative="greater").pvalue),
-            "auc": stats.estimate(roc_auc, [inserted, reference], n_boot=n_boot, seed=seed)}
+            "p_value": float(scipy.stats.mannwhitneyu(inserted, reference, alternative="greater").pvalue), "auc": auc}
 
 
 def _canary_test(canaries: Mapping | None) -> tuple[str | None, str]:
@@ -275,11 +278,13 @@ def _canary_test(canaries: Mapping | None) -> tuple[str | None, str]:
     if test["reference"] < MIN_REFERENCE_CANARIES:
         return None, (f"canaries not measured: {test['reference']} reference canaries, fewer than the "
                       f"{MIN_REFERENCE_CANARIES} the rank test needs (raise n_reference_canaries)")
+    auc = format_interval(test["auc"], 2) + ("" if test["auc"]["high"] is not None else
+                                             f" (no interval over {test['inserted']} canaries)")
     text = (f"secret gain of the {test['inserted']} canaries inserted {test['repetitions']}× vs {test['reference']} "
-            f"reference canaries: Mann–Whitney p = {test['p_value']:.2g}, AUC {format_interval(test['auc'], 2)}")
+            f"reference canaries: Mann–Whitney p = {test['p_value']:.2g}, AUC {auc}")
     if test["p_value"] < CANARY_ALPHA:
         return "detected", text
-    if test["auc"]["high"] <= 0.5 + MINIMAL_AUC_EFFECT:
+    if test["auc"]["high"] is not None and test["auc"]["high"] <= 0.5 + MINIMAL_AUC_EFFECT:
         return "excluded", text
     return None, text
 
@@ -481,64 +486,11 @@ def complements_privacy(records: Mapping[str, np.ndarray] | None, *, pruned: str
                    seeds=gain["seeds"])
 
 
-# --- sample size --------------------------------------------------------------------------------------
-def _smallest_n(holds) -> int:
-    """The smallest n >= 1 for which holds(n), for a condition that, once true, stays true as n grows."""
-    high = 1
-    while not holds(high):
-        high *= 2
-    low = high // 2  # holds(low) is False (or low == 0)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if holds(middle) else (middle, high)
-    return high
-
-
-def _null_sd(n: int) -> float:
-    """The sd of an AUC over n members and n non-members whose scores are alike (Mann–Whitney's null)."""
-    return math.sqrt((2 * n + 1) / (12 * n * n))
-
-
-def _check_levels(alpha: float, power: float) -> None:
-    if not 0 < alpha < 1 or not 0 < power < 1:
-        raise ValueError(f"alpha and power must lie in (0, 1) (got alpha={alpha}, power={power})")
-
-
-def required_sample_size(auc: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Members (= non-members) a one-sided test of AUC > 0.5 at level `alpha` needs to detect `auc` with
-    `power`: the smallest n with z_(1-α)·sd0(n) + z_power·sd1(n) <= auc - 0.5, where sd0 is the Mann–Whitney
-    null sd, sqrt((2n+1)/(12 n²)), and sd1 Hanley & McNeil's (1982) sd at `auc`. inf when auc <= 0.5."""
-    _check_levels(alpha, power)
-    if not 0 <= auc <= 1:
-        raise ValueError(f"auc must lie in [0, 1] (got {auc})")
-    if auc <= 0.5:
-        return math.inf
-    z_alpha, z_power = scipy.stats.norm.ppf(1 - alpha), scipy.stats.norm.ppf(power)
-    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
-
-    def detects(n: int) -> bool:
-        alt_var = (auc * (1 - auc) + (n - 1) * (q1 - auc**2) + (n - 1) * (q2 - auc**2)) / (n * n)
-        return z_alpha * _null_sd(n) + z_power * math.sqrt(max(alt_var, 0.0)) <= auc - 0.5
-
-    return _smallest_n(detects)
-
-
-def null_support_sample_size(margin: float, power: float = 0.8, alpha: float = 0.05) -> int:
-    """Members (= non-members) an *absolute* "no leak above `margin`" claim needs: the smallest n at which an
-    arm that leaks nothing (true ΔAUC 0) has the upper end of its two-sided (1 - alpha) ΔAUC interval at or
-    below `margin` with probability `power`: (z_(1-α/2) + z_power)·sd0(n) <= margin, sd0 the Mann–Whitney null
-    sd. 524 for margin 0.05; at 200 per side such a claim holds only about 40% of the time when it is true."""
-    _check_levels(alpha, power)
-    if margin <= 0:
-        raise ValueError(f"margin must be > 0 (got {margin})")
-    z = scipy.stats.norm.ppf(1 - alpha / 2) + scipy.stats.norm.ppf(power)
-    return _smallest_n(lambda n: z * _null_sd(n) <= margin)
-
-
 def leak_table(attacks: Mapping[str, Mapping]) -> pd.DataFrame:
     """Per fine-tuned arm of results["attacks"]: the leak verdict, its evidence, the members (and as many
-    non-members) a membership test would need to detect the calibrated signal's observed AUC, and those an
-    absolute "no leak above MINIMAL_AUC_EFFECT" claim would need (null_support_sample_size: the same for every
+    non-members) a membership test would need to detect the calibrated signal's observed AUC, the chance that an
+    arm leaking nothing reads "no leak above MINIMAL_AUC_EFFECT" at this run's members (null_exclusion_power),
+    and the members such an absolute claim would need (null_support_sample_size: the same for every
     arm, beside the members this run has)."""
     rows = {}
     for arm, arm_attacks in attacks.items():
@@ -549,6 +501,7 @@ def leak_table(attacks: Mapping[str, Mapping]) -> pd.DataFrame:
                          "members": membership.get("members"),
                          "members needed at this AUC": required_sample_size(
                              membership["signals"][CALIBRATED_SIGNAL]["auc"]["value"]),
+                         f"P(no leak reads ΔAUC ≤ {MINIMAL_AUC_EFFECT:g})": null_exclusion_power(membership["members"]),
                          f"members needed for no leak > {MINIMAL_AUC_EFFECT:g}":
                              null_support_sample_size(MINIMAL_AUC_EFFECT)}
     return pd.DataFrame(rows).T

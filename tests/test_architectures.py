@@ -170,7 +170,7 @@ def test_the_frozen_block_cache_replays_exactly_or_is_not_used(arch, tokenizer, 
     _, _, pruned = arch
     config = train_config.TrainConfig(lora_rank=2, lora_blocks=2, lora_targets="query+value", max_length=16,
                                       bf16=False, progress=False)
-    peft_model = training._lora_model(pruned, config, torch.device("cpu"))
+    peft_model = training.lora_model(pruned, config, torch.device("cpu"))
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     prefix = training._frozen_prefix(peft_model, dataset, config)
     if frozen_prefix.frozen_dropout(peft_model.get_base_model(), 2):
@@ -186,7 +186,7 @@ def test_the_chunked_head_loss_is_the_logits_loss_or_is_not_used(arch, tokenizer
     model_type, _, pruned = arch
     config = train_config.TrainConfig(lora_rank=2, lora_targets="query+value", max_length=16, bf16=False,
                                       progress=False)
-    peft_model = training._lora_model(pruned, config, torch.device("cpu"))
+    peft_model = training.lora_model(pruned, config, torch.device("cpu"))
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     head = head_loss.install(peft_model, bf16=False, logits_losses=training.record_losses)
     if getattr(pruned.config, "final_logit_softcapping", None):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_all_in_process
-from test_training import TEXTS, dp_config, small_config
+from training_helpers import TEXTS, dp_config, small_config
 
 from ppt_core import arm_training, arms, artifacts, batching, training
 

@@ -31,7 +31,7 @@ def test_the_bare_stack_runs_the_adapted_blocks_without_adapters_and_backpropaga
     model, tokenizer = tiny
     config = small_config(**UPPER)
     torch.manual_seed(0)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     lora = [p for p in peft_model.parameters() if p.requires_grad]
     with torch.no_grad():
         for p in lora:
@@ -77,7 +77,7 @@ def test_the_products_ceiling_replays_every_product_a_dp_step_multiplies(tiny):
     config = small_config(dp=dp_config(), **UPPER)
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     torch.manual_seed(0)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     run = training.prepare(peft_model, dataset, config, prefix=training._frozen_prefix(peft_model, dataset, config))
     run.module.train()
     indices = list(range(5))

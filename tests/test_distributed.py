@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import REPO, run_all, run_all_in_process
-from test_training import TEXTS, _record_gradient, dp_config, small_config  # noqa: E402
+from training_helpers import TEXTS, dp_config, record_gradient, small_config
 
 from ppt_core import batching, distributed, errors, training
 
@@ -30,7 +30,7 @@ def _lora_vector(lora_params) -> torch.Tensor:
 def _prepared(tiny, config, world):
     model, tokenizer = tiny
     torch.manual_seed(config.seed)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     return training.prepare(peft_model, batching.record_dataset(tokenizer, TEXTS, config.max_length), config, world)
 
 
@@ -46,13 +46,13 @@ def _scenarios(rank: int, out_dir: str) -> None:
 
     # A batch too small to split over the processes: stopped before any LoRA model is built.
     built = []
-    original = training._lora_model
-    training._lora_model = lambda *a, **k: built.append(1) or original(*a, **k)
+    original = training.lora_model
+    training.lora_model = lambda *a, **k: built.append(1) or original(*a, **k)
     try:
         training.finetune(*tiny, TEXTS, small_config(expected_batch_size=1, dp=dp_config()))
     except errors.TrainingConfigError as err:
         seen["bad_batch_error"] = str(err)
-    training._lora_model = original
+    training.lora_model = original
     seen["bad_batch_built_model"] = bool(built)
 
     # A whole DP run: its guarantee, its merged log, and the adapter (rank 0 saves it).
@@ -162,7 +162,7 @@ def test_clipped_gradients_are_summed_across_processes(two_processes, tiny):
     model, tokenizer = tiny
     config = small_config(optimizer="sgd", learning_rate=0.5, lr_schedule="constant", expected_batch_size=10)
     torch.manual_seed(config.seed)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     lora = [p for p in peft_model.parameters() if p.requires_grad]
     with torch.no_grad():
         for p, value in zip(lora, torch.split(seen["clipped_before"], [p.numel() for p in lora])):
@@ -170,7 +170,7 @@ def test_clipped_gradients_are_summed_across_processes(two_processes, tiny):
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     clip = 1e-2
     clipped = [g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in
-               (_record_gradient(peft_model, dataset, i) for i in members)]
+               (record_gradient(peft_model, dataset, i) for i in members)]
     expected = -0.5 * torch.stack(clipped).sum(0) / seen["clipped_expected_batch"]
     assert torch.allclose(seen["clipped_update"], expected, rtol=1e-3, atol=1e-9)
     # Half the records' gradients (one process's share) would not do.

@@ -99,7 +99,7 @@ def test_bf16_scoring_reads_an_adapter_during_training(tiny):
 
     model, tokenizer = tiny
     config = train_config.TrainConfig(lora_rank=4, lora_targets=["q_proj", "v_proj"], bf16=False, progress=False)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from ppt_core import data, extraction, generation, profiles
 
@@ -45,4 +46,8 @@ def test_extraction_summary_compares_members_with_held_out_records():
     summary = extraction.extraction_summary([row] * 4, [heldout] * 4, np.ones(4), np.ones(4), n_boot=50)
     assert summary["pii_extraction_rate"]["members"] == 1.0 and summary["pii_extraction_rate"]["heldout"] == 0.0
     assert summary["bertscore_f1"]["members_minus_heldout"]["value"] == pytest.approx(0.4)
-    assert summary["exact_suffix_rate"]["members"] == 1.0 and summary["records"] == {"members": 4, "heldout": 4}
+    assert summary["records"] == {"members": 4, "heldout": 4}
+    exact = summary["exact_suffix_rate"]  # exact intervals, and Fisher's one-sided test of members hitting more
+    assert exact["members"]["value"] == 1.0 and exact["heldout"]["high"] == pytest.approx(0.602, abs=1e-3)
+    assert exact["p_value"] == pytest.approx(scipy.stats.fisher_exact([[4, 0], [0, 4]], alternative="greater").pvalue)
+    assert exact["p_value"] == pytest.approx(1 / 70)  # 1 of C(8, 4) tables is as extreme

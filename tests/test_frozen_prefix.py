@@ -19,7 +19,7 @@ def trained_once(tiny, config, *, cached: bool, sigma: float | None = None, step
     """(Training, its LoRA vector after `steps` logical steps) with the frozen blocks cached or computed."""
     model, tokenizer = tiny
     torch.manual_seed(config.seed)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     prefix = training._frozen_prefix(peft_model, dataset, config) if cached else None
     run = training.prepare(peft_model, dataset, config, prefix=prefix)
@@ -57,7 +57,7 @@ def test_frozen_blocks_run_once_per_record_not_once_per_pass(tiny):
     model, tokenizer = tiny
     config = small_config(**UPPER, epochs=3.0)
     torch.manual_seed(0)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     rows_through = {"bottom": 0, "top": 0}
 
@@ -81,7 +81,7 @@ def test_dropout_in_the_frozen_blocks_means_no_cache(tiny):
     dropping = copy.deepcopy(model)
     dropping.config.attention_dropout = 0.1
     config = small_config(**UPPER)
-    peft_model = training._lora_model(dropping, config, torch.device("cpu"))
+    peft_model = training.lora_model(dropping, config, torch.device("cpu"))
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     assert frozen_prefix.frozen_dropout(peft_model.get_base_model(), 4) == ["config.attention_dropout = 0.1"]
     assert training._frozen_prefix(peft_model, dataset, config) is None
@@ -90,7 +90,7 @@ def test_dropout_in_the_frozen_blocks_means_no_cache(tiny):
 def test_replayed_forward_matches_the_computed_one_and_restores_the_blocks(tiny):
     model, tokenizer = tiny
     config = small_config(**UPPER)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     prefix = frozen_prefix.FrozenPrefix(peft_model, dataset, 4, batch_size=4, bf16=False)
     before = list(decoder_blocks(peft_model.get_base_model()))
@@ -105,7 +105,7 @@ def test_the_setup_check_reads_no_training_record_and_catches_a_stack_that_does_
     reads state a frozen block leaves behind (a cross-block shortcut the replay skips) fails it and trains uncached."""
     model, tokenizer = tiny
     config = small_config(**UPPER)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     dataset = batching.record_dataset(tokenizer, TEXTS, config.max_length)
     checked = []
     original = frozen_prefix.FrozenPrefix.replay_error

@@ -4,8 +4,8 @@ LoRA weights for Opacus to clip; a model whose logits are not its head's product
 
 import pytest
 import torch
-from test_training import TEXTS, dp_config, small_config
 from torch import nn
+from training_helpers import TEXTS, dp_config, small_config
 
 from ppt_core import batching, head_loss, tokens, training
 
@@ -69,7 +69,7 @@ def test_opacus_sees_the_same_per_record_gradients_and_the_same_step(tiny, mode)
     outcomes = []
     for chunked in (False, True):
         torch.manual_seed(0)
-        peft_model = training._lora_model(model, config, torch.device("cpu"))
+        peft_model = training.lora_model(model, config, torch.device("cpu"))
         run = training.prepare(peft_model, dataset, config, chunked_head=chunked)
         assert (run.head is not None) == chunked
         run.module.train()
@@ -102,7 +102,7 @@ def test_a_model_whose_logits_are_not_its_heads_product_keeps_the_logits_path(ti
     fails the setup check: the head stays, and the run says why."""
     model, _ = tiny
     config = small_config()
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     causal_lm = peft_model.get_base_model()
     head = causal_lm.get_output_embeddings()
     forward = causal_lm.forward

@@ -137,7 +137,7 @@ def test_pooled_table_gives_the_mean_and_a_t_interval_over_seeds():
 
 def planted_seed(seed, perplexity, hits, trials, audit_fdp):
     """One seed's row of an arm: its perplexity, extraction hits of `trials`, and audit bound."""
-    share = summary._share(hits / trials, trials)
+    share = stats.proportion(hits, trials)
     row = summary.summary_table(profiles.get_profile("smoke"), {}, {}).loc[["full-nodp"]].copy()  # every column
     row.loc["full-nodp", ["perplexity", "perplexity_low", "perplexity_high"]] = perplexity * np.array([1, 0.9, 1.1])
     row.loc["full-nodp", ["extraction_hits", "extraction_hits_low", "extraction_hits_high"]] = (
@@ -172,6 +172,25 @@ def test_shares_pool_their_counts_and_audit_bounds_their_smallest():
     assert "1.95 / 3.9 (seeds: 2.17, 1.95, – / 4.35, 3.9, –)" in report.markdown_table(table)
     hits = summary.pooled_table({0: planted_seed(0, 20.0, 1, 8, 1.0), 1: planted_seed(1, 22.0, 2, 8, 1.0)})
     assert hits.loc["full-nodp", "extraction_hits"] == pytest.approx(3 / 16)
+
+
+def test_the_pooled_canary_p_value_is_one_test_on_every_seeds_canaries():
+    """Three seeds, each 2 canaries inserted 32× against 20 references: the table's p is the rank test on the 6
+    and the 60 together (what the leak verdict reads), not the mean of three p-values."""
+    rng = np.random.default_rng(3)
+    rows = {seed: [{"repetitions": 32 if i < 2 else 0, "secret_gain": float(rng.normal(1.0 if i < 2 else 0.0))}
+                   for i in range(22)] for seed in range(3)}
+    tables = {seed: planted_seed(seed, 20.0, 0, 8, 1.0) for seed in rows}
+    for seed, table in tables.items():
+        table["canary_p_value"] = verdicts.canary_rank_test({"rows": rows[seed]})["p_value"]
+    pooled_rows = [row for seed_rows in rows.values() for row in seed_rows]
+    table = summary.with_pooled_rank_tests(summary.pooled_table(tables), {"full-nodp": {"canaries": {
+        "rows": pooled_rows}}})
+    inserted = [r["secret_gain"] for r in pooled_rows if r["repetitions"]]
+    reference = [r["secret_gain"] for r in pooled_rows if not r["repetitions"]]
+    pooled = scipy.stats.mannwhitneyu(inserted, reference, alternative="greater").pvalue
+    assert table.loc["full-nodp", "canary_p_value"] == pytest.approx(pooled)
+    assert summary.pooled_table(tables).loc["full-nodp", "canary_p_value"] != pytest.approx(pooled)
 
 
 def test_an_auc_interval_over_seeds_stays_inside_what_an_auc_can_be():

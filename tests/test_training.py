@@ -11,41 +11,16 @@ import numpy as np
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
+from training_helpers import MAX_LENGTH, TEXTS, dp_config, record_gradient, small_config
 
-from ppt_core import batching, errors, evaluation, precision, privacy, tokens, train_config, training
+from ppt_core import batching, errors, evaluation, precision, privacy, tokens, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model runs faster on one thread of a shared CPU
-
-MAX_LENGTH = 24
-TEXTS = [
-    f"Patient {name} (MRN {1000 + 7 * i}) was admitted for {reason} and discharged on day {i % 5 + 1}."
-    for i, (name, reason) in enumerate(
-        (n, r)
-        for n in ("Ada Stone", "Ben Ortiz", "Cai Lin", "Dee Park", "Eli Ruiz", "Fay Moss")
-        for r in ("pneumonia", "sepsis", "a fall", "chest pain", "asthma")
-    )
-]  # 30 records
-
-
-def small_config(**overrides) -> train_config.TrainConfig:
-    """A config that trains the tiny model in about a second."""
-    values = dict(lora_rank=4, lora_alpha=8, lora_targets=["q_proj", "v_proj"], epochs=1.0, learning_rate=1e-2,
-                  expected_batch_size=6, physical_batch_size=4, max_length=MAX_LENGTH, seed=0, bf16=False,
-                  progress=False)
-    values.update(overrides)
-    return train_config.TrainConfig(**values)
-
-
-def dp_config(**overrides) -> privacy.DPConfig:
-    values = dict(target_epsilon=8.0, delta=1e-3, max_grad_norm=1.0, accountant="rdp", grad_sample_mode="hooks")
-    values.update(overrides)
-    return privacy.DPConfig(**values)
-
 
 def prepared(tiny, config, texts=TEXTS) -> training.Training:
     model, tokenizer = tiny
     torch.manual_seed(config.seed)
-    peft_model = training._lora_model(model, config, torch.device("cpu"))
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
     return training.prepare(peft_model, batching.record_dataset(tokenizer, texts, config.max_length), config)
 
 
@@ -157,14 +132,6 @@ def test_record_loss_is_the_mean_next_token_loss_over_its_own_real_tokens():
     assert torch.allclose(training.record_losses(logits[2:], labels[2:]), losses[2:], atol=1e-6)
 
 
-def _record_gradient(peft_model, dataset, index) -> torch.Tensor:
-    """One record's loss gradient over the LoRA parameters, by its own backward pass."""
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    input_ids, attention_mask, labels = batching.collate(dataset, [index])
-    loss = training.record_losses(peft_model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)[0]
-    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
-
-
 def test_split_logical_batch_is_one_step_of_clipped_sum_plus_one_noise_draw(tiny):
     """A logical batch cut into physical batches gives the update of one physical batch: with sigma = 0,
     exactly lr * sum_i clip(g_i) / B from per-record backward passes; with noise, the same update as
@@ -190,7 +157,7 @@ def test_split_logical_batch_is_one_step_of_clipped_sum_plus_one_noise_draw(tiny
             p.copy_(value.view_as(p))
     trained.module.cleanup()
     clipped = [g * min(1.0, clip / (float(g.norm()) + 1e-6)) for g in
-               (_record_gradient(model, trained.loader.dataset, i) for i in members)]
+               (record_gradient(model, trained.loader.dataset, i) for i in members)]
     expected = -lr * torch.stack(clipped).sum(0) / trained.plan.expected_batch_size
     assert torch.allclose(update, expected, rtol=1e-3, atol=1e-9)
 
@@ -308,7 +275,7 @@ def test_bad_settings_stop_before_training(tiny, monkeypatch, config, message):
     def no_training(*args, **kwargs):
         raise AssertionError("training started despite a bad setting")
 
-    monkeypatch.setattr(training, "_lora_model", no_training)
+    monkeypatch.setattr(training, "lora_model", no_training)
     with pytest.raises(errors.TrainingConfigError) as err:
         training.finetune(*tiny, TEXTS, config)
     assert message in str(err.value)
@@ -320,7 +287,7 @@ def test_secure_mode_trains_or_refuses_naming_the_fix(tiny, monkeypatch):
 
     config = small_config(dp=dp_config(secure_mode=True))
     if importlib.util.find_spec("torchcsprng") is None:
-        monkeypatch.setattr(training, "_lora_model", lambda *a, **k: pytest.fail("training started"))
+        monkeypatch.setattr(training, "lora_model", lambda *a, **k: pytest.fail("training started"))
         with pytest.raises(errors.TrainingConfigError, match="secure_mode=True needs the torchcsprng package"):
             training.finetune(*tiny, TEXTS, config)
         return
@@ -337,7 +304,7 @@ def test_frozen_weights_stored_in_bf16_give_the_autocast_products(tiny):
     outcomes = []
     for stored in (False, True):
         torch.manual_seed(0)
-        peft_model = training._lora_model(model, config, torch.device("cpu"))
+        peft_model = training.lora_model(model, config, torch.device("cpu"))
         kept = evaluation.frozen_weights_in_bf16(peft_model) if stored else []
         run = training.prepare(peft_model, dataset, config)
         run.module.train()
@@ -363,8 +330,8 @@ def test_a_bf16_run_on_a_cpu_trains_with_eager_attention_which_gives_sdpas_per_r
     model, tokenizer = tiny
     cpu = torch.device("cpu")
     assert model.config._attn_implementation == "sdpa"
-    assert training._lora_model(model, small_config(bf16=True), cpu).config._attn_implementation == "eager"
-    assert training._lora_model(model, small_config(bf16=False), cpu).config._attn_implementation == "sdpa"
+    assert training.lora_model(model, small_config(bf16=True), cpu).config._attn_implementation == "eager"
+    assert training.lora_model(model, small_config(bf16=False), cpu).config._attn_implementation == "sdpa"
     assert training.training_attention(small_config(bf16=True), torch.device("cuda")) is None
     native = precision.choose(cpu).bf16  # "auto" settles on the device: eager only where bf16 is native
     assert training.training_attention(small_config(bf16="auto"), cpu) == ("eager" if native else None)
@@ -373,7 +340,7 @@ def test_a_bf16_run_on_a_cpu_trains_with_eager_attention_which_gives_sdpas_per_r
     outcomes = []
     for attention in ("sdpa", "eager"):
         torch.manual_seed(0)
-        peft_model = training._lora_model(model, config, cpu)
+        peft_model = training.lora_model(model, config, cpu)
         peft_model.get_base_model().set_attn_implementation(attention)
         run = training.prepare(peft_model, dataset, config)
         run.module.train()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ppt_core import artifacts, profiles, record_files, report, stats, summary, verdicts
+from ppt_core import artifacts, power, profiles, record_files, report, stats, summary, verdicts
 from ppt_core.timing import SPEED_BATCH
 from ppt_core.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 
@@ -211,6 +211,17 @@ def test_canary_rank_test_holds_its_level_and_finds_a_memorised_canary():
     assert verdicts.canary_rank_test({"rows": [dict(r, secret_gain=None) for r in rows]}) is None
 
 
+def test_two_canaries_give_the_rank_test_a_p_value_but_no_interval():
+    """A bootstrap of 2 inserted canaries printed "AUC 1 [1, 1]", a 95% interval it is not; and it could have
+    excluded an effect from 2 canaries."""
+    test = verdicts.canary_rank_test({"rows": canary_rows(5.0, inserted=2)})
+    assert test["auc"] == {"value": 1.0, "low": None, "high": None} and test["p_value"] == pytest.approx(1 / 231)
+    found, text = verdicts._canary_test({"rows": canary_rows(5.0, inserted=2)})
+    assert found == "detected" and "AUC 1 (no interval over 2 canaries)" in text and "[1, 1]" not in text
+    assert verdicts._canary_test({"rows": canary_rows(-5.0, inserted=2)})[0] is None  # never "excluded" from 2
+    assert verdicts.canary_rank_test({"rows": canary_rows(5.0, inserted=5)})["auc"]["low"] is not None
+
+
 def test_too_few_reference_canaries_leave_the_canary_test_unmeasured():
     found, text = verdicts._canary_test({"rows": canary_rows(5.0, reference=verdicts.MIN_REFERENCE_CANARIES - 1)})
     assert found is None and "raise n_reference_canaries" in text
@@ -306,49 +317,6 @@ def test_membership_auc_difference_is_paired_and_exact_on_the_data():
 
 
 # --- sample size ----------------------------------------------------------------------------------------
-def test_required_sample_size_gives_the_power_it_promises():
-    auc = 0.7
-    n = verdicts.required_sample_size(auc)
-    shift = np.sqrt(2) * scipy.stats.norm.ppf(auc)  # binormal scores with this AUC
-
-    def power(n_each, reps=2000):
-        rng = np.random.default_rng(0)
-        members, nonmembers = rng.normal(shift, 1, (reps, n_each)), rng.normal(0, 1, (reps, n_each))
-        p = scipy.stats.mannwhitneyu(members, nonmembers, alternative="greater", axis=1).pvalue
-        return float(np.mean(p < 0.05))
-
-    assert 0.72 <= power(n) <= 0.88
-    assert power(max(n // 2, 2)) < 0.7
-    assert verdicts.required_sample_size(0.6) > n > verdicts.required_sample_size(0.9)
-    assert verdicts.required_sample_size(0.5) == np.inf and verdicts.required_sample_size(0.4) == np.inf
-    with pytest.raises(ValueError, match="power"):
-        verdicts.required_sample_size(0.7, power=1.5)
-
-
-def test_null_support_sample_size_gives_the_power_it_promises():
-    """An arm that leaks nothing: how often does the upper end of its 95% ΔAUC interval (AUC + 1.96 sd, the sd
-    estimated from the draw as DeLong's) fall at or below 0.05? ~80% at the size the function gives, ~40% at 200."""
-    margin = verdicts.MINIMAL_AUC_EFFECT
-    n = verdicts.null_support_sample_size(margin)
-
-    def supported(n_each, reps=400):
-        rng = np.random.default_rng(1)
-        members, nonmembers = rng.normal(0, 1, (reps, n_each)), rng.normal(0, 1, (reps, n_each))
-        ranks = scipy.stats.rankdata(np.c_[members, nonmembers], axis=1)
-        above = (ranks[:, :n_each] - scipy.stats.rankdata(members, axis=1)) / n_each  # non-members below each member
-        below = 1 - (ranks[:, n_each:] - scipy.stats.rankdata(nonmembers, axis=1)) / n_each
-        auc = above.mean(axis=1)
-        sd = np.sqrt(above.var(axis=1, ddof=1) / n_each + below.var(axis=1, ddof=1) / n_each)
-        return float(np.mean(auc - 0.5 + scipy.stats.norm.ppf(0.975) * sd <= margin))
-
-    assert n == 524
-    assert 0.75 <= supported(n) <= 0.86
-    assert 0.3 <= supported(200) <= 0.5
-    assert verdicts.null_support_sample_size(0.1) < n < verdicts.null_support_sample_size(0.02)
-    with pytest.raises(ValueError, match="margin"):
-        verdicts.null_support_sample_size(0.0)
-
-
 # --- the claims of one run ------------------------------------------------------------------------------
 def test_paper_claims_of_a_run_without_attacks_are_inconclusive_not_missing(tmp_path, difficulty):
     params = profiles.get_profile("smoke", n_bootstrap=200)
@@ -387,10 +355,16 @@ def test_summary_table_reads_the_attack_contract_with_exact_shares():
         "attacks": {"base": {"membership": {"signals": {"loss": {"auc": {"value": 0.52, "low": 0.4, "high": 0.64}}}}},
                     "full-nodp": dict(arm_attacks(**LEAKING),
                                       audit={"epsilon_lower_one_run": 0.7, "epsilon_lower_fdp": 0.9},
-                                      extraction={"records": {"members": 16}, "exact_suffix_rate": {"members": 0.0}})},
-        "synthetic": {"full-nodp": {"records": 16, "pii_leak_share": {"value": 0.0, "low": 0.0, "high": 0.0}}},
+                                      extraction={"records": {"members": 16},
+                                                  "exact_suffix_rate": {"members": stats.proportion(3, 16)}}),
+                    "full-dp8": {"extraction": {"records": {"members": 16},
+                                                "exact_suffix_rate": {"members": stats.proportion(0, 16)}}}},
+        "synthetic": {"full-nodp": {"records": 16, "pii_leak_share": stats.proportion(0, 16)},
+                      "full-dp8": {"records": 16, "pii_leak_share": stats.proportion(0, 16)}},
     }
     results["attacks"]["full-nodp"]["canaries"]["by_repetitions"] = {"32": {"canaries": 4, "above_reference_band": 4}}
+    for i, row in enumerate(results["attacks"]["full-nodp"]["canaries"]["rows"]):  # 3 of the 4 inserted written out
+        row["greedy_extracted"] = row["repetitions"] > 0 and i < 3
     table = summary.summary_table(params, results, {})
     assert table.loc["base", "membership_signal"] == "loss" and table.loc["base", "membership_auc"] == 0.52
     row = table.loc["full-nodp"]
@@ -399,10 +373,21 @@ def test_summary_table_reads_the_attack_contract_with_exact_shares():
     assert row.canary_p_value == pytest.approx(1 / math.comb(24, 4))  # all 4 above all 20: exact MWU
     assert row.exposure_highest_high == 12.6 and row.audit_epsilon_fdp == 0.9
     assert row.synthetic_pii_leak_high == pytest.approx(0.2059, abs=1e-4)  # 0 of 16 is not "0 [0, 0]"
-    assert row.extraction_hits_high == pytest.approx(0.2059, abs=1e-4)
+    assert row.extraction_hits == pytest.approx(3 / 16) and row.extraction_hits_low > 0
+    assert (row.canary_extraction, row.canary_extraction_trials) == (0.75, 4)  # of the inserted canaries only
+    assert row.canary_extraction_low == pytest.approx(scipy.stats.binomtest(3, 4).proportion_ci().low)
+    assert np.isnan(table.loc["full-dp8", "canary_extraction"])  # no canaries measured: no share
     assert table.loc["full-dp8", "epsilon"] == 7.9
+    # The twin extracts (a positive control): the DP arm's 0 is evidence; no synthetic PII on the twin: it is not
+    dp = table.loc["full-dp8"]
+    assert dp.extraction_hits_positive_control is True and dp.synthetic_pii_leak_positive_control is False
+    assert np.isnan(table.loc["base", "extraction_hits_positive_control"])
     markdown = report.markdown_table(table)
-    assert "0 [0, 0.21]" in markdown and "4 of 4 at 32× (p = 9.4e-05)" in markdown
+    assert "4 of 4 at 32× (p = 9.4e-05)" in markdown
+    dp_cells = next(line for line in markdown.splitlines() if "`full-dp8`" in line).split(" | ")
+    assert dp_cells[-3] == "0 [0, 0.21]" and dp_cells[-2] == "no positive control (twin full-nodp: 0)"
+    twin_cells = next(line for line in markdown.splitlines() if "`full-nodp`" in line).split(" | ")
+    assert twin_cells[-2] == "0 [0, 0.21] (no positive control)" and twin_cells[-1] == "0.75 [0.19, 0.99] |"
     assert "speedup" not in summary.deterministic_rows(table)[0]
 
 
@@ -449,9 +434,9 @@ def test_leak_table_gives_each_fine_tuned_arm_its_verdict_and_the_members_it_wou
     assert list(table.index) == ["full-nodp", "full-dp8"]  # base is its own start: nothing to calibrate by
     assert table.loc["full-nodp", "leak detected"] == SUPPORTED
     assert table.loc["full-dp8", "leak detected"] == INCONCLUSIVE
-    assert table.loc["full-dp8", "members needed at this AUC"] == verdicts.required_sample_size(0.52)
+    assert table.loc["full-dp8", "members needed at this AUC"] == power.required_sample_size(0.52)
     assert table.loc["full-dp8", "members"] == 100
-    assert table.loc["full-dp8", "members needed for no leak > 0.05"] == verdicts.null_support_sample_size(0.05)
+    assert table.loc["full-dp8", "members needed for no leak > 0.05"] == power.null_support_sample_size(0.05)
 
 
 # --- the study layer reads without torch ----------------------------------------------------------------
