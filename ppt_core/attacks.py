@@ -288,11 +288,12 @@ def membership_table(attacks: dict) -> pd.DataFrame:
     rows = {}
     margin = power.MINIMAL_AUC_EFFECT
     for arm, arm_attacks in attacks.items():
-        null = power.null_exclusion_power(arm_attacks["membership"]["members"], margin)
+        members = arm_attacks["membership"].get("members")
+        null = round(power.null_exclusion_power(members, margin), 2) if members else None
         for signal, s in arm_attacks["membership"]["signals"].items():
             rows[(arm, signal)] = {"AUC [95%]": format_interval(s["auc"]),
                                    "ΔAUC vs start [95%]": format_interval(s.get("delta_auc_vs_start")),
-                                   f"P(no leak reads ΔAUC ≤ {margin:g})": round(null, 2),
+                                   f"P(no leak reads ΔAUC ≤ {margin:g})": null,
                                    **{f"TPR @ FPR {fpr}": tpr for fpr, tpr in s["tpr_at_fpr"].items()}}
     return pd.DataFrame(rows).T
 

@@ -205,6 +205,7 @@ def test_membership_tables_show_every_signal_and_no_delta_for_the_starts():
     assert table.loc[("base", "loss"), "ΔAUC vs start [95%]"] == "–"
     assert table.loc[("full-nodp", "reference"), "AUC [95%]"] == "0.61 [0.52, 0.7]"
     assert table.loc[("full-nodp", "reference"), "TPR @ FPR 0.1"] == 0.3
+    assert table.loc[("full-nodp", "reference"), "P(no leak reads ΔAUC ≤ 0.05)"] == 0.41  # at 200 a side
     sampled = attacks.sampled_members_table(results)
     assert list(sampled.index) == ["full-nodp"] and sampled.loc["full-nodp", "members drawn ≥ 1 time"] == 150
 
