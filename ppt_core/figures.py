@@ -304,7 +304,7 @@ def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, se
         ax.plot(x, bound, marker, color=arm_color(arm), ms=8 if len(tables) == 1 else 6, alpha=0.85,
                 label=None if label in labelled else label)
         labelled.add(label)
-    ticks = sorted({p[0] for p in points if p[0] != infinity} | {largest})
+    ticks = sorted(set(claims) | {largest})
     ax.set_xscale("symlog", linthresh=1.0)  # claims from below 1 to the hundreds, and ∞, on one axis
     ax.set_xticks(ticks + [infinity], [f"{t:.3g}" for t in ticks] + ["∞"])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())

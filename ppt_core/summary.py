@@ -107,7 +107,7 @@ def summary_table(params: dict, results: dict, timings: dict) -> pd.DataFrame:
         ):
             row[column], row[f"{column}_low"], row[f"{column}_high"] = _interval(estimate)
             if column in COUNTED_SHARES:  # the count behind the share: seeds pool hits and trials
-                row[f"{column}_trials"] = estimate.get("trials", np.nan) if isinstance(estimate, dict) else np.nan
+                row[f"{column}_trials"] = estimate["trials"] if estimate else np.nan
         rows.append(row)
     return with_positive_controls(pd.DataFrame(rows).set_index("arm"))
 
@@ -171,7 +171,8 @@ def pooled_table(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
     Column `seeds`: how many seeds measured the arm's perplexity (diverged ones included).
     """
     frames = dict(tables)
-    columns = list(next(iter(frames.values())).columns)
+    # Whether an attack fires on the twin is read from the pooled shares (with_positive_controls), not averaged
+    columns = [c for c in next(iter(frames.values())).columns if not c.endswith("_positive_control")]
     added = ["diverged_seeds"] + [f"{c}_seeds" for c in LOWER_BOUNDS if c in columns]
     rows = []
     for arm in next(iter(frames.values())).index:
