@@ -228,7 +228,8 @@ def result_record(result: TrainResult) -> dict:
 
 
 IMPLEMENTATION_AUDIT_COLUMNS = ("claimed_epsilon", "epsilon_lower", "ratio_to_claim", "simulation_epsilon_lower",
-                                "ratio_to_simulation", "ceiling", "scores_ks_pvalue", "flagged", "canaries", "steps")
+                                "ratio_to_simulation", "simulation_range", "simulation_runs", "simulations_below",
+                                "ceiling", "scores_ks_pvalue", "flagged", "canaries", "steps")
 NOISE_CHECK_KEYS = ("noise_per_matrix", "noise_control")  # the per-matrix noise check and its planted control
 
 

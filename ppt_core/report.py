@@ -133,18 +133,22 @@ def implementation_audit_markdown(record: dict | None) -> str:
     rows = []
     for name, r in [*((arm, a) for arm, a in record.items() if arm != "controls"),
                     *((f"control: {row}", c) for row, c in record.get("controls", {}).items())]:
+        low, high = r["simulation_range"]
         rows.append("| " + " | ".join([
             name, _fmt(r["claimed_epsilon"]), _fmt(r["epsilon_lower"]), _fmt(r["ratio_to_claim"]),
-            _fmt(r["simulation_epsilon_lower"]), _fmt(r["ratio_to_simulation"]), _fmt(r["ceiling"]),
+            f"{_fmt(r['simulation_epsilon_lower'])} ({_fmt(low)}–{_fmt(high)})", _fmt(r["ratio_to_simulation"]),
+            f"{r['simulations_below']} of {r['simulation_runs']}", _fmt(r["ceiling"]),
             f"{r['scores_ks_pvalue']:.2g}", "**yes**" if r["flagged"] else "no", f"{r['canaries']:,}"]) + " |")
-    header = ("| | claimed ε | audit ε ≥ | ÷ claim | simulation ε ≥ | ÷ simulation | ceiling | scores vs simulation "
-              "(KS p) | flagged | canaries |")
+    header = ("| | claimed ε | audit ε ≥ | ÷ claim | simulation ε ≥ (range) | ÷ simulation | simulations below the "
+              "audit | ceiling | scores vs simulation (KS p) | flagged | canaries |")
     return "\n".join([
         *_noise_check_markdown(record),
         "**Implementation audit.** White-box gradient canaries in each DP arm's own optimizer (its clipping, its "
         "noise, its sampler's rate), scored by the claimed mechanism's likelihood ratio; the bound is jax-privacy's "
         "one-run f-DP bound (95%, threshold on a pre-specified split), beside the ideal simulation at the same "
-        "(q, σ, T, m) and the ceiling of m canaries. A correct arm is flagged (the study stops) when its bound "
+        "(q, σ, T, m): the median of its runs, their range, and how many of them fall below the audit (a correct "
+        "implementation is a run like them: inside their range with probability (n − 1)/(n + 1)); and the ceiling "
+        "of m canaries. A correct arm is flagged (the study stops) when its bound "
         "exceeds its claim or its scores fail the KS test; each planted bug (claiming ε = 8) must be flagged.",
         "",
         header,
@@ -168,11 +172,21 @@ def _ratio_by_epsilon(record: dict) -> list[str]:
         values = [a[key] for a in arms if a[key] is not None]
         return f"{_fmt(np.mean(values))} ({_fmt(min(values))}–{_fmt(max(values))})" if values else "–"
 
-    return ["", "Per claimed ε, over the arms above: mean (min–max).", "",
-            "| claimed ε | arms | audit ε ≥ | ÷ claim | ÷ simulation | flagged |", "|---|---|---|---|---|---|",
+    return ["", "Per claimed ε, over the arms above: mean (min–max); the simulations' range spans every arm's.", "",
+            "| claimed ε | arms | audit ε ≥ | ÷ claim | simulation ε ≥, range | ÷ simulation | audits inside the "
+            "simulations' range | flagged |", "|---|---|---|---|---|---|---|---|",
             *(f"| {epsilon:g} | {len(arms)} | {spread(arms, 'epsilon_lower')} | {spread(arms, 'ratio_to_claim')} | "
-              f"{spread(arms, 'ratio_to_simulation')} | {sum(bool(a['flagged']) for a in arms)} |"
+              f"{_fmt(min(a['simulation_range'][0] for a in arms))}–"
+              f"{_fmt(max(a['simulation_range'][1] for a in arms))} | {spread(arms, 'ratio_to_simulation')} | "
+              f"{sum(_inside_simulations(a) for a in arms)} of {len(arms)} | "
+              f"{sum(bool(a['flagged']) for a in arms)} |"
               for epsilon, arms in sorted(by_epsilon.items()))]
+
+
+def _inside_simulations(audited: dict) -> bool:
+    """Whether an implementation audit's bound lies within the range of its ideal simulations' bounds."""
+    low, high = audited["simulation_range"]
+    return low <= audited["epsilon_lower"] <= high
 
 
 def _noise_check_markdown(record: dict) -> list[str]:

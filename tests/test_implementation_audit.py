@@ -61,6 +61,10 @@ def test_a_correct_mechanism_stays_under_its_claim_near_the_simulation(epsilon):
     assert record["epsilon_lower"] <= record["claimed_epsilon"] and not record["flagged"]
     assert record["epsilon_lower"] > 0.1 * epsilon  # the audit has power: not a bound stuck at 0
     assert record["ratio_to_simulation"] > 0.4
+    simulations = ia.simulated_bounds(claim, 20_000, 3, claim.steps)
+    assert list(simulations) == sorted(simulations) and record["simulation_range"] == [simulations[0], simulations[2]]
+    assert record["simulation_epsilon_lower"] == simulations[1] and record["simulation_runs"] == 3
+    assert record["simulations_below"] == sum(s < record["epsilon_lower"] for s in simulations)
     assert record["scores_match_claim"]
     assert record["ceiling"] > 1.5 * epsilon
     assert record["sample_rate_drawn"] == STUDY_RATE and record["optimizer_class"] == "DPOptimizer"
@@ -213,10 +217,12 @@ def test_the_study_publishes_each_arm_and_control_and_stops_on_a_missed_control(
     assert markdown.count("**yes**") == len(ia.PLANTED_BUGS) + 1  # and the matrix left without noise
     assert "| pruned-dp8 | 2 | 0.98–1.01 | lora_B | 0 | **yes** |" in markdown
     assert "Per claimed ε" not in markdown  # one arm per ε: nothing to pool
-    pooled = report.implementation_audit_markdown({"full-dp8 (seed 0)": dict(record["pruned-dp8"], epsilon_lower=2.0),
-                                                   "full-dp8 (seed 1)": dict(record["pruned-dp8"], epsilon_lower=4.0)})
+    ranged = dict(record["pruned-dp8"], simulation_range=[1.5, 3.0])
+    pooled = report.implementation_audit_markdown({"full-dp8 (seed 0)": dict(ranged, epsilon_lower=2.0),
+                                                   "full-dp8 (seed 1)": dict(ranged, epsilon_lower=4.0)})
     claimed = record["pruned-dp8"]["claimed_epsilon"]
     assert f"| {round(claimed, 1):g} | 2 | 3 (2–4) |" in pooled
+    assert "| 1.5–3 |" in pooled and "| 1 of 2 |" in pooled  # the seed-1 audit lies above every simulation
     ia.check_controls("pruned-dp8", audited)
     missed = dict(table, **{"half noise": dict(table["half noise"], flagged=False)})
     with pytest.raises(ia.ImplementationAuditFailure, match="'pruned-dp8'.*half noise"):
