@@ -334,20 +334,36 @@ def canary_table(attacks: dict) -> pd.DataFrame:
 
 
 def extraction_table(attacks: dict) -> pd.DataFrame:
-    """Per arm of results["attacks"]: mean BERTScore F1 of members and held-out records and their gap with its
-    95% interval, the PII extraction rate of each, and how many member records were attacked."""
+    """Per arm of results["attacks"]: mean BERTScore F1 and mean perplexity of the true continuation, of members
+    and of held-out records, each gap with its 95% interval and its power at this size (the smallest gap these
+    records detect with 80% power; the records a side the observed gap would need, "–" where it points the
+    wrong way), the PII extraction rate of each, and how many member records were attacked."""
     rows = {}
     for arm, arm_attacks in attacks.items():
         extracted = arm_attacks["extraction"]
+        bertscore, perplexity = extracted["bertscore_f1"], extracted["perplexity"]
         rows[arm] = {
-            "BERTScore members": extracted["bertscore_f1"]["members"],
-            "BERTScore held-out": extracted["bertscore_f1"]["heldout"],
-            "gap [95%]": format_interval(extracted["bertscore_f1"]["members_minus_heldout"]),
+            "BERTScore members": bertscore["members"],
+            "BERTScore held-out": bertscore["heldout"],
+            "gap [95%]": format_interval(bertscore["members_minus_heldout"]),
+            "gap detectable (80%)": bertscore["detectable_difference"],
+            "records a side for this gap": _records_needed(bertscore),
+            "perplexity members": perplexity["members"],
+            "perplexity held-out": perplexity["heldout"],
+            "perplexity gap [95%]": format_interval(perplexity["members_minus_heldout"]),
+            "records a side for it": _records_needed(perplexity),
             "PII extracted members": extracted["pii_extraction_rate"]["members"],
             "PII extracted held-out": extracted["pii_extraction_rate"]["heldout"],
             "records": extracted["records"]["members"],
         }
     return pd.DataFrame(rows).T
+
+
+def _records_needed(difference: dict) -> str:
+    """The records a side a members − held-out difference needs (extraction._mean_difference_power), "–" where
+    it points the wrong way."""
+    needed = difference["records_needed"]
+    return "–" if needed is None else f"{needed:,}"
 
 
 def audit_over_training_table(attacks: dict) -> pd.DataFrame:

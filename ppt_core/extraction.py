@@ -7,12 +7,13 @@ ppt_core.pii detected in it, less the values records of another split also conta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 
 import numpy as np
 import scipy.stats
 
-from ppt_core import bertscore, stats
+from ppt_core import bertscore, power, stats
 from ppt_core.generation import generate_ids
 
 
@@ -58,6 +59,19 @@ def _members_vs_heldout(member: np.ndarray, heldout: np.ndarray, statistic=np.me
     }
 
 
+def _mean_difference_power(member: np.ndarray, heldout: np.ndarray) -> dict:
+    """What a members − held-out difference of means can show at this size (ppt_core.power, the records' own
+    sds): the smallest difference these records detect with 80% power, and the records a side the observed
+    difference would need (None when it is not above 0: no sample size detects it). None for both below two
+    records a side, where no sd exists."""
+    if min(len(member), len(heldout)) < 2:
+        return {"detectable_difference": None, "records_needed": None}
+    sds = float(np.std(member, ddof=1)), float(np.std(heldout, ddof=1))
+    needed = power.difference_sample_size(float(np.mean(member) - np.mean(heldout)), *sds)
+    return {"detectable_difference": power.detectable_difference(*sds, min(len(member), len(heldout))),
+            "records_needed": None if math.isinf(needed) else int(needed)}
+
+
 def _hit_rates(member: np.ndarray, heldout: np.ndarray) -> dict:
     """Hits (booleans) on members and on held-out records, each a share with its exact interval, and the
     one-sided Fisher exact test of members hitting more often ("p_value"): a bootstrap of 0 of 8 would read
@@ -86,7 +100,8 @@ def _pii_extraction_rate(member: np.ndarray, heldout: np.ndarray, **boot) -> dic
 def extraction_summary(member_rows: list[dict], heldout_rows: list[dict], member_perplexity: np.ndarray,
                        heldout_perplexity: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """Members vs held-out: mean BERTScore F1, exact-suffix rate (exact intervals, Fisher's test), PII extraction
-    rate, mean perplexity."""
+    rate, mean perplexity. BERTScore and perplexity carry their power at this size (`_mean_difference_power`),
+    in the direction a leak moves them: members above held-out in BERTScore, below in perplexity."""
     boot = dict(n_boot=n_boot, seed=seed)
 
     def column(rows, key):
@@ -98,10 +113,12 @@ def extraction_summary(member_rows: list[dict], heldout_rows: list[dict], member
     return {
         "records": {"members": len(member_rows), "heldout": len(heldout_rows)},
         "bertscore_f1": _members_vs_heldout(column(member_rows, "bertscore_f1"), column(heldout_rows, "bertscore_f1"),
-                                            **boot),
+                                            **boot)
+        | _mean_difference_power(column(member_rows, "bertscore_f1"), column(heldout_rows, "bertscore_f1")),
         "exact_suffix_rate": _hit_rates(column(member_rows, "exact_suffix"), column(heldout_rows, "exact_suffix")),
         "pii_extraction_rate": _pii_extraction_rate(pii(member_rows), pii(heldout_rows), **boot),
         "pii_fields_in_suffix": {"members": int(pii(member_rows)[:, 1].sum()),
                                  "heldout": int(pii(heldout_rows)[:, 1].sum())},
-        "perplexity": _members_vs_heldout(member_perplexity, heldout_perplexity, **boot),
+        "perplexity": _members_vs_heldout(member_perplexity, heldout_perplexity, **boot)
+        | _mean_difference_power(heldout_perplexity, member_perplexity),
     }

@@ -5,6 +5,9 @@ Under the null (an arm that leaks nothing), the AUC over n members and n non-mem
 sqrt((2n+1)/(12 n²)); under an effect, Hanley & McNeil's (1982). From them: the members a test needs to detect
 an AUC (`required_sample_size`), the chance that an arm leaking nothing reads "no leak above a margin"
 (`null_exclusion_power`), and the members at which that chance reaches a power (`null_support_sample_size`).
+For a difference of means (the extraction attack's BERTScore and perplexity, members − held-out): the smallest
+difference a run detects (`detectable_difference`) and the records a side a difference needs
+(`difference_sample_size`).
 """
 
 from __future__ import annotations
@@ -76,3 +79,27 @@ def null_support_sample_size(margin: float, power: float = 0.8, alpha: float = 0
     if margin <= 0:
         raise ValueError(f"margin must be > 0 (got {margin})")
     return _smallest_n(lambda n: null_exclusion_power(n, margin, alpha) >= power)
+
+
+# --- a difference of means (the extraction attack's members − held-out) ------------------------------------------
+
+def detectable_difference(sd_members: float, sd_heldout: float, n: int, alpha: float = 0.05,
+                          power: float = 0.8) -> float:
+    """The smallest true members − held-out difference of means that n records a side detect with `power` (the
+    two-sided (1 - alpha) interval excludes 0): (z_(1-α/2) + z_power)·sqrt((s₁² + s₂²) / n), the normal
+    approximation of the two-sample t test."""
+    _check_levels(alpha, power)
+    if n < 1:
+        raise ValueError(f"n must be >= 1 (got {n})")
+    z = scipy.stats.norm.ppf(1 - alpha / 2) + scipy.stats.norm.ppf(power)
+    return float(z * math.sqrt((sd_members**2 + sd_heldout**2) / n))
+
+
+def difference_sample_size(difference: float, sd_members: float, sd_heldout: float, alpha: float = 0.05,
+                           power: float = 0.8) -> float:
+    """Records a side at which a true members − held-out difference of means `difference` is detected with
+    `power` (the inverse of `detectable_difference`); inf when it is not above 0 (nothing to detect)."""
+    _check_levels(alpha, power)
+    if difference <= 0:
+        return math.inf
+    return _smallest_n(lambda n: detectable_difference(sd_members, sd_heldout, n, alpha, power) <= difference)

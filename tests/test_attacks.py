@@ -230,6 +230,8 @@ def test_canary_and_extraction_tables_read_the_summaries():
     table = attacks.extraction_table({"full-nodp": {"extraction": extracted}})
     assert table.loc["full-nodp", "gap [95%]"] == "0.4 [0.4, 0.4]"  # every record alike: no spread to resample
     assert table.loc["full-nodp", "records"] == 4
+    assert table.loc["full-nodp", "records a side for this gap"] == "1"  # no spread: one record a side detects it
+    assert table.loc["full-nodp", "records a side for it"] == "–"  # equal perplexities: no size detects a gap of 0
 
 
 def test_a_dp_arm_publishes_nothing_about_which_records_it_drew(smoke_run):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ppt_core import data, extraction, generation, profiles
+from ppt_core import data, extraction, generation, power, profiles
 
 
 # --- user data: the PII the detector found ---------------------------------------------------------
@@ -47,6 +47,15 @@ def test_extraction_summary_compares_members_with_held_out_records():
     assert summary["pii_extraction_rate"]["members"] == 1.0 and summary["pii_extraction_rate"]["heldout"] == 0.0
     assert summary["bertscore_f1"]["members_minus_heldout"]["value"] == pytest.approx(0.4)
     assert summary["records"] == {"members": 4, "heldout": 4}
+    # every record alike: no spread, so any positive gap is detected at once; a perplexity gap of 0 never is
+    assert summary["bertscore_f1"]["detectable_difference"] == 0.0 and summary["bertscore_f1"]["records_needed"] == 1
+    assert summary["perplexity"]["records_needed"] is None
+    spread = [dict(row, bertscore_f1=f) for f in (0.7, 0.9, 1.1, 0.9)]
+    varied = extraction.extraction_summary(spread, [heldout] * 4, np.array([2.0, 3, 4, 3]), np.full(4, 5.0), n_boot=50)
+    assert varied["bertscore_f1"]["detectable_difference"] == pytest.approx(
+        power.detectable_difference(np.std([0.7, 0.9, 1.1, 0.9], ddof=1), 0.0, 4))
+    members_sd = np.std([2, 3, 4, 3], ddof=1)
+    assert varied["perplexity"]["records_needed"] == power.difference_sample_size(2.0, 0.0, members_sd)
     exact = summary["exact_suffix_rate"]  # exact intervals, and Fisher's one-sided test of members hitting more
     assert exact["members"]["value"] == 1.0 and exact["heldout"]["high"] == pytest.approx(0.602, abs=1e-3)
     assert exact["p_value"] == pytest.approx(scipy.stats.fisher_exact([[4, 0], [0, 4]], alternative="greater").pvalue)

@@ -53,3 +53,25 @@ def test_null_support_sample_size_gives_the_power_it_promises():
     assert power.null_support_sample_size(0.1) < n < power.null_support_sample_size(0.02)
     with pytest.raises(ValueError, match="margin"):
         power.null_support_sample_size(0.0)
+
+
+def test_a_difference_of_means_is_detected_as_often_as_promised():
+    """At the records a side `difference_sample_size` gives, the two-sample t test (scipy's noncentral t) detects
+    the difference with about 80% power; `detectable_difference` is its inverse; nothing detects a difference
+    that is not above 0."""
+    sd_members, sd_heldout, difference = 0.12, 0.08, 0.05
+    n = power.difference_sample_size(difference, sd_members, sd_heldout)
+    assert power.detectable_difference(sd_members, sd_heldout, n) <= difference
+    assert power.detectable_difference(sd_members, sd_heldout, n - 1) > difference
+
+    def t_test_power(n_each):
+        se = np.sqrt((sd_members**2 + sd_heldout**2) / n_each)
+        df = 2 * n_each - 2
+        critical = scipy.stats.t.ppf(0.975, df)
+        return float(scipy.stats.nct.sf(critical, df, difference / se) + scipy.stats.nct.cdf(-critical, df,
+                                                                                            difference / se))
+
+    assert t_test_power(n) == pytest.approx(0.8, abs=0.02) and t_test_power(n - 1) < 0.8 + 0.01
+    assert power.difference_sample_size(0.0, 0.1, 0.1) == power.difference_sample_size(-0.1, 0.1, 0.1) == np.inf
+    with pytest.raises(ValueError, match="n must be"):
+        power.detectable_difference(0.1, 0.1, 0)
