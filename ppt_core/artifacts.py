@@ -62,6 +62,11 @@ class RunPaths:
     def timings(self) -> Path:
         return self.root / "timings.json"
 
+    @property
+    def settings(self) -> Path:
+        """The settings each notebook ran with, and which notebook set each (ppt_core.run_settings)."""
+        return self.root / "settings.json"
+
     def model(self, arm: str) -> Path:
         """Folder of one arm's model: base, pruned-noft, full-nodp, pruned-dp8, ..."""
         return self.models / arm

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ppt_core"
 # Lowest first. A new module joins the layer of what it is.
 LAYERS = {
     "foundation": ["__init__", "errors", "artifacts", "record_files", "arms", "profiles", "tokens", "stats", "roc",
-                   "memory", "timing", "pii", "corpus", "user_data", "precision", "power"],
+                   "memory", "timing", "pii", "corpus", "user_data", "precision", "power", "run_settings"],
     "inputs": ["models", "data", "bertscore", "plots"],
     "model structure": ["architectures"],
     "kernels": ["similarity", "evaluation", "flops", "pruning", "batching", "frozen_prefix", "head_loss", "privacy",

@@ -37,6 +37,8 @@ def test_parameters_cell_holds_the_default_profile(path):
         name = node.targets[0].id
         assert name in default, f"{path.name}: parameter {name!r} is not a profile key"
         assert ast.literal_eval(node.value) == default[name], f"{path.name}: {name} differs from the default profile"
+        assert "  # " in tagged[0].source.splitlines()[node.lineno - 1], f"{path.name}: say what {name} does"
+    assert "run_all.py --set" in tagged[0].source  # how to change a value for the whole study
 
 
 # Every notebook's code cells only call ppt_core and show what it returns: no loop, comprehension, function or
