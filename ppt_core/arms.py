@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FAMILIES = ("full", "pruned")
-_TRAINED = re.compile(r"^(full|pruned)-(nodp|dp(\d+(?:\.\d+)?))$")
+_TRAINED = re.compile(r"^(full|pruned)-(nodp|dp(\d+(?:\.\d+)?(?:e[+-]\d+)?))$")  # ε as :g writes it
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ def test_every_profile_arm_parses_to_its_family_start_and_twin():
     assert [arms.parse(n).epsilon for n in names if arms.parse(n).private] == [1.0, 3.0, 8.0, 1.0, 3.0, 8.0]
 
 
-def test_fractional_epsilon_round_trips():
-    assert arms.parse(arms.trained_name("pruned", 0.5)).epsilon == 0.5
+@pytest.mark.parametrize("epsilon", [0.5, 8, 1e6, 2.5e-05])
+def test_every_epsilon_round_trips(epsilon):
+    """A fraction, and an ε written with an exponent (1e+06: a dose arm far above any claim), parse back."""
+    assert arms.parse(arms.trained_name("pruned", epsilon)).epsilon == epsilon
 
 
 @pytest.mark.parametrize("name", ["", "full", "pruned-dp", "full-dpx", "tiny-nodp", "base-dp8"])

@@ -5,6 +5,7 @@ import ast
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 from ppt_core import profiles
@@ -39,6 +40,9 @@ def test_parameters_cell_holds_the_default_profile(path):
         assert ast.literal_eval(node.value) == default[name], f"{path.name}: {name} differs from the default profile"
         assert "  # " in tagged[0].source.splitlines()[node.lineno - 1], f"{path.name}: say what {name} does"
     assert "run_all.py --set" in tagged[0].source  # how to change a value for the whole study
+    # papermill must read every one (run_all.py passes a profile's values by what it reads): a comment it cannot
+    # parse (one holding "=") hides its parameter
+    assert set(papermill.inspect_notebook(str(path))) == {node.targets[0].id for node in assignments}
 
 
 # Every notebook's code cells only call ppt_core and show what it returns: no loop, comprehension, function or
