@@ -22,7 +22,7 @@ import functools
 import importlib.util
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -91,7 +91,7 @@ def check_dp(dp: DPConfig, n_records: int, sample_rate: float, steps: int, *, bf
             "build it from source against the installed torch (https://github.com/pytorch/csprng#installation), "
             "or set secure_mode=False for a reproducible study run (its noise is reproducible from the seed)"
         )
-    noise_multiplier(dp, sample_rate, steps)  # raises when the target cannot be reached
+    noise_multiplier(for_schedule(dp, sample_rate, steps), sample_rate, steps)  # raises when it cannot be reached
 
 
 @functools.lru_cache(maxsize=256)
@@ -114,6 +114,20 @@ def noise_multiplier(dp: DPConfig, sample_rate: float, steps: int) -> float:
             f"for {steps} steps at sample rate {sample_rate:.4g} and delta={dp.delta} ({err}): raise target_epsilon, "
             "train fewer steps (epochs) or use the prv accountant"
         ) from err
+
+
+def for_schedule(dp: DPConfig, sample_rate: float, steps: int) -> DPConfig:
+    """`dp` with an accountant that can calibrate and account it at this schedule: prv's numerical grid breaks
+    down below PRV_MIN_NOISE_MULTIPLIER, where a target ε far above any claim puts σ (a dose arm between ε = 8
+    and no noise at all); rdp, a looser upper bound, calibrates and accounts such an arm instead. Decided on
+    rdp's σ, never below prv's for the same ε, so prv keeps every target where it works."""
+    if dp.accountant != "prv" or not dp.target_epsilon > 0:
+        return dp
+    try:
+        rdp_sigma = _noise_multiplier(dp.target_epsilon, dp.delta, sample_rate, steps, "rdp")
+    except ValueError:  # not reachable at all: noise_multiplier says so, with the prv accountant named
+        return dp
+    return replace(dp, accountant="rdp") if rdp_sigma < PRV_MIN_NOISE_MULTIPLIER else dp
 
 
 def _round_down_power_of_ten(x: float) -> float:

@@ -456,6 +456,9 @@ def finetune(model, tokenizer, texts, config: TrainConfig, heldout_texts=None, p
         config = replace(config, progress=config.progress and world.main)
     device = torch.device(config.device) if config.device else next(model.parameters()).device
     config = replace(config, bf16=precision.resolve_bf16(config.bf16, device))  # "auto" settles on the device
+    if config.dp is not None:  # the accountant that can calibrate this schedule (rdp for a tiny σ)
+        plan = batching.schedule(len(texts), config.expected_batch_size, config.epochs)
+        config = replace(config, dp=privacy.for_schedule(config.dp, plan.sample_rate, plan.steps))
     torch.manual_seed(config.seed)
     peft_model = lora_model(model, config, device)
     float32_weights = evaluation.frozen_weights_in_bf16(peft_model) if config.bf16 else []

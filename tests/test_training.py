@@ -196,6 +196,18 @@ def test_epsilon_is_the_accountants(tiny, accountant, accountant_class):
     assert privacy.composed_epsilon([mechanism], config.dp.delta, accountant) == pytest.approx(result.epsilon, rel=1e-6)
 
 
+def test_a_target_far_above_any_claim_is_calibrated_and_accounted_by_rdp(tiny):
+    """A dose arm (ε = 10,000) puts σ below where prv's grid holds: asked for prv, the arm is calibrated, trained
+    and accounted by rdp instead, says so, and stays within its target; at ε = 4 prv is kept."""
+    config = small_config(epochs=0.5, dp=dp_config(accountant="prv", target_epsilon=1e4))
+    _, result = training.finetune(*tiny, TEXTS, config)
+    assert result.accountant == "rdp" and result.noise_multiplier < privacy.PRV_MIN_NOISE_MULTIPLIER
+    assert 0.9e4 < result.epsilon <= 1e4
+    plan = batching.schedule(len(TEXTS), 6, 0.5)
+    assert privacy.for_schedule(dp_config(accountant="prv", target_epsilon=4.0), plan.sample_rate, plan.steps
+                                ).accountant == "prv"
+
+
 def test_epsilon_stays_within_target_where_opacus_loader_length_falls_short(tiny):
     """N = 93, B = 1: Opacus's own loader would have int(1/(1/93)) = 92 batches per pass and charge its
     accountant q = 1/92 for noise calibrated at 1/93 (epsilon above target). Here q is exactly 1/93."""
