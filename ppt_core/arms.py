@@ -73,9 +73,23 @@ def trained_name(family: str, epsilon: float | None) -> str:
 
 
 def trained_arm_names(params: dict) -> list[str]:
-    """The fine-tuned arms of a profile: for each family, non-private and one per target ε."""
-    return [trained_name(family, epsilon) for family in params["train_arms"]
-            for epsilon in [None] + list(params["epsilons"])]
+    """The fine-tuned arms of a profile: for each family, non-private and one per target ε, and after the first
+    family's its dose arms (dose_arm_names)."""
+    names = []
+    for family in params["train_arms"]:
+        names += [trained_name(family, epsilon) for epsilon in [None] + list(params["epsilons"])]
+        if family == params["train_arms"][0]:
+            names += dose_arm_names(params)
+    return names
+
+
+def dose_arm_names(params: dict) -> list[str]:
+    """The dose arms of a profile: DP arms of its first family at each of `dose_epsilons`, targets far above any
+    claim, that show where memorisation becomes visible between the claimed arms and the non-private twin. They
+    are attacked like every arm; the claims are decided on the arms of `epsilons`."""
+    if not params["train_arms"]:
+        return []
+    return [trained_name(params["train_arms"][0], epsilon) for epsilon in params.get("dose_epsilons", [])]
 
 
 def arm_names(params: dict) -> list[str]:

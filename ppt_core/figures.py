@@ -118,6 +118,9 @@ def training_epsilon(results: dict, delta: float, accountant: str):
             curve = result.epsilon_curve()
             ax.plot([s for s, _ in curve], [e for _, e in curve], marker="o", ms=3, color=arm_color(arm), label=arm)
             ax.axhline(arms.parse(arm).epsilon, color=arm_color(arm), ls="--", lw=1)
+    targets = [arms.parse(arm).epsilon for arm, result in results.items() if result.private]
+    if targets and max(targets) > 100 * min(targets):  # a dose arm far above the claims: every curve readable
+        ax.set_yscale("symlog", linthresh=1.0)
     ax.set(xlabel="optimizer step", ylabel="ε spent", title=f"Privacy spent (δ = {delta:g}, {accountant} accountant)")
     ax.legend()
     return fig
@@ -223,7 +226,9 @@ def audit_over_training(results: dict):
     (dashed): a non-private arm's bounds climb, a DP arm's stay under its own dashed line. The grey lines are the
     audit's ceiling (audit.ceiling): no claim above them could be refuted by these canaries."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    _ceiling_lines(ax, audit.ceiling_of(results))
+    ceiling = audit.ceiling_of(results)
+    _ceiling_lines(ax, ceiling)
+    bounds, claims = [], []
     for arm, attacks in results.items():
         points = (attacks.get("audit") or {}).get("over_training") or []
         if not points:
@@ -232,8 +237,11 @@ def audit_over_training(results: dict):
         color = arm_color(arm)
         ax.plot(passes, [p["epsilon_lower_fdp"] for p in points], marker="o", color=color, label=arm)
         ax.plot(passes, [p["epsilon_lower_one_run"] for p in points], ls=":", color=color)
+        bounds += [p[key] for p in points for key in ("epsilon_lower_fdp", "epsilon_lower_one_run")]
         if points[0]["claimed_epsilon"] is not None:
             ax.plot(passes, [p["claimed_epsilon"] for p in points], ls="--", color=color, lw=1)
+            claims += [p["claimed_epsilon"] for p in points]
+    ax.set_ylim(0, _top(bounds + ([ceiling["fdp"]] if ceiling else []), claims))
     ax.set(xlabel="expected passes over the training records", ylabel="ε",
            title="Audit over training: lower bounds (solid f-DP, dotted one-run), claimed ε (dashed)")
     ax.legend(fontsize=8)
@@ -275,6 +283,13 @@ def _ceiling_lines(ax, most: dict | None) -> None:
     ax.axhline(most["one_run"], color="0.5", lw=1, ls=":", label=f"ceiling, one run {most['one_run']:.2f}")
 
 
+def _top(bounds: list[float], claims: list[float]) -> float:
+    """The top of an audit axis: above the bounds and the ceiling (at least 1), and the claims a bound could
+    reach (up to twice them); a claim far above (a dose arm's) runs off the top."""
+    reach = max(bounds + [1.0])
+    return max([reach] + [c for c in claims if c <= 2 * reach]) * 1.15
+
+
 def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, seed_tables: dict,
                  ceiling: dict | None = None) -> None:
     """The audit's lower bounds against the claimed ε: the DP arms at their ε under the diagonal, the
@@ -290,8 +305,7 @@ def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, se
                        if arm in t.index and column in t.columns and np.isfinite(t.loc[arm, column])]
     # Up to the bounds, the ceiling and the claims a bound could reach (a claim far above the ceiling runs off the top)
     claims = [p[0] for p in points if p[0] != infinity]
-    reach = max([p[1] for p in points] + ([ceiling["fdp"]] if ceiling else []) + [1.0])
-    top = max([reach] + [c for c in claims if c <= 2 * reach]) * 1.15
+    top = _top([p[1] for p in points] + ([ceiling["fdp"]] if ceiling else []), claims)
     _ceiling_lines(ax, ceiling)
     diagonal = np.r_[np.linspace(0, 1, 20), np.geomspace(1, max(largest, 1.0), 60)[1:]]  # straight on no axis
     ax.fill_between(diagonal, diagonal, np.full_like(diagonal, top), color="#d62728", alpha=0.08,

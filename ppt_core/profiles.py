@@ -70,6 +70,12 @@ _QUICK = dict(
     # --- DP-LoRA fine-tuning (03) ------------------------------------------------------------
     train_arms=["full", "pruned"],
     epsilons=[8],  # one DP arm per target epsilon; non-private arms are always trained too
+    # Dose arms: DP arms of the first family at targets far above any claim, between the claimed arms and the
+    # non-private twin, so that each instrument's reading can climb from the DP arms' zero to the twin's leak and
+    # show where memorisation becomes visible to it. At this schedule σ = 0.74 gives ε = 8, σ = 0.24 ε = 128 (the
+    # black-box audit still reads 0 there, AUC 0.58), σ = 0.023 ε = 100,000 (rdp: prv's grid does not reach it).
+    # An instrument, not a claim: the paper's claims are decided on `epsilons`, the dose arms shown beside them.
+    dose_epsilons=[100_000],
     delta=1e-5,  # must be < 1/N_train
     max_grad_norm=1.0,
     accountant="prv",
@@ -225,6 +231,7 @@ _PAPER = dict(
     _QUICK,
     profile="paper",
     epsilons=[1, 3, 8],  # with the non-private arms of both families: 8 fine-tuned arms per seed
+    dose_epsilons=[],  # its committed run has none; with [10_000, 100_000]: 10 arms a seed, about a quarter longer
     seeds=[0, 1, 2],
     prune_strategies=["pairwise", "block", "last", "random"],  # iterative chose pairwise's blocks in quick
     prune_sweep=[0, 4],

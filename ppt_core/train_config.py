@@ -160,8 +160,12 @@ def check_params(params: dict) -> None:
     if params["loss_curve_points"] and params["loss_curve_records"] > params["n_heldout"]:
         raise TrainingConfigError(f"loss_curve_records ({params['loss_curve_records']}) is larger than n_heldout "
                                   f"({params['n_heldout']}): use loss_curve_records <= {params['n_heldout']}")
+    doses, claims = list(params.get("dose_epsilons", [])), list(params["epsilons"])
+    if doses and (len(set(doses)) != len(doses) or min(doses) <= max(claims + [0])):
+        raise TrainingConfigError(f"dose_epsilons must be distinct and each above every claimed ε {claims} (got "
+                                  f"{doses}): a dose arm stands between the claimed arms and the non-private twin")
     n_records = data.train_size(params)
-    for epsilon in [None] + list(params["epsilons"]):
+    for epsilon in [None] + claims + doses:
         check_config(config_from_params(params, epsilon), n_records)
     if params.get("nproc", 1) != 1:
         distributed.check_world(params["nproc"], n_records, int(params["expected_batch_size"]))

@@ -427,7 +427,7 @@ def _membership_difference_text(records: Mapping[str, np.ndarray], arm: str, oth
 
 
 def mitigates_memorisation(attacks: Mapping[str, Mapping] | None, records: Mapping[str, np.ndarray] | None, *,
-                           n_boot: int = 1000, seed: int = 0) -> Verdict:
+                           dose: Sequence[str] = (), n_boot: int = 1000, seed: int = 0) -> Verdict:
     """Does DP mitigate memorisation? Per DP arm (attacks: results["attacks"]; records: attacks/records.npz's
     arrays): its non-private twin must leak (leak SUPPORTED; else INCONCLUSIVE: nothing to mitigate); then
     the decision is the audit memorisation gain of the DP arm minus its twin's, paired per audit canary
@@ -436,10 +436,12 @@ def mitigates_memorisation(attacks: Mapping[str, Mapping] | None, records: Mappi
     the calibrated membership AUC difference DP − twin on the notes, and the DP arm's own leak evidence.
 
     A relative claim, on purpose: "the DP arm leaks nothing above a margin" in absolute terms needs the
-    members null_support_sample_size gives (524 per side for ΔAUC 0.05), more than these profiles attack."""
+    members null_support_sample_size gives (524 per side for ΔAUC 0.05), more than these profiles attack.
+    The `dose` arms (arms.dose_arm_names: targets far above any claim) decide nothing; their gains follow the
+    decision, so the evidence reads how the gain changes with ε up to the twin."""
     if not attacks:
         return _missing("attacks")
-    private = sorted(a for a in attacks if arms.parse(a).private)
+    private = sorted(a for a in attacks if arms.parse(a).private and a not in dose)
     if not private:
         return _missing("attacks on a DP arm")
     boot = dict(n_boot=n_boot, seed=seed)
@@ -461,7 +463,13 @@ def mitigates_memorisation(attacks: Mapping[str, Mapping] | None, records: Mappi
                              f"{arm}: {outcome}, {_audit_gain_text(gain, arm, twin)}; beside it: "
                              f"{_membership_difference_text(records, arm, twin, **boot)}; {arm}'s own leak test "
                              f"{own.outcome} ({own.evidence}); its twin {twin} leaks", seeds=gain["seeds"]))
-    return _conjunction(parts)
+    verdict = _conjunction(parts)
+    beside = [_audit_gain_text(gain, arm, arms.parse(arm).twin) for arm in sorted(a for a in dose if a in attacks)
+              if (gain := audit_gain_difference(records, arm, arms.parse(arm).twin, **boot)) is not None]
+    if not beside:
+        return verdict
+    return dataclasses.replace(verdict, evidence=f"{verdict.evidence}; the dose arms, not deciding: "
+                                                 + "; ".join(beside))
 
 
 def complements_privacy(records: Mapping[str, np.ndarray] | None, *, pruned: str = "pruned-nodp",
@@ -538,7 +546,8 @@ def criteria(params: dict) -> dict[str, str]:
                                   "nats) of the DP arm minus its twin's, paired per audit canary: 95% interval below "
                                   "0 (above 0: contradicted; containing 0: inconclusive); the calibrated membership "
                                   "AUC difference and the DP arm's own leak test shown; each DP arm (each ε) decided "
-                                  "apart, the claim supported where every one is",
+                                  "apart, the claim supported where every one is; the dose arms' gains shown, not "
+                                  "deciding",
         "complements_privacy": "audit memorisation gain (mean audit score of included minus excluded audit "
                                "canaries, nats) of `pruned-nodp` minus `full-nodp`, paired per audit canary: 95% "
                                "interval below 0 (above 0: contradicted; containing 0: inconclusive); calibrated "
@@ -570,7 +579,8 @@ def paper_claims(params: dict, results: dict, timings: dict, records: Mapping[st
         if all(seconds.values())
         else _missing("per-round prefill seconds"),
         "heals": heals(utility_rows, **utility_boot),
-        "mitigates_memorisation": mitigates_memorisation(attacks, records.get("attacks"), **boot),
+        "mitigates_memorisation": mitigates_memorisation(attacks, records.get("attacks"),
+                                                         dose=arms.dose_arm_names(params), **boot),
         "complements_privacy": complements_privacy(records.get("attacks"), **boot),
     }
     stated = criteria(params)

@@ -305,6 +305,20 @@ def test_mitigates_memorisation_reaches_every_verdict_from_the_audit_gain():
     assert missing.outcome == INCONCLUSIVE and "not measured" in missing.evidence
 
 
+def test_a_dose_arm_is_shown_beside_the_decision_and_never_decides_it():
+    """A dose arm far above any claim memorises more than the claimed arm, here as much as its twin: the claim
+    stays decided on the claimed arm, and the dose arm's gain follows it."""
+    attacks = {"full-nodp": arm_attacks(**LEAKING), "full-dp8": arm_attacks(delta=(0.01, -0.04, 0.07)),
+               "full-dp100000": arm_attacks(**LEAKING)}
+    records = attack_records({"full-nodp": (1.0, 3.0), "full-dp8": (0.05, 0.2), "full-dp100000": (1.0, 3.0)},
+                             scale=0.1)
+    verdict = verdicts.mitigates_memorisation(attacks, records, dose=["full-dp100000"], n_boot=300)
+    assert verdict.outcome == SUPPORTED and len(verdict.parts) == 1
+    assert "; the dose arms, not deciding: audit memorisation gain full-dp100000 − full-nodp" in verdict.evidence
+    undosed = verdicts.mitigates_memorisation(attacks, records, n_boot=300)
+    assert len(undosed.parts) == 2 and undosed.outcome != SUPPORTED  # as a claim it would not hold
+
+
 def test_membership_auc_difference_is_paired_and_exact_on_the_data():
     from ppt_core.roc import roc_auc
 
