@@ -111,16 +111,19 @@ def training_loss(results: dict):
 
 
 def training_epsilon(results: dict, delta: float, accountant: str):
-    """The epsilon each DP arm has spent after each step (its own accountant), against its target (dashed)."""
+    """The epsilon each DP arm has spent after each step (its own accountant, named where it is not `accountant`:
+    a dose arm's rdp), against its target (dashed)."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for arm, result in results.items():
         if result.private:
             curve = result.epsilon_curve()
-            ax.plot([s for s, _ in curve], [e for _, e in curve], marker="o", ms=3, color=arm_color(arm), label=arm)
+            label = arm if result.accountant == accountant else f"{arm} ({result.accountant})"
+            ax.plot([s for s, _ in curve], [e for _, e in curve], marker="o", ms=3, color=arm_color(arm), label=label)
             ax.axhline(arms.parse(arm).epsilon, color=arm_color(arm), ls="--", lw=1)
     targets = [arms.parse(arm).epsilon for arm, result in results.items() if result.private]
     if targets and max(targets) > 100 * min(targets):  # a dose arm far above the claims: every curve readable
         ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(bottom=0)
     ax.set(xlabel="optimizer step", ylabel="ε spent", title=f"Privacy spent (δ = {delta:g}, {accountant} accountant)")
     ax.legend()
     return fig
