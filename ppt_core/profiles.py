@@ -72,8 +72,8 @@ _QUICK = dict(
     epsilons=[8],  # one DP arm per target epsilon; non-private arms are always trained too
     # Dose arms: DP arms of the first family at targets far above any claim, between the claimed arms and the
     # non-private twin, so that each instrument's reading can climb from the DP arms' zero to the twin's leak and
-    # show where memorisation becomes visible to it. At this schedule σ = 0.74 gives ε = 8, σ = 0.24 ε = 128 (the
-    # black-box audit still reads 0 there, AUC 0.58), σ = 0.023 ε = 100,000 (rdp: prv's grid does not reach it).
+    # show where memorisation becomes visible to it. At this schedule σ = 0.74 gives ε = 8, σ = 0.24 ε = 128 and
+    # σ = 0.023 ε = 100,000 (rdp: prv's grid does not reach it); the twin has no noise at all.
     # An instrument, not a claim: the paper's claims are decided on `epsilons`, the dose arms shown beside them.
     dose_epsilons=[100_000],
     delta=1e-5,  # must be < 1/N_train
