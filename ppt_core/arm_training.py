@@ -278,15 +278,16 @@ def record_results(paths: artifacts.RunPaths, results: dict[str, TrainResult]) -
 
 
 def group_privacy(params: dict, results: dict[str, TrainResult]) -> dict:
-    """Epsilon (at the profile's delta) for a secret in k records, per DP arm and for all DP arms released
-    together (one accountant history): {row: {"k=<k>": epsilon, "accountant": ...}}, k over GROUP_SIZES and
-    the canary repetitions.
+    """Epsilon (at the profile's delta) for a secret in k records, per DP arm and for the claimed DP arms
+    released together (one accountant history; the dose arms, instruments never released, apart):
+    {row: {"k=<k>": epsilon, "accountant": ...}}, k over GROUP_SIZES and the canary repetitions.
     Each value is an upper bound (privacy.group_epsilon); rows say which accountant gave it."""
     sizes = sorted(set(GROUP_SIZES) | {int(k) for k in params["canary_repetitions"]})
     private = {arm: r for arm, r in results.items() if r.private}
     rows = {arm: [(r.noise_multiplier, r.sample_rate, r.steps)] for arm, r in private.items()}
-    if len(private) > 1:
-        rows["all DP arms together"] = [m for mechanisms in rows.values() for m in mechanisms]
+    released = [arm for arm in private if arm not in arms.dose_arm_names(params)]
+    if len(released) > 1:
+        rows["claimed DP arms together"] = [m for arm in released for m in rows[arm]]
     table = {}
     for row, mechanisms in rows.items():
         table[row], used = {}, {}

@@ -286,6 +286,12 @@ def _ceiling_lines(ax, most: dict | None) -> None:
     ax.axhline(most["one_run"], color="0.5", lw=1, ls=":", label=f"ceiling, one run {most['one_run']:.2f}")
 
 
+def _infinity(largest: float) -> float:
+    """Where the non-private arms (ε = ∞) stand on a log ε axis: a decade right of the largest ε, so that a
+    dose arm's tick and ∞'s stay apart."""
+    return largest * 10
+
+
 def _top(bounds: list[float], claims: list[float]) -> float:
     """The top of an audit axis: above the bounds and the ceiling (at least 1), and the claims a bound could
     reach (up to twice them); a claim far above (a dose arm's) runs off the top."""
@@ -299,7 +305,7 @@ def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, se
     non-private ones at "∞" (right of the largest ε, where nothing is claimed); one point per seed; and the
     audit's `ceiling` (audit.ceiling_of): a claim above it could not be refuted by these canaries."""
     tables = list(seed_tables.values()) or [table]
-    infinity = largest * 3  # right of the largest claim on the symlog axis
+    infinity = _infinity(largest)
     points = []  # (x, bound, arm, column)
     for arm in trained:
         x = table.loc[arm, "epsilon"] if np.isfinite(table.loc[arm, "epsilon"]) else infinity
@@ -341,7 +347,7 @@ def frontier(table: pd.DataFrame, seed_tables: dict | None = None, ceiling: dict
     trained = [arm for arm in table.index if arms.parse(arm).trained]
     finite = [table.loc[a, "epsilon"] for a in trained if np.isfinite(table.loc[a, "epsilon"])]
     largest = max(finite) if finite else 1.0
-    infinity = largest * 3  # where the non-private arms stand on the log ε axis
+    infinity = _infinity(largest)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for family in arms.FAMILIES:
         members = sorted((a for a in trained if arms.parse(a).family == family),

@@ -13,7 +13,7 @@ import torch
 from conftest import run_all_in_process
 from training_helpers import TEXTS, dp_config, small_config
 
-from ppt_core import arm_training, arms, artifacts, batching, training
+from ppt_core import arm_training, arms, artifacts, batching, privacy, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,10 +103,15 @@ def test_save_arm_loads_with_plain_transformers_and_peft(tiny, smoke_params, tra
 def test_group_privacy_table(smoke_params, trained_pair):
     (_, dp), (_, plain), _ = trained_pair
     twin = copy.copy(dp)
-    table = arm_training.group_privacy(dict(smoke_params, accountant="rdp"), {"a-dp": dp, "b-dp": twin, "nodp": plain})
-    assert set(table) == {"a-dp", "b-dp", "all DP arms together"}
+    params = dict(smoke_params, accountant="rdp", dose_epsilons=[1e5])
+    dose = arms.dose_arm_names(params)[0]  # an instrument, never released: not composed with the claimed arms
+    table = arm_training.group_privacy(params, {"a-dp": dp, "b-dp": twin, dose: copy.copy(dp), "nodp": plain})
+    assert set(table) == {"a-dp", "b-dp", dose, "claimed DP arms together"}
     assert table["a-dp"]["k=1"] == pytest.approx(dp.epsilon, rel=1e-6)
-    assert table["all DP arms together"]["k=1"] > table["a-dp"]["k=1"]
+    mechanism = (dp.noise_multiplier, dp.sample_rate, dp.steps)
+    assert table["claimed DP arms together"]["k=1"] == pytest.approx(
+        privacy.composed_epsilon([mechanism, mechanism], params["delta"], "rdp"), rel=1e-6)
+    assert table["claimed DP arms together"]["k=1"] > table["a-dp"]["k=1"]
     assert table["a-dp"]["accountant"] == "rdp (k = 1, 4, 16, 64)"
 
 
