@@ -186,6 +186,7 @@ _SMOKE = dict(
     loss_curve_points=6,
     loss_curve_records=8,
     n_synthetic_references=32,
+    dose_epsilons=[],  # the dose path is tested on its own (tests/test_arms.py, test_training.py, test_verdicts.py)
 )
 
 _FULL = dict(

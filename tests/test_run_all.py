@@ -86,8 +86,8 @@ def test_a_second_run_resumes_and_a_forced_notebook_gives_the_same_results(smoke
     before = [smoke_run.paths.results.read_bytes()] + [path.read_bytes() for path in adapters]
     forced = run_all("--profile", "smoke", "--run-name", smoke_run.name, "--only", "03", "--force")
     assert forced.returncode == 0, forced.stderr[-3000:]
-    trained = arms.trained_arm_names(profiles.get_profile("smoke"))  # the twins, the DP arms and the dose arm
-    assert len(adapters) == len(trained) == 5
+    trained = arms.trained_arm_names(profiles.get_profile("smoke"))  # the twins and the DP arms
+    assert len(adapters) == len(trained) == 4
     assert [smoke_run.paths.results.read_bytes()] + [p.read_bytes() for p in adapters] == before
 
 

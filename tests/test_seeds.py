@@ -250,6 +250,18 @@ def test_frontier_figure_builds_from_a_table(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frontier.pdf", "frontier.png"]
 
 
+def test_a_dose_arm_stands_between_the_claims_and_infinity_and_its_claim_runs_off_the_top():
+    dose = pd.DataFrame([{"arm": "full-dp100000", "epsilon": 1e5, "perplexity": 9.5, "perplexity_low": 8.0,
+                          "perplexity_high": 11.0, "speedup": 1.0, "audit_epsilon_one_run": 1.4,
+                          "audit_epsilon_fdp": 2.3}]).set_index("arm")
+    right = figures.frontier(pd.concat([frontier_table(), dose])).axes[1]
+    ticks = dict(zip([t.get_text() for t in right.get_xticklabels()], right.get_xticks()))
+    assert ticks["∞"] == pytest.approx(10 * ticks["1e+05"])  # a decade apart: the two ticks stay readable
+    points = {(line.get_xdata()[0], line.get_ydata()[0]) for line in right.get_lines() if line.get_marker() in "o^"}
+    assert {(1e5, 1.4), (1e5, 2.3)} <= points
+    assert right.get_ylim()[1] < 10  # the bounds and the claims they could reach (7.9), not the dose arm's claim
+
+
 # --- profiles and run_all -------------------------------------------------------------------------------
 def test_paper_profile_is_the_quick_study_over_the_epsilon_sweep_and_three_seeds():
     quick, paper = profiles.get_profile("quick"), profiles.get_profile("paper")
