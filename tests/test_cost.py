@@ -15,7 +15,7 @@ def test_projection_scales_measured_seconds_by_tokens_and_seeds():
     assert 1000 < projected["03_dp_lora_finetuning"] < 1200  # twice the steps; the loss curve stays
     paper = profiles.get_profile("paper")
     line = cost.estimate_markdown(quick, measured, 1, 135e6, [paper, profiles.get_profile("smoke")])
-    assert "`paper` profile (3 seeds, 10 arms each)" in line and "smoke" not in line and "assumed" in line
+    assert "`paper` profile (3 seeds, 12 arms each)" in line and "smoke" not in line and "assumed" in line
     with pytest.raises(ValueError, match="same model"):
         cost.projected_seconds(quick, measured, profiles.get_profile("smoke"))
 
