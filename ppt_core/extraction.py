@@ -59,16 +59,17 @@ def _members_vs_heldout(member: np.ndarray, heldout: np.ndarray, statistic=np.me
     }
 
 
-def _mean_difference_power(member: np.ndarray, heldout: np.ndarray) -> dict:
-    """What a members − held-out difference of means can show at this size (ppt_core.power, the records' own
-    sds): the smallest difference these records detect with 80% power, and the records a side the observed
-    difference would need (None when it is not above 0: no sample size detects it). None for both below two
-    records a side, where no sd exists."""
-    if min(len(member), len(heldout)) < 2:
+def _mean_difference_power(raised: np.ndarray, other: np.ndarray) -> dict:
+    """What a difference of means between the side a leak raises (`raised`: members' BERTScore, held-out
+    records' perplexity) and the other can show at this size (ppt_core.power, the records' own sds): the
+    smallest difference these records detect with 80% power, and the records a side the observed difference
+    would need (None when it is not above 0: no sample size detects it). None for both below two records a
+    side, where no sd exists."""
+    if min(len(raised), len(other)) < 2:
         return {"detectable_difference": None, "records_needed": None}
-    sds = float(np.std(member, ddof=1)), float(np.std(heldout, ddof=1))
-    needed = power.difference_sample_size(float(np.mean(member) - np.mean(heldout)), *sds)
-    return {"detectable_difference": power.detectable_difference(*sds, min(len(member), len(heldout))),
+    sds = float(np.std(raised, ddof=1)), float(np.std(other, ddof=1))
+    needed = power.difference_sample_size(float(np.mean(raised) - np.mean(other)), *sds)
+    return {"detectable_difference": power.detectable_difference(*sds, min(len(raised), len(other))),
             "records_needed": None if math.isinf(needed) else int(needed)}
 
 
