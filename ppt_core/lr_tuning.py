@@ -10,13 +10,14 @@ nothing with the study's own splits. The study's records are never read.
 
 Each candidate learning rate trains the profile's arm exactly as notebook 03 would (same N, q,
 steps, σ, LoRA), on the tuning draw's train split; its held-out loss on the tuning draw's held-out
-notes decides. The two families are tuned apart: clipping and noise change which rate is best, and a
-rate tuned on a DP arm can make its non-private twin diverge (the paper profile's seed 1 did, at 2e-2).
-`full-nodp` picks `nodp_learning_rate` and `full-<ε>` (the profile's first ε) `dp_learning_rate`; the
-pruned family uses its family's rate. The result goes to figures/tuning/<profile>.json, which the
-profile cites (`make tune`):
+notes decides. The non-private and the DP arms are tuned apart, and the DP arms at each ε: clipping and noise change
+which rate is best, and a rate tuned on a DP arm can make its non-private twin diverge.
+`full-nodp` picks `nodp_learning_rate` and `full-dp<ε>` the rate of `dp_learning_rates` at that ε; the
+pruned family uses the full family's rates. The result goes to figures/tuning/<profile>.json, which the
+profile cites (`make tune`); a run at some ε keeps the families it does not tune again:
 
     python -m ppt_core.lr_tuning --profile quick --nodp-learning-rates 5e-4,1e-3,2e-3 --dp-learning-rates 2e-3,5e-3,1e-2
+    python -m ppt_core.lr_tuning --profile quick --nodp-learning-rates '' --dp-epsilons 1  # one more ε
 
 Only the synthetic corpus has an independent draw. For your own data (`data_path`), tune on a
 public stand-in of it, or account for the tuning (the paper above) in the ε you report.
@@ -34,7 +35,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from ppt_core import arms, artifacts, checks, data, evaluation, models, plots, profiles, report
-from ppt_core.train_config import config_from_params, family_learning_rate
+from ppt_core.train_config import config_from_params, dp_learning_rates, family_learning_rate
 from ppt_core.training import finetune
 
 # Tuning draws use seeds from here up; tuning_params refuses a study whose seeds reach it.
@@ -123,25 +124,40 @@ def tune_learning_rate(params: dict, arm: str, learning_rates, *, n_eval: int = 
     })
 
 
-FAMILIES = ("nodp", "dp")
+def family_arm(family: str) -> str:
+    """The arm a family is tuned on: "nodp" on full-nodp, "dp<ε>" (e.g. "dp8") on the full-family DP arm at that ε."""
+    try:
+        return arms.parse(f"full-{family}").name
+    except ValueError:
+        raise TuningError(f"unknown family {family!r}: tune 'nodp' or 'dp<ε>' (e.g. 'dp8')") from None
 
 
-def family_arm(params: dict, family: str) -> str:
-    """The arm a family is tuned on: full-nodp, or the full-family DP arm at the profile's first ε."""
-    return arms.trained_name("full", None if family == "nodp" else params["epsilons"][0])
+def families_to_tune(params: dict, nodp_rates, dp_rates, dp_epsilons=None) -> dict[str, list[float]]:
+    """{family: candidate rates}: "nodp" with `nodp_rates`, and "dp<ε>" with `dp_rates` at each of `dp_epsilons`
+    (default: the ε of the profile's `dp_learning_rates`); a family without candidates is left out."""
+    epsilons = dp_learning_rates(params) if dp_epsilons is None else dp_epsilons
+    families = {"nodp": list(nodp_rates)}
+    families |= {arms.trained_name("full", epsilon).removeprefix("full-"): list(dp_rates) for epsilon in epsilons}
+    return {family: rates for family, rates in families.items() if rates}
 
 
 def tune_families(params: dict, learning_rates: dict[str, list[float]], *, n_eval: int = 64,
                   progress: bool = True) -> dict:
-    """One tuning record per family: {"profile", "families": {"nodp": record, "dp": record}}, the non-private
-    family tuned on full-nodp and the DP family on full-dp<first ε>, each over its own candidates
-    (learning_rates["nodp"], learning_rates["dp"]); a family without candidates is left out."""
-    unknown = sorted(set(learning_rates) - set(FAMILIES))
-    if unknown:
-        raise TuningError(f"unknown famil(ies) {unknown}: tune 'nodp' and/or 'dp'")
-    families = {family: tune_learning_rate(params, family_arm(params, family), rates, n_eval=n_eval, progress=progress)
+    """One tuning record per family: {"profile", "families": {"nodp": record, "dp8": record, ...}}, the non-private
+    family tuned on full-nodp and each DP family on full-dp<ε>, each over its own candidates (learning_rates[family]);
+    a family without candidates is left out."""
+    arm_of = {family: family_arm(family) for family in learning_rates}
+    families = {family: tune_learning_rate(params, arm_of[family], rates, n_eval=n_eval, progress=progress)
                 for family, rates in learning_rates.items() if rates}
     return {"profile": params["profile"], "families": families}
+
+
+def merged(record: dict, earlier: dict | None) -> dict:
+    """`record` with the families of an earlier tuning record of the same profile that it did not tune again, so one
+    ε can be tuned without repeating the others."""
+    if not earlier or earlier.get("profile") != record["profile"]:
+        return record
+    return dict(record, families={**earlier["families"], **record["families"]})
 
 
 def record_path(profile: str):
@@ -171,23 +187,27 @@ def main(argv=None) -> int:
     parser.add_argument("--nodp-learning-rates", default="5e-4,1e-3,2e-3",
                         help="comma-separated candidates for the non-private family (tuned on full-nodp; '' skips it)")
     parser.add_argument("--dp-learning-rates", default="2e-3,5e-3,1e-2",
-                        help="comma-separated candidates for the DP family (tuned on full-dp<first ε>; '' skips it)")
+                        help="comma-separated candidates for the DP arms (tuned on full-dp<ε>; '' skips them)")
+    parser.add_argument("--dp-epsilons",
+                        help="comma-separated ε to tune a DP rate at (default: the profile's dp_learning_rates)")
     parser.add_argument("--n-eval", type=int, default=64, help="held-out notes of the tuning draw that score a rate")
     args = parser.parse_args(argv)
     try:
         params = profiles.get_profile(args.profile)
-        rates = {family: [float(x) for x in text.split(",") if x.strip()]
-                 for family, text in (("nodp", args.nodp_learning_rates), ("dp", args.dp_learning_rates))}
-        record = tune_families(params, rates, n_eval=args.n_eval)
+        nodp, dp = ([float(x) for x in text.split(",") if x.strip()]
+                    for text in (args.nodp_learning_rates, args.dp_learning_rates))
+        epsilons = None if args.dp_epsilons is None else [float(x) for x in args.dp_epsilons.split(",")]
+        record = tune_families(params, families_to_tune(params, nodp, dp, epsilons), n_eval=args.n_eval)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     path = record_path(args.profile)
-    artifacts.write_json(path, record)
-    plots.save(tuning_figure(record), path.stem, path.parent)
-    for family, chosen in record["families"].items():
-        print(f"{path.relative_to(artifacts.REPO_ROOT)}: {family}_learning_rate {chosen['chosen_learning_rate']:g} "
-              f"(the profile has {chosen['profile_learning_rate']:g})")
+    kept = merged(record, artifacts.read_json(path) if path.exists() else None)
+    artifacts.write_json(path, kept)
+    plots.save(tuning_figure(kept), path.stem, path.parent)
+    for chosen in record["families"].values():
+        print(f"{path.relative_to(artifacts.REPO_ROOT)}: {chosen['arm']} chose {chosen['chosen_learning_rate']:g} "
+              f"(the profile gives it {chosen['profile_learning_rate']:g})")
     return 0
 
 

@@ -64,10 +64,15 @@ class DPConfig:
 # --- checks, and the noise multiplier ------------------------------------------------------------
 
 
+def check_target_epsilon(epsilon: float) -> None:
+    """Stop on a target ε that no DP-SGD run can reach."""
+    if not epsilon > 0:
+        raise TrainingConfigError(f"target_epsilon must be > 0 (got {epsilon})")
+
+
 def check_dp(dp: DPConfig, n_records: int, sample_rate: float, steps: int, *, bf16: bool) -> None:
     """Stop with one clear message on a DP setting that cannot keep its promise for this schedule."""
-    if not dp.target_epsilon > 0:
-        raise TrainingConfigError(f"target_epsilon must be > 0 (got {dp.target_epsilon})")
+    check_target_epsilon(dp.target_epsilon)
     if not 0 < dp.delta < 1 / n_records:
         raise TrainingConfigError(
             f"delta must be in (0, 1/N_train) = (0, {1 / n_records:.3g}) for {n_records} records (got {dp.delta}): "

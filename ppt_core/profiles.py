@@ -84,10 +84,10 @@ _QUICK = dict(
     physical_batch_size=16,  # records per forward/backward; larger logical batches are split
     epochs=6.0,  # expected passes over train (a float): steps = floor(epochs * ceil(N / expected_batch_size))
     train_max_length=None,  # tokens per record while training (None: max_length); scoring reads the same length
-    # One learning rate per family, each chosen by `make tune` (ppt_core/lr_tuning.py) on an independent draw of the
-    # data, never the study's records, at these sizes with LoRA on the last 10 blocks; the held-out loss of every
-    # candidate is in figures/tuning/quick.json.
-    dp_learning_rate=1e-2,  # the DP arms'
+    # Learning rates chosen by `make tune` (ppt_core/lr_tuning.py) on an independent draw of the data, never the
+    # study's records, at these sizes with LoRA on the last 10 blocks; the held-out loss of every candidate is in
+    # figures/tuning/quick.json. A DP arm takes the rate tuned at the largest ε at or below its own.
+    dp_learning_rates={1: 5e-3, 8: 1e-2},  # ε: the DP rate tuned there
     nodp_learning_rate=1e-3,  # the non-private arms'
     lora_rank=16,  # the capacity to memorise (see the regime above)
     lora_alpha=16,
@@ -238,7 +238,7 @@ _PAPER = dict(
     prune_sweep=[0, 4],
     # One rate per family, chosen by `make tune PROFILE=paper` on an independent draw of the data, never the study's
     # records; the held-out loss of every candidate is in figures/tuning/paper.json.
-    dp_learning_rate=5e-3,
+    dp_learning_rates={1: 5e-3},  # every DP arm of the paper profile takes the rate tuned at ε = 1
     nodp_learning_rate=1e-3,
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ppt_core import batching, data, distributed, privacy
+from ppt_core import arms, batching, data, distributed, privacy
 from ppt_core.architectures import LORA_TARGET_SETS, lora_target_modules
 from ppt_core.errors import TrainingConfigError
 from ppt_core.privacy import DPConfig
@@ -63,15 +63,48 @@ class TrainConfig:
 
 
 
+def dp_learning_rates(params: dict) -> dict[float, float]:
+    """`dp_learning_rates` as {ε: rate}, sorted by ε: the DP rate tuned at each ε (a run folder's settings.json
+    holds the ε keys as strings)."""
+    rates = params["dp_learning_rates"]
+    if not isinstance(rates, dict) or not rates:
+        raise TrainingConfigError(f"dp_learning_rates must map an ε to the DP rate tuned there, e.g. {{8: 0.01}} "
+                                  f"(got {rates!r})")
+    try:
+        pairs = sorted((float(eps), float(rate)) for eps, rate in rates.items())
+    except (TypeError, ValueError):
+        raise TrainingConfigError(f"dp_learning_rates must map numbers to numbers, e.g. {{8: 0.01}} "
+                                  f"(got {rates!r})") from None
+    if any(eps <= 0 or rate <= 0 for eps, rate in pairs):
+        raise TrainingConfigError(f"dp_learning_rates must map positive ε to positive rates (got {rates!r})")
+    return dict(pairs)
+
+
+def tuned_at(params: dict, epsilon: float) -> float:
+    """The ε whose tuned rate a DP arm at `epsilon` takes: the largest tuned ε at or below its own. More noise
+    calls for a smaller step, so a rate tuned at a smaller ε is the cautious one; an arm below every tuned ε
+    has no rate and stops, naming the fix."""
+    privacy.check_target_epsilon(float(epsilon))
+    below = [eps for eps in dp_learning_rates(params) if eps <= float(epsilon) * (1 + 1e-9)]
+    if not below:
+        raise TrainingConfigError(
+            f"ε = {epsilon:g} is below every ε with a tuned DP rate (dp_learning_rates {params['dp_learning_rates']}): "
+            f"tune one there (python -m ppt_core.lr_tuning --dp-epsilons {epsilon:g}) and add it, or use ε >= "
+            f"{min(dp_learning_rates(params)):g}")
+    return max(below)
+
+
 def family_learning_rate(params: dict, epsilon: float | None) -> float:
-    """The learning rate of an arm's family: `nodp_learning_rate` for the non-private arms (epsilon None),
-    `dp_learning_rate` for the DP arms; each tuned on an independent draw (ppt_core.lr_tuning)."""
-    return float(params["nodp_learning_rate"] if epsilon is None else params["dp_learning_rate"])
+    """The learning rate of an arm: `nodp_learning_rate` for the non-private arms (epsilon None); for a DP arm the
+    rate of `dp_learning_rates` tuned at `tuned_at(epsilon)`; each tuned on an independent draw (ppt_core.lr_tuning)."""
+    if epsilon is None:
+        return float(params["nodp_learning_rate"])
+    return dp_learning_rates(params)[tuned_at(params, epsilon)]
 
 
 def config_from_params(params: dict, epsilon: float | None = None, **overrides) -> TrainConfig:
     """The TrainConfig of a profile's arm: non-private when `epsilon` is None, else DP at `epsilon`; the
-    learning rate is its family's (family_learning_rate)."""
+    learning rate is the arm's (family_learning_rate)."""
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -169,3 +202,13 @@ def check_params(params: dict) -> None:
         check_config(config_from_params(params, epsilon), n_records)
     if params.get("nproc", 1) != 1:
         distributed.check_world(params["nproc"], n_records, int(params["expected_batch_size"]))
+
+
+def learning_rate_choices(params: dict, arm_names) -> str:
+    """One line per trained arm: its learning rate and, for a DP arm, the ε its rate was tuned at."""
+    lines = []
+    for arm in arm_names:
+        epsilon = arms.parse(arm).epsilon
+        where = "the non-private rate" if epsilon is None else f"tuned at ε = {tuned_at(params, epsilon):g}"
+        lines.append(f"{arm}: learning rate {family_learning_rate(params, epsilon):g} ({where})")
+    return "\n".join(lines)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from ppt_core import artifacts, data, lr_tuning
+from ppt_core import artifacts, data, lr_tuning, profiles
 
 
 @pytest.fixture
@@ -52,12 +52,14 @@ def test_the_draw_is_checked_against_every_seed_of_a_multi_seed_study(tiny, para
 
 
 def test_tuning_picks_a_rate_per_family_on_the_draw_each_by_its_lowest_heldout_loss(params, one_thread):
-    record = lr_tuning.tune_families(params, {"nodp": [1e-3, 3e-1], "dp": [1e-3, 3e-1]}, n_eval=8, progress=False)
-    assert record["profile"] == "smoke" and set(record["families"]) == {"nodp", "dp"}
-    nodp, dp = record["families"]["nodp"], record["families"]["dp"]
+    families = lr_tuning.families_to_tune(params, [1e-3, 3e-1], [1e-3, 3e-1], [8])
+    assert families == {"nodp": [1e-3, 3e-1], "dp8": [1e-3, 3e-1]}
+    record = lr_tuning.tune_families(params, families, n_eval=8, progress=False)
+    assert record["profile"] == "smoke" and set(record["families"]) == {"nodp", "dp8"}
+    nodp, dp = record["families"]["nodp"], record["families"]["dp8"]
     assert (nodp["arm"], dp["arm"]) == ("full-nodp", "full-dp8")
     assert nodp["profile_learning_rate"] == params["nodp_learning_rate"]
-    assert dp["profile_learning_rate"] == params["dp_learning_rate"]
+    assert dp["profile_learning_rate"] == params["dp_learning_rates"][8]
     for family in (nodp, dp):
         assert family["learning_rates"] == [1e-3, 3e-1]
         best = min(range(2), key=family["heldout_loss"].__getitem__)
@@ -69,5 +71,27 @@ def test_tuning_picks_a_rate_per_family_on_the_draw_each_by_its_lowest_heldout_l
     assert nodp["heldout_loss"] != dp["heldout_loss"]  # clipping and noise change the outcome of a rate
     assert (artifacts.run_paths(lr_tuning.tuning_params(params)).data / "train.jsonl").exists()
     assert not artifacts.run_paths(params).root.exists()  # the study's run folder is never written
-    with pytest.raises(lr_tuning.TuningError, match="unknown famil"):
+    with pytest.raises(lr_tuning.TuningError, match="unknown family 'private'"):
         lr_tuning.tune_families(params, {"private": [1e-3]})
+
+
+def test_families_follow_the_profiles_tuned_epsilons_and_a_new_one_keeps_the_others(params):
+    assert set(lr_tuning.families_to_tune(params, [1e-3], [1e-2])) == (
+        {"nodp"} | {f"dp{eps:g}" for eps in params["dp_learning_rates"]})
+    assert lr_tuning.families_to_tune(params, [], [1e-2], [0.5]) == {"dp0.5": [1e-2]}
+    earlier = {"profile": "smoke", "families": {"nodp": {"arm": "full-nodp"}, "dp8": {"arm": "full-dp8", "old": 1}}}
+    record = {"profile": "smoke", "families": {"dp8": {"arm": "full-dp8"}, "dp1": {"arm": "full-dp1"}}}
+    assert lr_tuning.merged(record, earlier)["families"] == {
+        "nodp": {"arm": "full-nodp"}, "dp8": {"arm": "full-dp8"}, "dp1": {"arm": "full-dp1"}}
+    assert lr_tuning.merged(record, dict(earlier, profile="quick")) == record
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_every_rate_a_profile_uses_is_the_one_its_tuning_record_chose(profile):
+    params = profiles.get_profile(profile)
+    families = artifacts.read_json(lr_tuning.record_path(profile))["families"]
+    assert families["nodp"]["chosen_learning_rate"] == params["nodp_learning_rate"]
+    for epsilon, rate in params["dp_learning_rates"].items():
+        tuned = families[f"dp{epsilon:g}"]
+        assert tuned["arm"] == f"full-dp{epsilon:g}" and tuned["chosen_learning_rate"] == rate
+        assert tuned["n_train_records"] > 0 and len(tuned["heldout_loss"]) == len(tuned["learning_rates"]) >= 3

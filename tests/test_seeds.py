@@ -270,7 +270,7 @@ def test_paper_profile_is_the_quick_study_over_the_epsilon_sweep_and_three_seeds
     # record for record quick's study (its memorisation regime, its positive controls, its sample sizes): what
     # differs is the epsilon sweep, its dose arms, the seeds, pruning's sweep (the studied level only) and the
     # profile's own tuned rates (figures/tuning/paper.json)
-    own = {"profile", "epsilons", "dose_epsilons", "seeds", "prune_strategies", "prune_sweep", "dp_learning_rate",
+    own = {"profile", "epsilons", "dose_epsilons", "seeds", "prune_strategies", "prune_sweep", "dp_learning_rates",
            "nodp_learning_rate"}
     assert {k for k in quick if paper[k] != quick[k]} <= own
     assert set(paper["prune_sweep"]) >= {0, paper["n_remove"]}
