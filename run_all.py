@@ -136,17 +136,11 @@ def select_notebooks(args) -> list[Path]:
     return notebooks
 
 
-def code_fingerprint() -> str:
-    """A hash of the library code: a change to ppt_core re-runs the notebooks."""
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "ppt_core").glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
 def inputs_fingerprint(params: dict) -> str:
     """A hash of the code and of what the run reads by content, not by name: the data file's bytes and every
     file of a local model folder. Replacing either at the same path re-runs the notebooks."""
+    from ppt_core.artifacts import code_fingerprint, content_digest
+
     digest = hashlib.sha256(code_fingerprint().encode())
     for key in ("data_path", "model"):
         path = local_files(params.get(key))
@@ -168,18 +162,6 @@ def local_files(spec: str | None) -> Path | None:
         return Path(snapshot_download(spec, local_files_only=True))
     except Exception:  # not an id in the local cache: nothing on disk to fingerprint
         return None
-
-
-def content_digest(path: Path) -> str:
-    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def notebook_parameters(notebook: Path, params: dict) -> dict:

@@ -11,23 +11,35 @@ batch sizes only for the non-private arms, because for a DP arm they are compute
 records without noise. sample_counts.json (how many logical batches drew each training record)
 sits beside the arm for the study's attacks and audit, which use it as a trusted evaluator; it is
 never released with a model.
+
+An arm's folder also holds train_result.json (trainer-only: the whole TrainResult, less a DP arm's noiseless
+losses and batch sizes) with a digest of everything its training read (`training_inputs`). Training is
+deterministic for a fixed seed, so an arm whose stored digest matches is the arm training would make again:
+`finished_arm` reads it back, and notebook 03, run again by hand after one change, trains only the arms the change
+reaches.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 
-from ppt_core import arms, artifacts, implementation_audit, privacy
+from ppt_core import arms, artifacts, implementation_audit, precision, privacy
 from ppt_core.train_config import TrainConfig, config_from_params
 from ppt_core.training import TrainResult, finetune
 
 SAMPLE_COUNTS_NOTE = ("trainer-only: which records the Poisson sampler drew; used by the study's attacks and audit "
                       "as a trusted evaluator, never released with a model")
+RESULT_FILE = "train_result.json"
+RESULT_NOTE = ("trainer-only: the arm's TrainResult, read back by notebook 03 where `inputs` (a digest of everything "
+               "its training read) still matches; a DP arm's training losses and batch sizes are left out, and its "
+               "sample counts live in sample_counts.json")
 GROUP_SIZES = (1, 4, 16, 64)  # records sharing one secret, for the group-privacy table (plus the canary repetitions)
 
 
@@ -48,6 +60,7 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
     Under torchrun (`ppt_core.launch`), every process trains its share and rank 0 saves."""
     from ppt_core import distributed, models
 
+    inputs = training_inputs(params, arm, texts, heldout_texts, audit_records)
     model, tokenizer = models.load_arm(params, arms.parse(arm).start)
     config = config_from_params(params, arms.parse(arm).epsilon, progress=progress)
     probe = audit_probe(tokenizer, list(audit_records), config, family) if len(audit_records) else None
@@ -62,9 +75,66 @@ def train_arm(params: dict, arm: str, texts, heldout_texts, audit_records=(), *,
         implementation_audit.check_controls(arm, result.implementation_audit)
     check_converged(arm, result)
     if world is None or world.main:  # under torchrun every process holds the same adapter: rank 0 writes it
-        save_arm(params, arm, peft_model, tokenizer, result, config)
+        save_arm(params, arm, peft_model, tokenizer, result, config, inputs=inputs)
     distributed.barrier()
     return result
+
+
+def training_inputs(params: dict, arm: str, texts, heldout_texts, audit_records=()) -> str:
+    """A digest of everything `arm`'s training reads: its TrainConfig, the precision and machine kind it runs on, its
+    starting model (a local checkpoint by content), the training, held-out and audit records, the implementation
+    audit it runs, the process count, and the library code. Equal digests train equal arms."""
+    spec = arms.parse(arm)
+    config = config_from_params(params, spec.epsilon, progress=False)
+    start = arms.checkpoint(params, spec.start)
+    hook = implementation_audit_hook(params, arm)
+    described = {
+        "arm": arm, "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "bf16": precision.resolve_bf16(config.bf16, config.device or _default_device()),
+        "machine": precision.machine_key(threads=False), "nproc": int(params.get("nproc", 1)),
+        "start": artifacts.content_digest(Path(start)) if Path(start).exists() else start,
+        "texts": list(texts), "heldout": list(heldout_texts), "audit": list(audit_records),
+        "implementation_audit": None if hook is None else [hook.m, hook.seed, hook.controls_seed],
+        "code": artifacts.code_fingerprint(),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def write_result(params: dict, arm: str, result: TrainResult, inputs: str) -> None:
+    """runs/<run>/models/<arm>/train_result.json: the TrainResult (trainer-only, RESULT_NOTE) and its `inputs`."""
+    record = {k: v for k, v in asdict(result).items() if k != "sample_counts"}
+    if result.private:  # computed from training records without noise: they stay with the trainer
+        record["losses"], record["batch_sizes"] = [], []
+    artifacts.write_json(artifacts.run_paths(params).model(arm) / RESULT_FILE,
+                         {"result": record, "inputs": inputs, "note": RESULT_NOTE})
+
+
+def read_result(params: dict, arm: str) -> TrainResult:
+    """The TrainResult that train_result.json holds (sample counts from sample_counts.json)."""
+    record = artifacts.read_json(artifacts.run_paths(params).model(arm) / RESULT_FILE)["result"]
+    record["heldout_losses"] = [tuple(point) for point in record["heldout_losses"]]
+    record["pass_probes"] = [tuple(point) for point in record.get("pass_probes", [])]
+    record["sample_counts"] = load_sample_counts(params, arm).tolist()
+    known = {f.name for f in fields(TrainResult)}
+    return TrainResult(**{k: v for k, v in record.items() if k in known})
+
+
+def finished_arm(params: dict, arm: str, texts, heldout_texts, audit_records=()) -> TrainResult | None:
+    """`arm`'s stored result where its folder holds a finished training with these very inputs (training_inputs),
+    else None: the arm must be trained."""
+    folder = artifacts.run_paths(params).model(arm)
+    if not all((folder / name).exists() for name in (RESULT_FILE, "training.json", "merged", "adapter")):
+        return None
+    if artifacts.read_json(folder / RESULT_FILE).get("inputs") != training_inputs(params, arm, texts, heldout_texts,
+                                                                                 audit_records):
+        return None
+    return read_result(params, arm)
 
 
 def implementation_audit_hook(params: dict, arm: str):
@@ -174,8 +244,9 @@ def training_record(result: TrainResult, *, arm: str, base_model: str, removed_b
 
 
 def save_arm(params: dict, arm: str, peft_model, tokenizer, result: TrainResult,
-             config: TrainConfig | None = None) -> Path:
-    """Write runs/<run>/models/<arm>/{adapter/, merged/, training.json, sample_counts.json}; return the arm's folder.
+             config: TrainConfig | None = None, *, inputs: str | None = None) -> Path:
+    """Write runs/<run>/models/<arm>/{adapter/, merged/, training.json, sample_counts.json}, and with `inputs`
+    (training_inputs' digest) train_result.json; return the arm's folder.
 
     adapter/ loads with peft on top of the arm's starting model; merged/ is a plain transformers
     checkpoint (LoRA folded into the weights) with the tokenizer. sample_counts.json is trainer-only.
@@ -197,7 +268,9 @@ def save_arm(params: dict, arm: str, peft_model, tokenizer, result: TrainResult,
     artifacts.write_json(folder / "sample_counts.json", {"counts": result.sample_counts, "note": SAMPLE_COUNTS_NOTE})
     if result.pass_probes:
         artifacts.write_json(folder / "audit_curve.json", audit_curve(result))
-    artifacts.write_json(folder / "training.json", record)
+    if inputs is not None:
+        write_result(params, arm, result, inputs)
+    artifacts.write_json(folder / "training.json", record)  # last: its presence marks a finished save
     return folder
 
 

@@ -16,6 +16,7 @@ timings.json holds wall-clock measurements (speed, seconds per step, memory), wh
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -228,6 +229,26 @@ def _update(path: Path, key: str, values: dict) -> dict:
     everything[key] = values
     write_json(path, everything)
     return everything
+
+
+def code_fingerprint() -> str:
+    """A hash of the library code: a change to ppt_core re-runs the notebooks."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "ppt_core").glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def rounded(value, digits: int = 6):

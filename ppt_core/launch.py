@@ -13,7 +13,7 @@ reads its result back. From the command line:
 The run's data must exist (notebook 00), and for a pruned arm its pruned model (notebook 02). The
 run's parameters come from runs/<run>/params.json, which `launch` writes (notebook 03 with nproc > 1,
 `run_all.py --nproc N`); without it, from the profile named by --profile. Rank 0 writes the arm's
-artifacts (`arm_training.save_arm`, atomically) and train_result.json, which `launch` reads back.
+artifacts (`arm_training.save_arm`, atomically) with its train_result.json, which `launch` reads back.
 Every process must see the same runs/ folder (a shared file system across nodes).
 """
 
@@ -23,13 +23,8 @@ import argparse
 import os
 import subprocess
 import sys
-from dataclasses import asdict, fields
 
 from ppt_core import arm_training, arms, artifacts, data, distributed, profiles, train_config, training
-
-RESULT_FILE = "train_result.json"
-RESULT_NOTE = ("trainer-only: the TrainResult of a run launched by ppt_core.launch, read back by notebook 03; a DP "
-               "arm's training losses and batch sizes are left out, and sample counts live in sample_counts.json")
 
 
 def parse_args(argv=None):
@@ -80,45 +75,32 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr)
         return 2
     if "RANK" not in os.environ:
-        result = arm_training.train_arm(params, arm, texts, heldout, audit_records)
-        write_result(params, arm, result)
+        arm_training.train_arm(params, arm, texts, heldout, audit_records)  # saves the arm and its train_result.json
         return 0
     with distributed.process_group(params.get("device")) as world:
-        result = arm_training.train_arm(params, arm, texts, heldout, audit_records, progress=world.main)
-        if world.main:
-            write_result(params, arm, result)
-        distributed.barrier()
+        arm_training.train_arm(params, arm, texts, heldout, audit_records, progress=world.main)
     return 0
-
-
-def write_result(params: dict, arm: str, result: training.TrainResult) -> None:
-    """runs/<run>/models/<arm>/train_result.json: the TrainResult that notebook 03 reads back (trainer-only)."""
-    record = {k: v for k, v in asdict(result).items() if k != "sample_counts"}
-    if result.private:  # computed from training records without noise: they stay with the trainer
-        record["losses"], record["batch_sizes"] = [], []
-    artifacts.write_json(artifacts.run_paths(params).model(arm) / RESULT_FILE, {"result": record, "note": RESULT_NOTE})
-
-
-def read_result(params: dict, arm: str) -> training.TrainResult:
-    """The TrainResult of an arm trained by this command (sample counts from sample_counts.json)."""
-    record = artifacts.read_json(artifacts.run_paths(params).model(arm) / RESULT_FILE)["result"]
-    record["heldout_losses"] = [tuple(point) for point in record["heldout_losses"]]
-    record["pass_probes"] = [tuple(point) for point in record.get("pass_probes", [])]
-    record["sample_counts"] = arm_training.load_sample_counts(params, arm).tolist()
-    known = {f.name for f in fields(training.TrainResult)}
-    return training.TrainResult(**{k: v for k, v in record.items() if k in known})
 
 
 def train_arms(params: dict, arm_names, texts, heldout_texts, audit_records=()) -> dict[str, training.TrainResult]:
     """{arm: TrainResult} for each of `arm_names`, trained on `texts` (the train split, in order) with its
     loss curve on `heldout_texts` and the audit over training on `audit_records` (the audit split): in this
-    process when params["nproc"] is 1, else in nproc processes (which read the run's own splits)."""
-    if int(params["nproc"]) == 1:  # the arms of one starting model share what they compute alike
-        families: dict[str, dict] = {}
-        return {arm: arm_training.train_arm(params, arm, texts, heldout_texts, audit_records,
-                                            family=families.setdefault(arms.parse(arm).start, {}))
-                for arm in arm_names}
-    return {arm: launch(params, arm) for arm in arm_names}
+    process when params["nproc"] is 1, else in nproc processes (which read the run's own splits). An arm whose
+    folder holds a finished training with these very inputs is read back instead (`arm_training.finished_arm`),
+    saying so: after one change, only the arms it reaches train again."""
+    results, families = {}, {}  # the arms of one starting model share what they compute alike
+    for arm in arm_names:
+        finished = arm_training.finished_arm(params, arm, texts, heldout_texts, audit_records)
+        if finished is not None:
+            print(f"{arm}: read back from {artifacts.run_paths(params).model(arm)} (trained before on these very "
+                  "inputs; delete that folder to train it again)", flush=True)
+            results[arm] = finished
+        elif int(params["nproc"]) == 1:
+            results[arm] = arm_training.train_arm(params, arm, texts, heldout_texts, audit_records,
+                                                  family=families.setdefault(arms.parse(arm).start, {}))
+        else:
+            results[arm] = launch(params, arm)
+    return results
 
 
 def launch(params: dict, arm: str, *, nproc: int | None = None) -> training.TrainResult:
@@ -139,7 +121,7 @@ def launch(params: dict, arm: str, *, nproc: int | None = None) -> training.Trai
     if finished.returncode != 0:
         raise RuntimeError(f"training {arm} in {nproc} processes failed (exit {finished.returncode}):\n"
                            + finished.stderr[-4000:])
-    return read_result(params, arm)
+    return arm_training.read_result(params, arm)
 
 
 if __name__ == "__main__":

@@ -183,10 +183,12 @@ def measured_speedup() -> float:
     return product_seconds(SPEEDUP_SHAPE, torch.float32) / product_seconds(SPEEDUP_SHAPE, torch.bfloat16)
 
 
-def machine_key() -> str:
-    """What a cached measurement holds for: the CPU, its flags, torch's version, the kernel caps, the threads."""
+def machine_key(*, threads: bool = True) -> str:
+    """What a cached measurement holds for: the CPU, its flags, torch's version, the kernel caps, and with
+    `threads` the thread count (a timing depends on it; a trained arm's numbers hardly do)."""
+    caps = [name for name in KERNEL_VARIABLES if threads or name != "OMP_NUM_THREADS"]
     facts = [cpu_name(), platform.machine(), " ".join(sorted(cpu_flags())), torch.__version__,
-             str(torch.get_num_threads()), *(f"{name}={os.environ.get(name, '')}" for name in KERNEL_VARIABLES)]
+             str(torch.get_num_threads()) if threads else "", *(f"{name}={os.environ.get(name, '')}" for name in caps)]
     return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
 
 
