@@ -64,7 +64,9 @@ def parse_args(argv=None):
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="override one profile value, e.g. --set n_train=500 --set epsilons=[1,8] (JSON values; "
                         "repeatable; see ppt_core/profiles.py for the keys)")
-    parser.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
+    parser.add_argument("--force", action="store_true",
+                        help="re-run notebooks even if their inputs are unchanged (notebook 03 still reads back an "
+                        "arm trained on the very same inputs: delete runs/<run>/models/<arm> to retrain)")
     parser.add_argument("--list", action="store_true", help="list the notebooks and the profile's values, run nothing")
     return parser.parse_args(argv)
 

@@ -2,6 +2,7 @@
 the smoke profile runs every notebook end to end (the session's one smoke run), deterministically, and resumes."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -75,8 +76,8 @@ def test_smoke_run_executes_every_notebook_quietly(smoke_run):
 
 
 def test_a_second_run_resumes_and_a_forced_notebook_gives_the_same_results(smoke_run):
-    """Without --force nothing re-runs; notebook 03 (DP training) forced again writes the same results.json
-    and the same adapters, bit for bit."""
+    """Without --force nothing re-runs; notebook 03 (DP training) forced again, one DP arm deleted, trains that
+    arm again and reads the others back: the same results.json and the same adapters, bit for bit."""
     notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     again = run_all("--profile", "smoke", "--run-name", smoke_run.name)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -84,8 +85,11 @@ def test_a_second_run_resumes_and_a_forced_notebook_gives_the_same_results(smoke
 
     adapters = sorted(smoke_run.paths.models.glob("*/adapter/adapter_model.safetensors"))
     before = [smoke_run.paths.results.read_bytes()] + [path.read_bytes() for path in adapters]
+    shutil.rmtree(smoke_run.paths.model("pruned-dp8"))
     forced = run_all("--profile", "smoke", "--run-name", smoke_run.name, "--only", "03", "--force")
     assert forced.returncode == 0, forced.stderr[-3000:]
+    executed = (smoke_run.paths.notebooks / "03_dp_lora_finetuning.ipynb").read_text()
+    assert executed.count("read back from") == 3 and "pruned-dp8: read back" not in executed
     trained = arms.trained_arm_names(profiles.get_profile("smoke"))  # the twins and the DP arms
     assert len(adapters) == len(trained) == 4
     assert [smoke_run.paths.results.read_bytes()] + [p.read_bytes() for p in adapters] == before
