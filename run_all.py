@@ -342,6 +342,11 @@ def run(args) -> int:
 
         if report.update_readme(results_md.read_text(), run_name=run_name):
             print(f"README.md: {run_name} results section updated from {results_md.relative_to(REPO)}")
+        first_seed = artifacts.seed_runs(params)[seeds[0]] if len(seeds) > 1 else paths
+        pattern = "[0-9][0-9]_*.ipynb"  # with several seeds: the first seed's notebooks, and the pooling 07
+        executed = sorted({*first_seed.notebooks.glob(pattern), *paths.notebooks.glob(pattern)}, key=lambda nb: nb.name)
+        pages = report.render_notebooks(executed, committed / "notebooks")
+        print(f"{len(pages)} executed notebooks rendered to {(committed / 'notebooks').relative_to(REPO)}/")
     return 0
 
 

@@ -338,3 +338,20 @@ def update_readme(results_md: str, readme: Path | None = None, run_name: str = p
     if new != text:
         artifacts.write_text(readme, new)
     return new != text
+
+
+def render_notebooks(executed: list[Path], folder: Path) -> list[Path]:
+    """Each executed notebook as a standalone HTML page in `folder` (<name>.html, its figures inline), to read
+    without running anything; pages of notebooks no longer rendered are removed. Returns the pages written."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab")
+    pages = []
+    for notebook in executed:
+        body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+        pages.append(folder / f"{notebook.stem}.html")
+        artifacts.write_text(pages[-1], body)
+    for stale in set(folder.glob("*.html")) - set(pages):
+        stale.unlink()
+    return pages

@@ -93,3 +93,14 @@ def test_the_readme_results_blocks_are_the_committed_results_md(run_name):
     start, end = report.readme_markers(run_name)
     readme = (artifacts.REPO_ROOT / "README.md").read_text()
     assert readme.split(start, 1)[1].split(end, 1)[0] == "\n" + results_md.read_text()
+
+
+def test_executed_notebooks_render_to_html_pages_that_hold_their_outputs(smoke_run, tmp_path):
+    executed = sorted(smoke_run.paths.notebooks.glob("[0-9][0-9]_*.ipynb"))
+    (tmp_path / "99_gone.html").write_text("a page of a notebook that no longer exists")
+    pages = report.render_notebooks(executed, tmp_path)
+    assert [page.name for page in pages] == [f"{notebook.stem}.html" for notebook in executed]
+    assert sorted(tmp_path.iterdir()) == pages  # the stale page is gone
+    html = (tmp_path / "03_dp_lora_finetuning.html").read_text()
+    assert "Healing privately" in html and "noise_multiplier" in html  # the prose and the executed table
+    assert "data:image/png;base64" in (tmp_path / "07_summary.html").read_text()  # figures inline
