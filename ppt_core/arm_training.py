@@ -149,8 +149,8 @@ def implementation_audit_hook(params: dict, arm: str):
     return implementation_audit.TrainingHook(m, seed=seed, with_controls=True, controls_seed=int(params["seed"]))
 
 
-AUDIT_BATCH_SIZE = 64  # audit canaries per forward of the probe: short rows; 256 read in 1.7 s at 64, 2.05 s at 16
-#                       (SmolLM2-135M, its upper 10 blocks in bf16, 2-core CPU)
+AUDIT_BATCH_SIZE = 64  # audit canaries per forward of the probe: their rows are short, so larger batches than
+#                       training's amortise each forward's fixed cost
 
 
 def audit_probe(tokenizer, audit_records: list[dict], config: TrainConfig, family: dict | None = None):

@@ -115,10 +115,9 @@ def logical_batches(loader: DataLoader, steps: int):
                 return
 
 
-# One forward and backward pass costs about this many padded token positions on top of its tokens (Python, 30
-# blocks of kernel launches, small-matrix inefficiency): bench/train_throughput.py on SmolLM2-135M, 2-core CPU,
-# where a logical batch of 16 quick-profile records took 1.97 s as one physical batch of 768 positions, 1.63 s
-# cut in two (564 positions) and 1.80 s in three (484).
+# One forward and backward pass costs about this many padded token positions on top of its tokens (Python, a
+# model's blocks of kernel launches, small-matrix inefficiency): fitted by bench/train_throughput.py, which times
+# one logical batch as one, two and three physical batches side by side.
 PASS_OVERHEAD_TOKENS = 192
 
 

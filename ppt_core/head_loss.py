@@ -4,7 +4,7 @@ have a target only.
 A physical batch's logits are the largest tensors of a training step: one row of the vocabulary (49,152 for
 SmolLM2) per position. Computed whole, as a causal LM's forward returns them, they are cast to float32, put
 through a log-softmax, its backward and a cast back, each a pass over B x T x vocabulary values in memory; on a
-2-core CPU those passes took as long as the head's two matmuls, and the padded positions and every record's
+CPU those passes cost as much as the head's two matmuls, and the padded positions and every record's
 last position (which predict nothing) paid for all of it. Here the model's forward stops before its head
 (`OutputHead` passes the final hidden states through while `hidden_out` is on), and `record_losses` reads the
 head only on the positions with a target, `CHUNK` rows at a time: logits, their log-sum-exp and the gradient

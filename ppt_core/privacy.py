@@ -165,7 +165,7 @@ def composed_epsilon(mechanisms, delta: float, accountant: str) -> float:
 
 
 # A pure function of its arguments, asked the same questions many times in one study (a DP arm's progress bar and
-# epsilon curve, each family's DP arm at one epsilon, the group-privacy table): PRV takes about 0.25 s an answer.
+# epsilon curve, each family's DP arm at one epsilon, the group-privacy table), each answer a PRV computation.
 @functools.lru_cache(maxsize=1024)
 def _composed_epsilon(mechanisms: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
     from opacus.accountants import create_accountant

@@ -145,9 +145,9 @@ def lora_model(model, config: TrainConfig, device: torch.device):
 
 def training_attention(config: TrainConfig, device: torch.device) -> str | None:
     """The attention implementation a run trains with: "eager" (matmuls and a float32 softmax) for bf16 on a CPU,
-    else None (the model's own, sdpa for most). torch's CPU flash attention takes about 4 ms for the backward of
-    16 records of 48 tokens against 0.6 ms for its forward: a bf16 step trained 10-14% faster on eager, a float32
-    one the same (bench/train_throughput.py's `+sdpa` row; SmolLM2-135M, 2-core CPU). Attention holds no trained
+    else None (the model's own, sdpa for most). torch's CPU flash attention spends several times its forward's
+    time in its backward on the study's short records, so a bf16 step trains faster on eager, a float32 one
+    about the same (bench/train_throughput.py's `+sdpa` row measures it side by side). Attention holds no trained
     weights: per-sample gradients, clipping and noise are the same computations either way. A config's
     bf16="auto" settles on the device first (precision.resolve_bf16), as `finetune` settles it."""
     return "eager" if device.type == "cpu" and precision.resolve_bf16(config.bf16, device) else None
