@@ -37,9 +37,14 @@ lint: setup
 test: lint
 	$(PY) -m pytest -q -m "not slow" --durations=10
 
-# The slow tier: a whole pipeline per architecture, per seed pair and in 2 processes; the embedded 135M model.
-test-slow: setup
+# The slow tier: a whole pipeline per architecture, per seed pair and in 2 processes; the embedded 135M model; every
+# exercise's solution; a notebook run by hand in JupyterLab in headless Chromium.
+test-slow: setup $(VENV)/.browser
 	$(PY) -m pytest -q -m slow --durations=10
+
+$(VENV)/.browser: pyproject.toml
+	$(PY) -m pip install -q -e '.[test,browser]'
+	touch $@
 
 test-all: test test-slow
 
