@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from training_helpers import TEXTS, dp_config, small_config
 
 from ppt_core import batching, training
 from ppt_core.architectures import decoder_blocks
 from tests.test_frozen_prefix import UPPER
-from tests.test_training import TEXTS, dp_config, small_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

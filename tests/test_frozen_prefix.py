@@ -5,10 +5,10 @@ import copy
 
 import pytest
 import torch
+from training_helpers import TEXTS, dp_config, lora_vector, small_config
 
 from ppt_core import batching, frozen_prefix, precision, training
 from ppt_core.architectures import decoder_blocks
-from tests.test_training import TEXTS, dp_config, lora_vector, small_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

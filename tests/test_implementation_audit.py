@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from opacus.optimizers import DPOptimizer
+from training_helpers import TEXTS, dp_config, prepared, small_config
 
 from ppt_core import implementation_audit as ia
 from ppt_core import privacy, training
-from tests.test_training import TEXTS, dp_config, prepared, small_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,22 +11,11 @@ import numpy as np
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
-from training_helpers import MAX_LENGTH, TEXTS, dp_config, record_gradient, small_config
+from training_helpers import MAX_LENGTH, TEXTS, dp_config, lora_vector, prepared, record_gradient, small_config
 
 from ppt_core import batching, errors, evaluation, precision, privacy, tokens, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model runs faster on one thread of a shared CPU
-
-def prepared(tiny, config, texts=TEXTS) -> training.Training:
-    model, tokenizer = tiny
-    torch.manual_seed(config.seed)
-    peft_model = training.lora_model(model, config, torch.device("cpu"))
-    return training.prepare(peft_model, batching.record_dataset(tokenizer, texts, config.max_length), config)
-
-
-def lora_vector(trained: training.Training) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1).clone() for p in trained.lora_params])
-
 
 def mean_record_loss(model, tokenizer, texts) -> float:
     return float(np.mean([-lp.mean() for lp in evaluation.token_logprobs(model, tokenizer, texts,

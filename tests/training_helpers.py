@@ -1,6 +1,6 @@
 """What several test files train with: records, a config that trains the tiny model in about a second, a DP
-config, and one record's gradient by its own backward pass (the reference a per-sample gradient is checked
-against)."""
+config, one record's gradient by its own backward pass (the reference a per-sample gradient is checked
+against), and a prepared training run with its LoRA weights as one vector."""
 
 import torch
 
@@ -38,3 +38,16 @@ def record_gradient(peft_model, dataset, index) -> torch.Tensor:
     input_ids, attention_mask, labels = batching.collate(dataset, [index])
     loss = training.record_losses(peft_model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)[0]
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+
+def prepared(tiny, config, texts=TEXTS) -> training.Training:
+    """The tiny model with LoRA, ready to step through `texts` under `config` (training.prepare)."""
+    model, tokenizer = tiny
+    torch.manual_seed(config.seed)
+    peft_model = training.lora_model(model, config, torch.device("cpu"))
+    return training.prepare(peft_model, batching.record_dataset(tokenizer, texts, config.max_length), config)
+
+
+def lora_vector(trained: training.Training) -> torch.Tensor:
+    """Every LoRA weight of a prepared run, as one vector."""
+    return torch.cat([p.detach().reshape(-1).clone() for p in trained.lora_params])
