@@ -84,13 +84,15 @@ def training_inputs(params: dict, arm: str, texts, heldout_texts, audit_records=
     """A digest of everything `arm`'s training reads: its TrainConfig, the precision and machine kind it runs on, its
     starting model (a local checkpoint by content), the training, held-out and audit records, the implementation
     audit it runs, the process count, and the library code. Equal digests train equal arms."""
+    from ppt_core import models
+
     spec = arms.parse(arm)
     config = config_from_params(params, spec.epsilon, progress=False)
     start = arms.checkpoint(params, spec.start)
     hook = implementation_audit_hook(params, arm)
     described = {
         "arm": arm, "config": {k: v for k, v in asdict(config).items() if k != "progress"},
-        "bf16": precision.resolve_bf16(config.bf16, config.device or _default_device()),
+        "bf16": precision.resolve_bf16(config.bf16, models.resolve_device(config.device)),
         "machine": precision.machine_key(threads=False), "nproc": int(params.get("nproc", 1)),
         "start": artifacts.content_digest(Path(start)) if Path(start).exists() else start,
         "texts": list(texts), "heldout": list(heldout_texts), "audit": list(audit_records),
@@ -98,12 +100,6 @@ def training_inputs(params: dict, arm: str, texts, heldout_texts, audit_records=
         "code": artifacts.code_fingerprint(),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def write_result(params: dict, arm: str, result: TrainResult, inputs: str) -> None:
