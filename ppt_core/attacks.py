@@ -14,11 +14,19 @@ every attack on one arm (`attack_arm`) or on every arm, each calibrated by its s
 attack is also reported on the members the Poisson sampler actually drew (a trusted evaluator's view:
 `sample_counts` never leaves the run folder); for a DP arm it is not, since which records it drew is a
 statistic of its training data without noise.
+
+An arm's attack outputs are kept in attacks/arms/<arm>.pkl with a digest of everything the attack read
+(`attack_inputs`); run again after one change (notebook 06 by hand), an arm whose digest still matches is read
+back instead of attacked, so a learner's new arm is the only one attacked live.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +44,7 @@ from ppt_core import (
     membership,
     models,
     power,
+    precision,
     privacy,
     record_files,
     stats,
@@ -229,7 +238,6 @@ def attack_arms(params: dict, arm_names: Sequence[str], splits: data.DatasetSpli
     summaries, details, start_scores = {}, {}, {}
     for name in tqdm(sorted(arm_names, key=lambda n: arms.parse(n).trained), desc="arms", disable=not progress):
         arm = arms.parse(name)
-        model, tokenizer = models.load_arm(params, name)
         trained = {"score_audit": name in uncurved_starts}
         if arm.trained:
             guarantee = artifacts.read_json(paths.model(name) / "training.json")
@@ -238,11 +246,66 @@ def attack_arms(params: dict, arm_names: Sequence[str], splits: data.DatasetSpli
                            claimed_epsilon=guarantee["epsilon"], start_scores=start_scores[arm.start],
                            audit_curve=curve, claimed_over_training=claimed_after_steps(guarantee, curve),
                            score_audit=curve is None)
-        summaries[name], details[name] = attack_arm(model, tokenizer, splits, params, arm=name, progress=False,
-                                                    **trained)
+        inputs = attack_inputs(params, name, score_audit=trained["score_audit"])
+        kept = kept_attack(paths, name, inputs)
+        if kept is not None:
+            tqdm.write(f"{name}: read back from {paths.root / 'attacks' / 'arms'} (attacked before on these very "
+                       "inputs)")
+            summaries[name], details[name] = kept
+        else:
+            model, tokenizer = models.load_arm(params, name)
+            summaries[name], details[name] = attack_arm(model, tokenizer, splits, params, arm=name, progress=False,
+                                                        **trained)
+            keep_attack(paths, name, inputs, summaries[name], details[name])
         if not arm.trained:
             start_scores[name] = details[name]["scores"]
     return {name: summaries[name] for name in arm_names}, {name: details[name] for name in arm_names}
+
+
+ARM_CHOICE = ("epsilons", "dose_epsilons", "train_arms", "profile", "run_name", "figures_dir", "device", "nproc")
+#             settings that choose which arms exist, or where a run runs: not how one arm is attacked
+
+
+def attack_inputs(params: dict, name: str, *, score_audit: bool) -> str | None:
+    """A digest of everything attacking arm `name` reads, or None where there is nothing to hash (a run without its
+    data folder, a fine-tuned arm saved without its training digest). The model: a fine-tuned arm by its training's
+    digest (arm_training.training_inputs, which covers its starting model and records), pruned-noft by its checkpoint's
+    content, base by its spec (a local folder by its content); the run's data files; every setting but those that
+    only choose which arms exist (ARM_CHOICE); whether the audit canaries are scored; the precision's machine
+    kind; the library code."""
+    paths = artifacts.run_paths(params)
+    if not paths.data.exists():
+        return None
+    if arms.parse(name).trained:
+        result = paths.model(name) / arm_training.RESULT_FILE
+        model = artifacts.read_json(result).get("inputs") if result.exists() else None
+        if model is None:
+            return None
+    else:
+        checkpoint = Path(arms.checkpoint(params, name))
+        model = artifacts.content_digest(checkpoint) if checkpoint.exists() else str(checkpoint)
+    described = {"arm": name, "model": model, "data": artifacts.content_digest(paths.data),
+                 "settings": {k: v for k, v in params.items() if k not in ARM_CHOICE}, "score_audit": score_audit,
+                 "machine": precision.machine_key(threads=False), "code": artifacts.code_fingerprint()}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def kept_attack(paths: artifacts.RunPaths, name: str, inputs: str | None) -> tuple[dict, dict] | None:
+    """(summary, details) of arm `name` attacked before on the same `inputs` (attack_inputs), else None."""
+    path = paths.root / "attacks" / "arms" / f"{name}.pkl"
+    if inputs is None or not path.exists():
+        return None
+    with open(path, "rb") as f:  # written by keep_attack in this run folder, never taken from elsewhere
+        kept = pickle.load(f)
+    return (kept["summary"], kept["details"]) if kept["inputs"] == inputs else None
+
+
+def keep_attack(paths: artifacts.RunPaths, name: str, inputs: str | None, summary: dict, details: dict) -> None:
+    """Keep arm `name`'s attack outputs with their `inputs` digest (nothing without one)."""
+    if inputs is None:
+        return
+    with artifacts.atomic_path(paths.root / "attacks" / "arms" / f"{name}.pkl") as tmp, open(tmp, "wb") as f:
+        pickle.dump({"inputs": inputs, "summary": summary, "details": details}, f)
 
 
 def claimed_after_steps(guarantee: dict, curve: dict | None) -> list | None:

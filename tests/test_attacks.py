@@ -126,6 +126,7 @@ def test_attack_arms_calibrates_each_arm_by_its_own_start_wherever_it_stands(mon
     monkeypatch.setattr(attacks.models, "load_arm", lambda params, name: (f"model of {name}", None))
     monkeypatch.setattr(attacks.arm_training, "load_sample_counts", lambda params, name: np.zeros(1))
     monkeypatch.setattr(attacks.artifacts, "read_json", lambda path: {"epsilon": 8.0})
+    monkeypatch.setattr(attacks, "attack_inputs", lambda *a, **k: None)  # nothing kept, nothing read back
 
     def attack_arm(model, tokenizer, splits, params, *, arm, start_scores=None, **trained):
         calls[arm] = start_scores
@@ -149,6 +150,7 @@ def test_attack_arms_scores_the_audit_canaries_only_where_no_trainers_curve_hold
     monkeypatch.setattr(attacks.models, "load_arm", lambda params, name: (name, None))
     monkeypatch.setattr(attacks.arm_training, "load_sample_counts", lambda params, name: np.zeros(1))
     monkeypatch.setattr(attacks.artifacts, "read_json", lambda path: {"epsilon": None, "private": False})
+    monkeypatch.setattr(attacks, "attack_inputs", lambda *a, **k: None)
     curve = {"steps": [0, 3], "passes": [0.0, 1.0], "logprobs": [[0.0], [1.0]]}
     monkeypatch.setattr(attacks.arm_training, "load_audit_curve",
                         lambda params, name: curve if name == "full-nodp" else None)
@@ -239,3 +241,29 @@ def test_a_dp_arm_publishes_nothing_about_which_records_it_drew(smoke_run):
     results = json.loads(smoke_run.paths.results.read_text())
     for arm, trained in results["training"].items():
         assert ("sampled_members" in results["attacks"][arm]["membership"]) == (not trained["private"]), arm
+
+
+def test_notebook_06_run_again_attacks_only_the_arms_whose_inputs_changed(smoke_run, copy_run, monkeypatch):
+    """Every arm attacked before on the same inputs is read back with the numbers it had; a changed setting that
+    attack_arm reads attacks every arm again, a retrained arm (a new training digest) only that arm."""
+    from ppt_core import arm_training, artifacts
+
+    paths = copy_run(smoke_run, "data", "models", "attacks")
+    params = profiles.get_profile("smoke", run_name=paths.root.name)
+    names = ["base", "pruned-noft", "full-nodp", "full-dp8", "pruned-nodp", "pruned-dp8"]
+    splits = data.load_splits(paths.data)
+    first, _ = attacks.attack_arms(params, names, splits, progress=False)
+    published = json.loads(smoke_run.paths.results.read_text())["attacks"]
+    assert json.dumps(artifacts.rounded(first), sort_keys=True) == json.dumps(published, sort_keys=True)
+    attacked = []
+    original = attacks.attack_arm
+    monkeypatch.setattr(attacks, "attack_arm", lambda *a, arm, **k: attacked.append(arm) or original(*a, arm=arm, **k))
+    again, _ = attacks.attack_arms(params, names, splits, progress=False)
+    assert attacked == [] and json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
+    result = paths.model("pruned-dp8") / arm_training.RESULT_FILE
+    artifacts.write_json(result, dict(artifacts.read_json(result), inputs="a model trained again"))
+    attacks.attack_arms(params, names, splits, progress=False)
+    assert attacked == ["pruned-dp8"]
+    attacked.clear()
+    attacks.attack_arms(dict(params, n_bootstrap=params["n_bootstrap"] + 1), names, splits, progress=False)
+    assert sorted(attacked) == sorted(names)
