@@ -300,32 +300,42 @@ def _top(bounds: list[float], claims: list[float]) -> float:
 
 
 def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, seed_tables: dict,
-                 ceiling: dict | None = None) -> None:
-    """The audit's lower bounds against the claimed ε: the DP arms at their ε under the diagonal, the
-    non-private ones at "∞" (right of the largest ε, where nothing is claimed); one point per seed; and the
-    audit's `ceiling` (audit.ceiling_of): a claim above it could not be refuted by these canaries."""
+                 ceiling: dict | None = None, implementation: dict | None = None) -> None:
+    """The audits' lower bounds against the claimed ε: the DP arms at their ε under the diagonal, the
+    non-private ones at "∞" (right of the largest ε, where nothing is claimed); one point per seed; the black-box
+    audit's `ceiling` (audit.ceiling_of): a claim above it could not be refuted by its canaries; and, where given,
+    the white-box implementation audit of each claimed DP arm (notebook 03's `implementation_audit` record, one
+    entry per arm and seed) with its own ceiling. Colour says the family, the marker the audit."""
     tables = list(seed_tables.values()) or [table]
     infinity = _infinity(largest)
-    points = []  # (x, bound, arm, column)
+    points = []  # (x, bound, family, kind)
     for arm in trained:
         x = table.loc[arm, "epsilon"] if np.isfinite(table.loc[arm, "epsilon"]) else infinity
-        for column in ("audit_epsilon_one_run", "audit_epsilon_fdp"):
-            points += [(x, t.loc[arm, column], arm, column) for t in tables
+        for column, kind in (("audit_epsilon_one_run", "one run"), ("audit_epsilon_fdp", "f-DP")):
+            points += [(x, t.loc[arm, column], arms.parse(arm).family, kind) for t in tables
                        if arm in t.index and column in t.columns and np.isfinite(t.loc[arm, column])]
-    # Up to the bounds, the ceiling and the claims a bound could reach (a claim far above the ceiling runs off the top)
+    white_box = [(key.split(" (seed ")[0], record) for key, record in (implementation or {}).items()
+                 if key != "controls" and key.split(" (seed ")[0] in table.index]
+    points += [(table.loc[arm, "epsilon"], record["epsilon_lower"], arms.parse(arm).family, "white-box")
+               for arm, record in white_box]
+    white_ceiling = max((record["ceiling"] for _, record in white_box), default=None)
+    # Up to the bounds, the ceilings and the claims a bound could reach (a claim far above the ceiling runs off the top)
     claims = [p[0] for p in points if p[0] != infinity]
-    top = _top([p[1] for p in points] + ([ceiling["fdp"]] if ceiling else []), claims)
+    top = _top([p[1] for p in points] + ([ceiling["fdp"]] if ceiling else []) + [white_ceiling or 0.0], claims)
     _ceiling_lines(ax, ceiling)
+    if white_ceiling is not None:
+        ax.axhline(white_ceiling, color="0.3", lw=1, ls=(0, (5, 1)),
+                   label=f"ceiling of the implementation audit: {white_ceiling:.3g}")
     diagonal = np.r_[np.linspace(0, 1, 20), np.geomspace(1, max(largest, 1.0), 60)[1:]]  # straight on no axis
     ax.fill_between(diagonal, diagonal, np.full_like(diagonal, top), color="#d62728", alpha=0.08,
                     label="impossible for a DP arm: audit above its claim")
     ax.plot(diagonal, diagonal, color="k", lw=0.8, ls="--", label="audit = claimed ε")
     labelled = set()
-    for x, bound, arm, column in points:
-        marker = "o" if column == "audit_epsilon_one_run" else "^"
-        label = f"{arm} ({'one run' if marker == 'o' else 'f-DP'})"
-        ax.plot(x, bound, marker, color=arm_color(arm), ms=8 if len(tables) == 1 else 6, alpha=0.85,
-                label=None if label in labelled else label)
+    markers = {"one run": "o", "f-DP": "^", "white-box": "D"}
+    for x, bound, family, kind in points:
+        label = f"{family}: {'black-box, ' if kind != 'white-box' else ''}{kind}"
+        ax.plot(x, bound, markers[kind], color=arm_color(f"{family}-nodp"), ms=8 if len(tables) == 1 else 6,
+                alpha=0.75, label=None if label in labelled else label)
         labelled.add(label)
     ticks = sorted(set(claims) | {largest})
     ax.set_xscale("symlog", linthresh=1.0)  # claims from below 1 to the hundreds, and ∞, on one axis
@@ -336,19 +346,49 @@ def _audit_panel(ax, table: pd.DataFrame, trained: list[str], largest: float, se
            title="Audit vs claim" + (f" ({len(tables)} seeds)" if len(tables) > 1 else ""))
 
 
-def frontier(table: pd.DataFrame, seed_tables: dict | None = None, ceiling: dict | None = None):
+LEAK_READINGS = (("delta_auc", "membership ΔAUC vs start", "-"),
+                 ("canary_extraction", "canary secrets extracted (share)", ":"))
+
+
+def _leak_panel(ax, table: pd.DataFrame, trained: list[str], largest: float) -> None:
+    """What each black-box attack reads against the claimed ε, per family with its intervals: the calibrated
+    membership gain (ΔAUC over the starting model) and the share of canary secrets written out greedily; 0 is no
+    leak. A DP arm's reading climbs towards its twin's (at ∞) as ε grows, where the attack can see it."""
+    infinity = _infinity(largest)
+    for column, reading, style in (r for r in LEAK_READINGS if r[0] in table.columns):
+        for family in arms.FAMILIES:
+            members = [a for a in trained if arms.parse(a).family == family and np.isfinite(table.loc[a, column])]
+            if not members:
+                continue
+            rows = table.loc[sorted(members, key=lambda a: min(table.loc[a, "epsilon"], infinity))]
+            x = np.minimum(rows.epsilon.to_numpy(), infinity)
+            yerr = np.vstack([rows[column] - rows[f"{column}_low"], rows[f"{column}_high"] - rows[column]])
+            ax.errorbar(x, rows[column], yerr=np.nan_to_num(yerr), fmt="s" if family == "pruned" else "o", ls=style,
+                        color=arm_color(f"{family}-nodp"), capsize=3, ms=6, label=f"{family}: {reading}")
+    ax.axhline(0.0, color="k", lw=0.8)
+    finite = sorted({table.loc[a, "epsilon"] for a in trained if np.isfinite(table.loc[a, "epsilon"])})
+    ax.set(xscale="log", xlabel="claimed ε (accountant; ∞ = non-private)", ylabel="what the attack reads (0: no leak)",
+           title="Leak vs privacy budget")
+    ax.set_xticks(finite + [infinity], [f"{t:.3g}" for t in finite] + ["∞"])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def frontier(table: pd.DataFrame, seed_tables: dict | None = None, ceiling: dict | None = None,
+             implementation: dict | None = None):
     """The privacy–utility–speed frontier. Left: held-out perplexity against the claimed ε of each fine-tuned
     arm (∞ for the non-private ones, drawn right of the largest ε), one line per family with its intervals
     (over seeds, or records for one seed), `base` and `pruned-noft` as reference lines, the pruned family's
-    measured speedup in its legend. Right: the audit's ε lower bound against the claimed ε for every trained
-    arm (each seed's, from `seed_tables`, where there are several): a sound accountant keeps every DP arm on or
-    below the diagonal (the shaded side is impossible), and the non-private twins, at ∞, show that the audit
-    can find a leak where there is one; `ceiling` (audit.ceiling_of) draws the most the audit can show."""
+    measured speedup in its legend. Middle: what the black-box attacks read against ε (`_leak_panel`). Right:
+    the audits' ε lower bounds against the claimed ε for every trained arm (each seed's, from `seed_tables`,
+    where there are several): a sound accountant keeps every DP arm on or below the diagonal (the shaded side is
+    impossible), and the non-private twins, at ∞, show that the audit can find a leak where there is one;
+    `ceiling` (audit.ceiling_of) draws the most the black-box audit can show, and `implementation` (notebook
+    03's implementation audit record) adds the white-box audit of each claimed DP arm with its ceiling."""
     trained = [arm for arm in table.index if arms.parse(arm).trained]
     finite = [table.loc[a, "epsilon"] for a in trained if np.isfinite(table.loc[a, "epsilon"])]
     largest = max(finite) if finite else 1.0
     infinity = _infinity(largest)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6))
     for family in arms.FAMILIES:
         members = sorted((a for a in trained if arms.parse(a).family == family),
                          key=lambda a: table.loc[a, "epsilon"] if np.isfinite(table.loc[a, "epsilon"]) else infinity)
@@ -373,7 +413,9 @@ def frontier(table: pd.DataFrame, seed_tables: dict | None = None, ceiling: dict
     left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the arms' ε are ticks
     left.legend(loc="best", fontsize="small")
 
-    _audit_panel(right, table, trained, largest, seed_tables or {}, ceiling)
+    _leak_panel(middle, table, trained, largest)
+    middle.legend(loc="upper left", fontsize="x-small")
+    _audit_panel(right, table, trained, largest, seed_tables or {}, ceiling, implementation)
     right.legend(loc="upper left", fontsize="x-small")
     fig.tight_layout()
     return fig

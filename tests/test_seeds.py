@@ -220,7 +220,9 @@ def frontier_table():
             rows.append({"arm": name, "epsilon": eps, "perplexity": ppl * worse, "perplexity_low": ppl * worse - 2,
                          "perplexity_high": ppl * worse + 2, "speedup": speed,
                          "audit_epsilon_one_run": 0.0 if np.isfinite(eps) else 2.5,
-                         "audit_epsilon_fdp": 0.2 if np.isfinite(eps) else 4.3})
+                         "audit_epsilon_fdp": 0.2 if np.isfinite(eps) else 4.3,
+                         "delta_auc": 0.02 * eps if np.isfinite(eps) else 0.4, "delta_auc_low": 0.0,
+                         "delta_auc_high": 0.5})
     rows += [{"arm": "base", "epsilon": np.inf, "perplexity": 34.0, "speedup": 1.0},
              {"arm": "pruned-noft", "epsilon": np.inf, "perplexity": 55.0, "speedup": 1.25}]
     return pd.DataFrame(rows).set_index("arm")
@@ -230,7 +232,7 @@ def test_frontier_figure_builds_from_a_table(tmp_path):
     from ppt_core import plots
 
     fig = figures.frontier(frontier_table())
-    left, right = fig.axes
+    left, middle, right = fig.axes
     labels = left.get_legend_handles_labels()[1]
     assert "pruned (speedup 1.25×)" in labels and "full" in labels
     assert {"base (not fine-tuned)", "pruned-noft (not fine-tuned)"} <= set(labels)
@@ -243,8 +245,8 @@ def test_frontier_figure_builds_from_a_table(tmp_path):
     assert len(private) == 8 and all(y <= x for x, y in private)  # every DP arm's audit bound under its claim
     assert sorted(y for x, y in points if x == infinity) == [2.5, 2.5, 4.3, 4.3]  # the twins: a leak, found
     two_seeds = figures.frontier(frontier_table(), {0: frontier_table(), 1: frontier_table()})
-    assert len([line for line in two_seeds.axes[1].get_lines() if line.get_marker() in "o^"]) == 24  # per seed
-    with_ceiling = figures.frontier(frontier_table(), ceiling={"m": 256, "one_run": 3.4, "fdp": 6.3}).axes[1]
+    assert len([line for line in two_seeds.axes[2].get_lines() if line.get_marker() in "o^"]) == 24  # per seed
+    with_ceiling = figures.frontier(frontier_table(), ceiling={"m": 256, "one_run": 3.4, "fdp": 6.3}).axes[2]
     assert [line.get_ydata()[0] for line in with_ceiling.get_lines() if line.get_color() == "0.5"] == [6.3, 3.4]
     plots.save(fig, "frontier", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frontier.pdf", "frontier.png"]
@@ -254,12 +256,32 @@ def test_a_dose_arm_stands_between_the_claims_and_infinity_and_its_claim_runs_of
     dose = pd.DataFrame([{"arm": "full-dp100000", "epsilon": 1e5, "perplexity": 9.5, "perplexity_low": 8.0,
                           "perplexity_high": 11.0, "speedup": 1.0, "audit_epsilon_one_run": 1.4,
                           "audit_epsilon_fdp": 2.3}]).set_index("arm")
-    right = figures.frontier(pd.concat([frontier_table(), dose])).axes[1]
+    right = figures.frontier(pd.concat([frontier_table(), dose])).axes[2]
     ticks = dict(zip([t.get_text() for t in right.get_xticklabels()], right.get_xticks()))
     assert ticks["∞"] == pytest.approx(10 * ticks["1e+05"])  # a decade apart: the two ticks stay readable
     points = {(line.get_xdata()[0], line.get_ydata()[0]) for line in right.get_lines() if line.get_marker() in "o^"}
     assert {(1e5, 1.4), (1e5, 2.3)} <= points
     assert right.get_ylim()[1] < 10  # the bounds and the claims they could reach (7.9), not the dose arm's claim
+
+
+def test_the_frontier_shows_each_attack_climbing_with_epsilon_and_the_white_box_audit_with_its_ceiling():
+    """Middle: each family's membership gain at its DP arms and its twin (∞), in the order of ε. Right: the
+    implementation audit's bound at each claimed DP arm's ε and its ceiling; one legend entry per family and audit,
+    not per arm."""
+    white_box = {f"{arm} (seed {seed})": {"epsilon_lower": 0.5 * seed + 0.7, "ceiling": 16.0}
+                 for arm in ("full-dp1", "full-dp8", "pruned-dp8") for seed in (0, 1)}
+    white_box["controls"] = {"full-dp8: half noise (seed 0)": {"epsilon_lower": 12.0, "ceiling": 16.0}}
+    _, middle, right = figures.frontier(frontier_table(), implementation=white_box).axes
+    climbs = {label: line.get_ydata() for line, label in zip(*middle.get_legend_handles_labels())
+              for line in [line.lines[0] if hasattr(line, "lines") else line]}
+    assert list(climbs["full: membership ΔAUC vs start"]) == pytest.approx([0.0196, 0.158, 0.4])
+    diamonds = sorted((line.get_xdata()[0], line.get_ydata()[0]) for line in right.get_lines()
+                      if line.get_marker() == "D")
+    assert diamonds == [(0.98, 0.7), (0.98, 1.2), (7.9, 0.7), (7.9, 0.7), (7.9, 1.2), (7.9, 1.2)]  # no control
+    assert [line.get_ydata()[0] for line in right.get_lines() if line.get_color() == "0.3"] == [16.0]
+    assert right.get_ylim()[1] > 16.0
+    labels = right.get_legend_handles_labels()[1]
+    assert len(labels) == len(set(labels)) <= 10 and "full: white-box" in labels
 
 
 # --- profiles and run_all -------------------------------------------------------------------------------
