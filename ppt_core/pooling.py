@@ -60,7 +60,7 @@ def pool_attacks(attacks_by_seed: Mapping[int, Mapping[str, Mapping]], records: 
     (distinct secrets, each with its secret gain and its rank p-value within its own seed: the canary rank test
     takes every seed's inserted and reference canaries together, see verdicts.canary_rank_test) with the
     widest exposure band, and the audit's lowest ε lower bound over the seeds (the least of valid 95% lower
-    bounds is one)."""
+    bounds is one) with the lowest of the seeds' ceilings (audit.ceiling_of)."""
     seeds = list(attacks_by_seed)
     common = set.intersection(*(set(attacks_by_seed[s] or {}) for s in seeds)) if seeds else set()
     pooled = {}
@@ -82,6 +82,9 @@ def pool_attacks(attacks_by_seed: Mapping[int, Mapping[str, Mapping]], records: 
                                     else None) for key in ("epsilon_lower_one_run", "epsilon_lower_fdp")}
             claimed = [a.get("claimed_epsilon") for a in audits if a.get("claimed_epsilon") is not None]
             entry["audit"]["claimed_epsilon"] = max(claimed) if claimed else None
+            for key in ("m", "ceiling_one_run", "ceiling_fdp"):  # one audit split per seed: the least any could show
+                if all(key in a for a in audits):
+                    entry["audit"][key] = min(a[key] for a in audits)
         pooled[arm] = entry
     return pooled
 

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 from conftest import REPO, run_all, run_all_in_process
 
-from ppt_core import artifacts, checks, figures, pooling, profiles, report, stats, summary, verdicts
+from ppt_core import artifacts, audit, checks, figures, pooling, profiles, report, stats, summary, verdicts
 from ppt_core.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 
 N, TOKENS = 60, 40
@@ -102,6 +102,11 @@ def test_pooled_attacks_take_every_canary_and_the_lowest_audit_bound():
     assert pooled["canaries"]["reference_band"] == [0.5, 3.4]
     assert pooled["audit"] == {"epsilon_lower_one_run": 0.0, "epsilon_lower_fdp": 0.1, "claimed_epsilon": 8.0}
     assert "membership" not in pooled  # no per-record scores given: nothing to pool, never a guess
+    ceilings = {"m": 256, "ceiling_one_run": 3.02, "ceiling_fdp": 6.27}
+    seeds = {seed: attacks(0.1, 1.0) for seed in (0, 1)}
+    for seed in seeds:
+        seeds[seed]["full-dp8"]["audit"].update(ceilings)
+    assert audit.ceiling_of(pooling.pool_attacks(seeds, {})) == {"m": 256, "one_run": 3.02, "fdp": 6.27}
 
 
 # --- pooling the table ----------------------------------------------------------------------------------
