@@ -28,7 +28,7 @@ study: setup
 # One learning rate per family (non-private, DP), each chosen on an independent draw of the data (never the
 # study's records): figures/tuning/$(PROFILE).json, which the profile cites.
 tune: setup
-	$(PY) -m ppt_core.lr_tuning --profile $(PROFILE)
+	$(PY) -m ppt_core.study.lr_tuning --profile $(PROFILE)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -48,7 +48,7 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--profile", default=None,
-                        help="smoke, quick (default), paper or full; see ppt_core/profiles.py")
+                        help="smoke, quick (default), paper or full; see ppt_core/run/profiles.py")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the profile's); several run "
                         "the study once per seed and pool them")
     parser.add_argument("--only", help="comma-separated notebook numbers to run, e.g. 00,01")
@@ -63,7 +63,7 @@ def parse_args(argv=None):
                         "when --model or --data is given)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="override one profile value, e.g. --set n_train=500 --set epsilons=[1,8] (JSON values; "
-                        "repeatable; see ppt_core/profiles.py for the keys)")
+                        "repeatable; see ppt_core/run/profiles.py for the keys)")
     parser.add_argument("--force", action="store_true",
                         help="re-run notebooks even if their inputs are unchanged (notebook 03 still reads back an "
                         "arm trained on the very same inputs: delete runs/<run>/models/<arm> to retrain)")
@@ -73,7 +73,7 @@ def parse_args(argv=None):
 
 def study_params(args) -> dict:
     """The profile's values with the command line's overrides, checked before anything runs."""
-    from ppt_core import artifacts, profiles
+    from ppt_core.run import artifacts, profiles
 
     overrides = dict(parse_setting(text) for text in args.settings)
     if args.model:
@@ -97,7 +97,7 @@ def study_params(args) -> dict:
     if committed is not None:  # regenerating a committed run: its figures are the repository's
         overrides["figures_dir"] = str(committed)
     params = profiles.get_profile(profile, **overrides)
-    from ppt_core import checks  # imports every stage (torch among them): after the cheap checks
+    from ppt_core.study import checks  # imports every stage (torch among them): after the cheap checks
 
     checks.check_params(params)
     return params
@@ -141,7 +141,7 @@ def select_notebooks(args) -> list[Path]:
 def inputs_fingerprint(params: dict) -> str:
     """A hash of the code and of what the run reads by content, not by name: the data file's bytes and every
     file of a local model folder. Replacing either at the same path re-runs the notebooks."""
-    from ppt_core.artifacts import code_fingerprint, content_digest
+    from ppt_core.run.artifacts import code_fingerprint, content_digest
 
     digest = hashlib.sha256(code_fingerprint().encode())
     for key in ("data_path", "model"):
@@ -187,7 +187,7 @@ def execute(params: dict, chain_notebooks: list[Path], selected: list[Path], cha
     import papermill
     from tqdm.auto import tqdm
 
-    from ppt_core import artifacts
+    from ppt_core.run import artifacts
 
     paths = artifacts.run_paths(params)
     stamps_file = paths.notebooks / ".stamps.json"
@@ -243,7 +243,7 @@ def drop_progress_widgets(notebook: Path) -> None:
     see every bar stuck at its first frame ("0%"). The results the bars waited for stay."""
     import nbformat
 
-    from ppt_core import artifacts
+    from ppt_core.run import artifacts
 
     executed = nbformat.read(notebook, as_version=4)
     for cell in executed.cells:
@@ -283,7 +283,7 @@ def run(args) -> int:
     from jupyter_client.kernelspec import KernelSpecManager
     from tqdm.auto import tqdm
 
-    from ppt_core import artifacts
+    from ppt_core.run import artifacts
 
     paths = artifacts.run_paths(params)
     seeds = params["seeds"]
@@ -302,7 +302,8 @@ def run(args) -> int:
         print(data.source_sentence(params))
     # The machine and the precision "auto" settles to on it, said before any notebook runs (each notebook's kernel
     # reads the same decision from the model cache), with its matmul peaks, measured while nothing else computes.
-    from ppt_core import models, precision
+    from ppt_core import models
+    from ppt_core.machine import precision
 
     machine = precision.describe(models.resolve_device(params["device"]), params["bf16"])
     print(f"machine: {machine['kind']}; precision {machine['precision']}: {machine['precision_reason']}")
@@ -338,7 +339,7 @@ def run(args) -> int:
     results_md = artifacts.figures_dir(params) / "results.md"
     committed = artifacts.committed_figures_dir(run_name)
     if committed is not None and artifacts.figures_dir(params) == committed and results_md.exists():
-        from ppt_core import report
+        from ppt_core.study import report
 
         if report.update_readme(results_md.read_text(), run_name=run_name):
             print(f"README.md: {run_name} results section updated from {results_md.relative_to(REPO)}")

@@ -4,7 +4,7 @@
 Trains the same DP-LoRA schedule (Poisson batches of `--batch` records in expectation, cut into
 physical batches of `--physical`) for `--steps` logical steps in 1 CPU process, then in 2 (and more,
 `--nproc`) CPU processes joined on the gloo backend exactly as torchrun joins them
-(`ppt_core.training.prepare` with a world: Opacus's DPDDP, DistributedDPOptimizer, distributed Poisson sampler),
+(`ppt_core.dp.training.prepare` with a world: Opacus's DPDDP, DistributedDPOptimizer, distributed Poisson sampler),
 and on 1 GPU when CUDA is available. Each setting runs in fresh processes, one after the other, in one
 invocation; the first `--warmup` steps are not timed. Prints steps per second and the speedup over
 1 process. Every process uses `--threads` threads (default 1: N processes use N cores; on a shared
@@ -36,7 +36,8 @@ def measure(rank: int, args, world_size: int, device: str, out_dir: str) -> None
     import torch
     import torch.distributed as dist
 
-    from ppt_core import batching, distributed, privacy, train_config, training
+    from ppt_core.data import batching
+    from ppt_core.dp import distributed, privacy, train_config, training
     from ppt_core.models import load_model
 
     torch.set_num_threads(args.threads)

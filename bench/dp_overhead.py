@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DP-SGD overhead: step time and peak memory of DP vs non-private LoRA training, side by side.
 
-Runs the same fixed physical batch through `ppt_core.training.physical_step` + one optimizer step for
+Runs the same fixed physical batch through `ppt_core.dp.training.physical_step` + one optimizer step for
 each setting, every setting in a fresh subprocess (so one setting's memory cannot inflate another's
 peak), in one invocation: non-private, DP with `hooks`, DP with `ghost` (all float32), and DP `hooks`
 under bf16 autocast. Prints the ratios; targets: DP <= 1.10x time and <= 1.15x memory of non-private.
@@ -35,8 +35,9 @@ def measure(args, mode, bf16, queue):
     import psutil
     import torch
 
-    from ppt_core import batching, privacy, train_config, training
-    from ppt_core.memory import PeakMemory
+    from ppt_core.data import batching
+    from ppt_core.dp import privacy, train_config, training
+    from ppt_core.machine.memory import PeakMemory
     from ppt_core.models import load_model
 
     torch.manual_seed(0)

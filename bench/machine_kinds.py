@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark: this machine's kind, its float32 and bf16 matmul peaks, the precision `bf16: auto` picks here and
 why, and what each notebook of a measured run costs per token; with --record, that run's notebook seconds enter
-ppt_core/machine_kinds.json under this machine's kind and the run's precision, for the cost model
-(ppt_core/cost.py) to project every profile onto every kind measured so far.
+ppt_core/machine/machine_kinds.json under this machine's kind and the run's precision, for the cost model
+(ppt_core/stages/cost.py) to project every profile onto every kind measured so far.
 
 Measure alone: two torch processes on two cores slow each other down.
 
@@ -22,7 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ppt_core import artifacts, cost, precision, profiles  # noqa: E402
+from ppt_core.machine import precision  # noqa: E402
+from ppt_core.run import artifacts, profiles  # noqa: E402
+from ppt_core.stages import cost  # noqa: E402
 
 
 def record(run: Path, command: str, profile: str, path: Path = cost.KINDS_FILE) -> dict:
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
             per = (f", {1e6 * seconds / tokens[notebook]:,.0f} ms per 1k tokens"
                    if tokens.get(notebook) and not notebook.startswith("00") else "")  # 00 writes records only
             print(f"  {notebook}: {seconds:.0f} s{per}")
-    print("\nkinds measured so far (ppt_core/machine_kinds.json):")
+    print("\nkinds measured so far (ppt_core/machine/machine_kinds.json):")
     for kind in cost.machine_kinds().values():
         measured = ", ".join(f"{p}: {sum(s.values()) / 60:.1f} min over {len(s)} notebooks"
                              for p, s in kind.notebook_seconds.items())

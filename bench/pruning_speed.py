@@ -24,8 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ppt_core import flops, pruning, timing  # noqa: E402
+from ppt_core import pruning  # noqa: E402
+from ppt_core.machine import timing  # noqa: E402
 from ppt_core.models import load_model  # noqa: E402
+from ppt_core.pruning import flops  # noqa: E402
 
 TARGET = 0.9
 

@@ -11,10 +11,10 @@ In one process, one after the other on the same Poisson logical batches of a pro
   `width` by width (`batching.physical_batches` with lengths: short canaries apart from notes), and
   `width+bf16` also stores the frozen weights in bf16 once (`evaluation.frozen_weights_in_bf16`) instead of
   autocast casting them in every pass (bf16 machines only), and `+cache` replays the frozen lower blocks
-  (`ppt_core.frozen_prefix`), on a bf16 machine both with and without the bf16 weights. Every setting trains
+  (`ppt_core.dp.frozen_prefix`), on a bf16 machine both with and without the bf16 weights. Every setting trains
   with the attention the study does (`training.training_attention`: eager for bf16 on a CPU); `+sdpa` is the
   study's loop with torch's scaled-dot-product attention instead (bf16 CPU only). Every setting but `+logits`
-  reads the loss through the frozen head in chunks, on the positions with a target (`ppt_core.head_loss`);
+  reads the loss through the frozen head in chunks, on the positions with a target (`ppt_core.dp.head_loss`);
   `+logits` is the study's loop reading it from the whole logits instead.
 - the ceilings: `bare` is the study's non-private loop with the adapters switched off (peft's disable_adapter), on
   the same batches: the frozen blocks LoRA sits on, forward and backward to their input (the same matmuls and
@@ -59,9 +59,14 @@ from torch.utils import _pytree  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, flop_registry  # noqa: E402
 
-from ppt_core import batching, data, evaluation, precision, profiles, train_config, training  # noqa: E402
-from ppt_core.architectures import decoder_blocks  # noqa: E402
+from ppt_core import data  # noqa: E402
+from ppt_core.data import batching  # noqa: E402
+from ppt_core.dp import train_config, training  # noqa: E402
+from ppt_core.machine import precision  # noqa: E402
 from ppt_core.models import load_model  # noqa: E402
+from ppt_core.models.architectures import decoder_blocks  # noqa: E402
+from ppt_core.run import profiles  # noqa: E402
+from ppt_core.scoring import evaluation  # noqa: E402
 
 TARGET = 0.5
 SIDE = 2048

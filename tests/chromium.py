@@ -12,7 +12,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from ppt_core import artifacts
+from ppt_core.run import artifacts
 
 VERSION = "153.0.0"
 TARBALL = f"https://registry.npmjs.org/@sparticuz/chromium/-/chromium-{VERSION}.tgz"

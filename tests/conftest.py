@@ -24,8 +24,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ppt_core import artifacts, profiles  # noqa: E402
 from ppt_core.models import load_model  # noqa: E402
+from ppt_core.run import artifacts, profiles  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

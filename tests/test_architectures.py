@@ -33,19 +33,13 @@ from transformers import (
     T5Config,
 )
 
-from ppt_core import (
-    architectures,
-    batching,
-    conformance,
-    frozen_prefix,
-    head_loss,
-    models,
-    profiles,
-    pruning,
-    similarity,
-    train_config,
-    training,
-)
+from ppt_core import models, pruning
+from ppt_core.data import batching
+from ppt_core.dp import frozen_prefix, head_loss, train_config, training
+from ppt_core.models import architectures
+from ppt_core.pruning import similarity
+from ppt_core.run import profiles
+from ppt_core.stages import conformance
 
 REMOVE = [1, 4]
 KEEP = [0, 2, 3, 5]

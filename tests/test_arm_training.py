@@ -13,7 +13,10 @@ import torch
 from conftest import run_all_in_process
 from training_helpers import TEXTS, dp_config, small_config
 
-from ppt_core import arm_training, arms, artifacts, batching, privacy, training
+from ppt_core.data import batching
+from ppt_core.dp import privacy, training
+from ppt_core.run import arms, artifacts
+from ppt_core.stages import arm_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,7 +119,8 @@ def test_group_privacy_table(smoke_params, trained_pair):
 
 
 def test_the_audit_curve_scores_every_audit_canary_before_training_and_after_each_pass(tiny, smoke_params):
-    from ppt_core import corpus, membership
+    from ppt_core.data import corpus
+    from ppt_core.leakage import membership
 
     model, tokenizer = tiny
     audit = corpus.audit_canary_records(dict(smoke_params, n_audit_canaries=6), tokenizer)
@@ -164,7 +168,9 @@ def test_the_arms_of_one_family_compute_their_shared_work_once_with_the_same_num
     what each arm gives alone, bit for bit."""
     from test_frozen_prefix import UPPER
 
-    from ppt_core import corpus, frozen_prefix, membership
+    from ppt_core.data import corpus
+    from ppt_core.dp import frozen_prefix
+    from ppt_core.leakage import membership
 
     model, tokenizer = tiny
     audit = corpus.audit_canary_records(dict(smoke_params, n_audit_canaries=6), tokenizer)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ppt_core import arms, profiles
+from ppt_core.run import arms, profiles
 
 
 def test_every_profile_arm_parses_to_its_family_start_and_twin():
@@ -33,7 +33,7 @@ def test_unknown_arm_names_are_refused(name):
 
 
 def test_dose_arms_follow_the_first_familys_claimed_arms_and_must_lie_above_every_claim():
-    from ppt_core import train_config
+    from ppt_core.dp import train_config
 
     params = profiles.get_profile("quick", epsilons=[1, 8], dose_epsilons=[1e4, 1e5])
     assert arms.trained_arm_names(params) == ["full-nodp", "full-dp1", "full-dp8", "full-dp10000", "full-dp100000",

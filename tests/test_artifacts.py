@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ppt_core import artifacts
+from ppt_core.run import artifacts
 
 
 def test_exception_mid_write_keeps_the_old_file(tmp_path):

@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from ppt_core import attacks, canaries, data, extraction, membership, profiles, tokens
+from ppt_core import data
+from ppt_core.data import tokens
+from ppt_core.leakage import canaries, extraction, membership
 from ppt_core.models import load_model
+from ppt_core.run import profiles
+from ppt_core.stages import attacks
 
 MEMORISED_TOKENS = 32  # records are truncated to this many tokens, for training and scoring alike
 
@@ -105,7 +109,7 @@ def test_bf16_attacks_read_from_stored_bf16_weights_give_autocasts_numbers(memor
     import contextlib
     import copy
 
-    from ppt_core import evaluation
+    from ppt_core.scoring import evaluation
 
     model, tokenizer, splits, *_ = memorised
     model = copy.deepcopy(model)
@@ -176,7 +180,7 @@ def test_audit_table_reads_a_non_private_claim_as_infinite():
 
 
 def test_the_claim_after_each_pass_is_a_fresh_accountants_and_the_table_reads_it():
-    from ppt_core import privacy
+    from ppt_core.dp import privacy
 
     guarantee = {"private": True, "noise_multiplier": 0.9, "sample_rate": 0.04, "delta": 1e-5, "accountant": "prv"}
     curve = {"steps": [0, 25, 50], "passes": [0, 1, 2], "logprobs": [[0.0], [0.0], [0.0]]}
@@ -246,7 +250,8 @@ def test_a_dp_arm_publishes_nothing_about_which_records_it_drew(smoke_run):
 def test_notebook_06_run_again_attacks_only_the_arms_whose_inputs_changed(smoke_run, copy_run, monkeypatch):
     """Every arm attacked before on the same inputs is read back with the numbers it had; a changed setting that
     attack_arm reads attacks every arm again, a retrained arm (a new training digest) only that arm."""
-    from ppt_core import arm_training, artifacts
+    from ppt_core.run import artifacts
+    from ppt_core.stages import arm_training
 
     paths = copy_run(smoke_run, "data", "models", "attacks")
     params = profiles.get_profile("smoke", run_name=paths.root.name)

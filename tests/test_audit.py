@@ -5,7 +5,11 @@ and its ε after t passes is a fresh accountant's; a bound above the claim stops
 import numpy as np
 import pytest
 
-from ppt_core import arm_training, audit, data, profiles, train_config, training
+from ppt_core import data
+from ppt_core.dp import train_config, training
+from ppt_core.leakage import audit
+from ppt_core.run import profiles
+from ppt_core.stages import arm_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ppt_core import batching, tokens
+from ppt_core.data import batching, tokens
 
 
 @pytest.mark.parametrize("n, batch, epochs, per_pass, steps", [

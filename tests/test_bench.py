@@ -10,8 +10,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from training_helpers import TEXTS, dp_config, small_config
 
-from ppt_core import batching, training
-from ppt_core.architectures import decoder_blocks
+from ppt_core.data import batching
+from ppt_core.dp import training
+from ppt_core.models.architectures import decoder_blocks
 from tests.test_frozen_prefix import UPPER
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,7 +93,8 @@ def test_the_products_ceiling_replays_every_product_a_dp_step_multiplies(tiny):
 
 
 def test_a_measured_run_enters_the_kinds_file_under_its_machine_and_precision(tmp_path):
-    from ppt_core import artifacts, cost
+    from ppt_core.run import artifacts
+    from ppt_core.stages import cost
 
     bench = load_bench("machine_kinds")
     run = tmp_path / "run"

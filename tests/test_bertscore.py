@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from ppt_core import bertscore
+from ppt_core.scoring import bertscore
 
 CANDIDATES = ["The patient was discharged home in stable condition.", "Follow up with cardiology in two weeks.",
               "", "MRN 12345678, born 01/02/1960."]

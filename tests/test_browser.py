@@ -18,7 +18,7 @@ from conftest import REPO, load_run_all, one_thread_env
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from ppt_core import profiles
+from ppt_core.run import profiles
 
 NOTEBOOK = REPO / "notebooks" / "01_layer_similarity.ipynb"
 

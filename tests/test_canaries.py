@@ -4,7 +4,8 @@ scorers against plain scoring, the rank p-value of a secret gain under the null,
 import numpy as np
 import pytest
 
-from ppt_core import canaries, evaluation
+from ppt_core.leakage import canaries
+from ppt_core.scoring import evaluation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

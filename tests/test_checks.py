@@ -4,7 +4,9 @@ that spans two stages (the model's depth against pruning's levels) is made where
 import pytest
 from transformers import LlamaConfig
 
-from ppt_core import checks, profiles, pruning
+from ppt_core import pruning
+from ppt_core.run import profiles
+from ppt_core.study import checks
 
 
 @pytest.mark.parametrize("name", sorted(profiles.PROFILES))

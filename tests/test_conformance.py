@@ -25,17 +25,13 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from ppt_core import (
-    architectures,
-    artifacts,
-    conformance,
-    errors,
-    pruning,
-    similarity,
-    train_config,
-    training,
-)
-from ppt_core.privacy import DPConfig
+from ppt_core import pruning
+from ppt_core.dp import train_config, training
+from ppt_core.dp.privacy import DPConfig
+from ppt_core.models import architectures
+from ppt_core.pruning import similarity
+from ppt_core.run import artifacts, errors
+from ppt_core.stages import conformance
 
 TEXTS = CLINICAL_NOTES[:6]
 

@@ -3,7 +3,8 @@ secret is drawn from its space, and the audit's coins come from a stream of thei
 
 import pytest
 
-from ppt_core import corpus, profiles
+from ppt_core.data import corpus
+from ppt_core.run import profiles
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ppt_core import cost, profiles
+from ppt_core.run import profiles
+from ppt_core.stages import cost
 
 
 def test_projection_scales_measured_seconds_by_tokens_and_seeds():
@@ -72,7 +73,7 @@ def test_the_kinds_table_has_this_runs_machine_measured_and_every_row_its_header
 
 def test_the_kinds_file_holds_what_the_cost_model_reads():
     kinds = cost.machine_kinds()
-    assert kinds, "ppt_core/machine_kinds.json is missing or empty"
+    assert kinds, "ppt_core/machine/machine_kinds.json is missing or empty"
     for kind in kinds.values():
         assert kind.precision in ("bf16", "float32") and set(kind.peak_gflops) == {"float32", "bf16"}
         assert set(kind.notebook_seconds) <= {"bf16", "float32"} and set(kind.source) == set(kind.notebook_seconds)

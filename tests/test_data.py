@@ -2,7 +2,9 @@
 
 import pytest
 
-from ppt_core import corpus, data, profiles
+from ppt_core import data
+from ppt_core.data import corpus
+from ppt_core.run import errors, profiles
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_user_data_replaces_the_notes(params, tiny, tmp_path):
 
 @pytest.mark.parametrize("key,value", [("n_train", 0), ("canary_repetitions", [0, 2]), ("secret_digits", 1)])
 def test_impossible_settings_are_refused(params, key, value):
-    with pytest.raises(data.DataError, match=key):
+    with pytest.raises(errors.DataError, match=key):
         data.check_params(dict(params, **{key: value}))
 
 
@@ -99,6 +101,6 @@ def test_audit_words_are_the_tokens_the_audit_scores(splits, tiny):
 
 def test_a_training_length_that_would_cut_canaries_is_refused_before_anything_is_written(tmp_path):
     params = profiles.get_profile("smoke", train_max_length=12)
-    with pytest.raises(data.DataError, match=r"train_max_length\): raise train_max_length to at least"):
+    with pytest.raises(errors.DataError, match=r"train_max_length\): raise train_max_length to at least"):
         data.build_dataset(params, tmp_path / "data")
     assert not (tmp_path / "data").exists()

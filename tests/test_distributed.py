@@ -17,7 +17,9 @@ import torch.multiprocessing as mp
 from conftest import REPO, run_all, run_all_in_process
 from training_helpers import TEXTS, dp_config, record_gradient, small_config
 
-from ppt_core import batching, distributed, errors, training
+from ppt_core.data import batching
+from ppt_core.dp import distributed, training
+from ppt_core.run import errors
 
 WORLD_SIZE = 2
 SIGMA, CLIP = 0.7, 0.5

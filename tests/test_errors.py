@@ -6,7 +6,7 @@ import inspect
 import pytest
 from conftest import REPO, run_all_in_process
 
-from ppt_core import errors
+from ppt_core.run import errors
 
 ERRORS = [cls for _, cls in inspect.getmembers(errors, inspect.isclass) if cls.__module__ == errors.__name__]
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ppt_core import evaluation, precision, stats, tokens
+from ppt_core.data import tokens
+from ppt_core.machine import precision
+from ppt_core.scoring import evaluation
+from ppt_core.uncertainty import stats
 
 TEXTS = ["A short note.", "Discharged home on metformin 500 mg twice daily after an uneventful stay.", "Stable."]
 
@@ -74,7 +77,7 @@ BF16_AUC_ATOL = 0.02
                            "emulated bf16 on the 135M model would only slow the slow tier down")
 def test_bf16_scoring_agrees_with_float32_on_the_embedded_model(smollm, smoke_params, tmp_path):
     from ppt_core import data
-    from ppt_core.roc import roc_auc
+    from ppt_core.uncertainty.roc import roc_auc
 
     model, tokenizer = smollm
     texts = data.build_dataset(dict(smoke_params, n_heldout=48), tmp_path, tokenizer=tokenizer).texts("heldout")
@@ -95,7 +98,7 @@ def test_bf16_scoring_agrees_with_float32_on_the_embedded_model(smollm, smoke_pa
 def test_bf16_scoring_reads_an_adapter_during_training(tiny):
     """The trainer scores its PEFT model of the moment (the audit over training): under bf16 the blocks run
     with the adapter in them, and the head in float32, as for a merged model."""
-    from ppt_core import train_config, training
+    from ppt_core.dp import train_config, training
 
     model, tokenizer = tiny
     config = train_config.TrainConfig(lora_rank=4, lora_targets=["q_proj", "v_proj"], bf16=False, progress=False)

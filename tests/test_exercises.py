@@ -11,7 +11,7 @@ import papermill
 import pytest
 from conftest import REPO, load_run_all
 
-from ppt_core import profiles
+from ppt_core.run import profiles
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 QUESTION = re.compile(r"^\d+\. \*\*", re.M)

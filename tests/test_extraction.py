@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ppt_core import data, extraction, generation, power, profiles
+from ppt_core import data
+from ppt_core.leakage import extraction, generation
+from ppt_core.run import profiles
+from ppt_core.uncertainty import power
 
 
 # --- user data: the PII the detector found ---------------------------------------------------------

@@ -14,7 +14,7 @@ DRAW_CANARIES = """
 import json, sys
 import matplotlib
 matplotlib.use("Agg")
-from ppt_core import figures, plots
+from ppt_core.study import figures, plots
 plots.use_style()
 rows = [{"id": f"canary-{i}", "repetitions": reps, "method": "exact" if i % 2 else "beyond cap",
          "exposure_low": 2.0 + i, "exposure_high": 2.0 + i + (0 if i % 2 else 3)}
@@ -46,7 +46,7 @@ def test_canary_exposure_jitters_each_canary_the_same_in_every_process(tmp_path)
 
 
 def test_pruning_figures_draw_every_strategy_and_both_speedups():
-    from ppt_core import figures
+    from ppt_core.study import figures
 
     sweep = pd.DataFrame([{"strategy": s, "n_removed": n, "perplexity": 10.0 + n + i}
                           for i, s in enumerate(["pairwise", "last"]) for n in (0, 2, 4)])
@@ -60,8 +60,8 @@ def test_pruning_figures_draw_every_strategy_and_both_speedups():
 
 
 def test_utility_and_speed_reads_the_speed_batch_of_every_arm():
-    from ppt_core import figures
-    from ppt_core.timing import SPEED_BATCH, batch_key
+    from ppt_core.machine.timing import SPEED_BATCH, batch_key
+    from ppt_core.study import figures
 
     results = {arm: {"heldout_perplexity": {"value": v, "low": v - 1, "high": v + 1}}
                for arm, v in (("base", 30.0), ("pruned-noft", 45.0))}
@@ -74,7 +74,7 @@ def test_utility_and_speed_reads_the_speed_batch_of_every_arm():
 
 
 def test_audit_over_training_draws_each_arms_bounds_and_a_dp_arms_claim():
-    from ppt_core import figures
+    from ppt_core.study import figures
 
     def point(passes, fdp, claimed):
         return {"passes": passes, "epsilon_lower_fdp": fdp, "epsilon_lower_one_run": fdp / 2,

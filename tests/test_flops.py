@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ppt_core import flops, pruning
+from ppt_core import pruning
+from ppt_core.pruning import flops
 
 
 def test_forward_flops_match_a_closed_form_for_llama(tiny):

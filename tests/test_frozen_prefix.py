@@ -7,8 +7,10 @@ import pytest
 import torch
 from training_helpers import TEXTS, dp_config, lora_vector, small_config
 
-from ppt_core import batching, frozen_prefix, precision, training
-from ppt_core.architectures import decoder_blocks
+from ppt_core.data import batching
+from ppt_core.dp import frozen_prefix, training
+from ppt_core.machine import precision
+from ppt_core.models.architectures import decoder_blocks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,7 +143,7 @@ def test_bf16_training_with_the_cache_and_the_audit_probe(tiny):
     """The study's bf16 loop end to end on the tiny model: frozen weights stored in bf16, the lower blocks cached,
     and the audit probe scoring through the float32 head after every pass (the smoke profile runs float32, so
     only this test reads these paths together)."""
-    from ppt_core import arm_training
+    from ppt_core.stages import arm_training
 
     model, tokenizer = tiny
     config = small_config(**UPPER, bf16=True, epochs=2.0)
@@ -158,7 +160,7 @@ def test_audit_probe_replaying_the_frozen_blocks_scores_as_the_computed_one(tiny
     """The audit over training replays the frozen blocks' output on the audit canaries, kept once: after training
     moved the upper blocks' adapter, its scores equal those of the full forward (to float, or bf16, rounding),
     and a mutation that replays another canary's rows would not."""
-    from ppt_core import arm_training
+    from ppt_core.stages import arm_training
 
     model, tokenizer = tiny
     config = small_config(**UPPER, bf16=bf16, optimizer="sgd", learning_rate=0.5)
@@ -182,7 +184,8 @@ def test_audit_probe_settles_a_profiles_auto_bf16_on_the_models_device(tiny):
     """Notebook 03 hands the probe the profile's config, whose bf16 is "auto" (training settles its own copy): the
     probe scores as the setting resolved on the model's device, replayed or computed, and never takes the string
     for True (the quick run failed on it in notebook 03)."""
-    from ppt_core import arm_training, membership
+    from ppt_core.leakage import membership
+    from ppt_core.stages import arm_training
 
     model, tokenizer = tiny
     audit = [{"text": f"zebra quartz {'lumen ' * (i % 3)}{i}", "secret_tokens": 2} for i in range(5)]

@@ -3,7 +3,10 @@ quality and leakage measures on texts whose answers we know."""
 
 import pytest
 
-from ppt_core import corpus, data, generation, profiles
+from ppt_core import data
+from ppt_core.data import corpus
+from ppt_core.leakage import generation
+from ppt_core.run import profiles
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

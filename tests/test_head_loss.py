@@ -1,4 +1,4 @@
-"""The training loss read through the frozen head in chunks (ppt_core.head_loss) is the logits path's: the same
+"""The training loss read through the frozen head in chunks (ppt_core.dp.head_loss) is the logits path's: the same
 per-record losses, the same gradient with respect to every hidden state, the same per-record gradients of the
 LoRA weights for Opacus to clip; a model whose logits are not its head's product keeps the logits path."""
 
@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from training_helpers import TEXTS, dp_config, small_config
 
-from ppt_core import batching, head_loss, tokens, training
+from ppt_core.data import batching, tokens
+from ppt_core.dp import head_loss, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

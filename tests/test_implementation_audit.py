@@ -14,8 +14,8 @@ import torch
 from opacus.optimizers import DPOptimizer
 from training_helpers import TEXTS, dp_config, prepared, small_config
 
-from ppt_core import implementation_audit as ia
-from ppt_core import privacy, training
+from ppt_core.dp import privacy, training
+from ppt_core.leakage import implementation_audit as ia
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -199,7 +199,8 @@ def test_the_noise_check_names_a_matrix_left_without_noise(tiny):
 def test_the_study_publishes_each_arm_and_control_and_stops_on_a_missed_control(controls):
     """results.json's section holds each DP arm and each control with its claim, bound, simulation, ceiling and
     flag; results.md shows them; a control the audit did not flag stops the study, naming the arm and the bug."""
-    from ppt_core import arm_training, report
+    from ppt_core.stages import arm_training
+    from ppt_core.study import report
 
     claim, table = controls
     mechanism = ia.CanaryMechanism(arm_optimizer(claim), STUDY_RATE, claim, 2000).run(claim.steps)
@@ -232,7 +233,8 @@ def test_the_study_publishes_each_arm_and_control_and_stops_on_a_missed_control(
 
 
 def test_each_dp_arm_draws_its_own_canaries_and_the_run_its_controls():
-    from ppt_core import arm_training, profiles
+    from ppt_core.run import profiles
+    from ppt_core.stages import arm_training
 
     params = profiles.get_profile("smoke")
     full, pruned = (arm_training.implementation_audit_hook(params, arm) for arm in ("full-dp8", "pruned-dp8"))

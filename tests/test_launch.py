@@ -1,10 +1,11 @@
-"""ppt_core.launch, the way notebook 03 reaches torchrun: one DP arm of the session's smoke run trained again in
+"""ppt_core.stages.launch, the way notebook 03 reaches torchrun: one DP arm of the session's smoke run trained again in
 2 processes has the single-process guarantee, saves its adapter, and keeps a DP arm's training statistics
 with the trainer; a bad command line stops with one line."""
 
 import json
 
-from ppt_core import arm_training, artifacts, launch, profiles
+from ppt_core.run import artifacts, profiles
+from ppt_core.stages import arm_training, launch
 
 GUARANTEE = ("private", "epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "expected_batch_size",
              "max_grad_norm")

@@ -4,7 +4,9 @@ import shutil
 
 import pytest
 
-from ppt_core import artifacts, data, lr_tuning, profiles
+from ppt_core import data
+from ppt_core.run import artifacts, profiles
+from ppt_core.study import lr_tuning
 
 
 @pytest.fixture

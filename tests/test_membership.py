@@ -4,8 +4,8 @@ against the starting model on the same records, and what notebook 06 shows of it
 import numpy as np
 import pytest
 
-from ppt_core import membership
-from ppt_core.roc import roc_auc
+from ppt_core.leakage import membership
+from ppt_core.uncertainty.roc import roc_auc
 
 
 def scores(loss):

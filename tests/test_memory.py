@@ -8,7 +8,7 @@ import types
 
 import torch
 
-from ppt_core import memory
+from ppt_core.machine import memory
 
 
 def test_peak_memory_keeps_the_highest_reading_of_the_block(monkeypatch):

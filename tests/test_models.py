@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ppt_core import models
-from ppt_core.evaluation import perplexity
+from ppt_core.scoring.evaluation import perplexity
 
 
 def test_tiny_model_is_seeded_and_small(tiny):
@@ -45,7 +45,7 @@ def test_cuda_requested_without_cuda_is_refused():
 
 
 def test_local_folder_round_trip(tiny, tmp_path):
-    from ppt_core import artifacts
+    from ppt_core.run import artifacts
 
     model, tokenizer = tiny
     artifacts.save_model(model, tokenizer, tmp_path / "ckpt")

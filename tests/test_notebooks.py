@@ -8,7 +8,7 @@ import nbformat
 import papermill
 import pytest
 
-from ppt_core import profiles
+from ppt_core.run import profiles
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

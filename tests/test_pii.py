@@ -3,7 +3,9 @@ known fields; and that user records carry what it finds while the synthetic corp
 
 import socket
 
-from ppt_core import data, pii, profiles
+from ppt_core import data
+from ppt_core.data import pii
+from ppt_core.run import profiles
 
 
 def test_finds_emails_and_phone_numbers_in_plain_text():

@@ -10,7 +10,7 @@ import sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from ppt_core import plots
+from ppt_core.study import plots
 plots.use_style()
 fig, ax = plt.subplots()
 ax.plot([0, 1, 2], [2, 0, 1], color=plots.arm_color("pruned-dp8"), label="pruned-dp8")

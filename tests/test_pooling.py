@@ -4,8 +4,8 @@ test_seeds.py)."""
 import numpy as np
 import pytest
 
-from ppt_core import pooling, verdicts
-from ppt_core.timing import SPEED_BATCH
+from ppt_core.machine.timing import SPEED_BATCH
+from ppt_core.study import pooling, verdicts
 
 
 def speeds(rounds, tokens_per_s):

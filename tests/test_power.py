@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ppt_core import power
+from ppt_core.uncertainty import power
 
 
 def test_required_sample_size_gives_the_power_it_promises():

@@ -7,7 +7,7 @@ measurement is made once per machine and kept."""
 import pytest
 import torch
 
-from ppt_core import precision
+from ppt_core.machine import precision
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import pytest
 from opacus.accountants import RDPAccountant
 
-from ppt_core import privacy
+from ppt_core.dp import privacy
 
 SIGMA, RATE, STEPS, DELTA = 1.1, 0.05, 60, 1e-5
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ppt_core import profiles
+from ppt_core.run import profiles
 
 
 def test_unknown_profile_and_parameter_are_named():

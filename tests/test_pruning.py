@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from transformers import BertConfig, BertForMaskedLM, OPTConfig, OPTForCausalLM
 
-from ppt_core import pruning, similarity
+from ppt_core import pruning
+from ppt_core.pruning import similarity
 
 # --- selection on a hand-built S ------------------------------------------------------------------
 # 6 blocks. S[l, l+1] (block redundancy):   0.50 0.90 0.60 0.95 0.70 0.10
@@ -85,7 +86,7 @@ def test_unknown_strategy_stops_clearly():
 
 
 def test_check_params_and_depth():
-    from ppt_core import profiles
+    from ppt_core.run import profiles
 
     params = profiles.get_profile("quick")
     pruning.check_params(params)

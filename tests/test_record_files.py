@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ppt_core import artifacts, record_files
+from ppt_core.run import artifacts, record_files
 
 
 def test_pruning_rows_round_trip_through_their_file(tmp_path):

@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ppt_core import artifacts, cost, profiles, report, verdicts
+from ppt_core.run import artifacts, profiles
+from ppt_core.stages import cost
+from ppt_core.study import report, verdicts
 
 
 def one_row_table():

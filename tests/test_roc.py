@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ppt_core import roc
+from ppt_core.uncertainty import roc
 
 
 def test_roc_auc_and_tpr_at_low_fpr():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, load_run_all, one_thread_env, run_all, run_all_command, run_all_in_process
 
-from ppt_core import arms, artifacts, profiles
+from ppt_core.run import arms, artifacts, profiles
 
 
 def assert_one_line_error(result, *fragments):

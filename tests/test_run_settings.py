@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ppt_core import artifacts, profiles, run_settings
+from ppt_core.run import artifacts, profiles, run_settings
 
 
 @pytest.fixture

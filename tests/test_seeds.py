@@ -11,8 +11,11 @@ import pytest
 import scipy.stats
 from conftest import REPO, run_all, run_all_in_process
 
-from ppt_core import artifacts, audit, checks, figures, pooling, profiles, report, stats, summary, verdicts
-from ppt_core.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from ppt_core.leakage import audit
+from ppt_core.run import artifacts, profiles
+from ppt_core.study import checks, figures, pooling, report, summary, verdicts
+from ppt_core.study.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from ppt_core.uncertainty import stats
 
 N, TOKENS = 60, 40
 
@@ -69,7 +72,7 @@ def test_pool_records_labels_every_record_with_its_seed():
 def test_membership_auc_is_computed_within_each_seed():
     """Seed 1's scores sit far above seed 0's: an AUC over the mixed scores would read that offset as
     membership; within each seed both arms' AUCs are exact and their difference is averaged."""
-    from ppt_core.roc import roc_auc
+    from ppt_core.uncertainty.roc import roc_auc
 
     rng = np.random.default_rng(0)
     records, per_seed_difference = {}, []
@@ -234,7 +237,7 @@ def frontier_table():
 
 
 def test_frontier_figure_builds_from_a_table(tmp_path):
-    from ppt_core import plots
+    from ppt_core.study import plots
 
     fig = figures.frontier(frontier_table())
     left, middle, right = fig.axes

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ppt_core import similarity, tokens
+from ppt_core.data import tokens
+from ppt_core.pruning import similarity
 
 TEXTS = [
     "Patient admitted with community-acquired pneumonia and discharged on amoxicillin.",
@@ -98,7 +99,7 @@ def test_block_redundancy_reads_the_right_diagonal():
 
 
 def test_check_params_names_the_bad_value():
-    from ppt_core import profiles
+    from ppt_core.run import profiles
 
     params = profiles.get_profile("quick")
     similarity.check_params(params)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ppt_core import stats
+from ppt_core.uncertainty import stats
 
 
 def test_paired_resample_keeps_strata_sizes_and_pools_seeds():

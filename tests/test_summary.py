@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from ppt_core import arms, profiles, summary
+from ppt_core.run import arms, profiles
+from ppt_core.study import summary
 
 
 def test_the_study_of_a_run_is_its_results_in_one_row_per_arm(smoke_run):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ppt_core import pruning, timing
+from ppt_core import pruning
+from ppt_core.machine import timing
 
 
 def test_time_inference_times_every_model_side_by_side(tiny):
@@ -54,7 +55,7 @@ def test_interleaving_rotates_the_order_every_round():
 
 
 def test_the_speed_batch_is_one_of_the_batches_the_arms_are_timed_at():
-    from ppt_core import utility
+    from ppt_core.stages import utility
 
     assert timing.SPEED_BATCH == timing.batch_key(timing.SPEED_BATCH_SIZE) == "batch8"
     assert timing.SPEED_BATCH_SIZE in utility.TIMING_BATCH_SIZES

@@ -4,7 +4,7 @@ attention and the labels."""
 import pytest
 import torch
 
-from ppt_core import tokens
+from ppt_core.data import tokens
 
 
 def test_encode_truncates_keeps_eos_and_masks_padding(tiny):

@@ -3,7 +3,8 @@ profile's guarantee, and a setting that cannot train or cannot keep its promise 
 
 import pytest
 
-from ppt_core import errors, privacy, profiles, train_config
+from ppt_core.dp import privacy, train_config
+from ppt_core.run import errors, profiles
 
 
 def test_profile_checks(smoke_params):

@@ -13,7 +13,11 @@ import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 from training_helpers import MAX_LENGTH, TEXTS, dp_config, lora_vector, prepared, record_gradient, small_config
 
-from ppt_core import batching, errors, evaluation, precision, privacy, tokens, training
+from ppt_core.data import batching, tokens
+from ppt_core.dp import privacy, training
+from ppt_core.machine import precision
+from ppt_core.run import errors
+from ppt_core.scoring import evaluation
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model runs faster on one thread of a shared CPU
 

@@ -4,8 +4,8 @@ import gzip
 
 import pytest
 
-from ppt_core.errors import DataError
-from ppt_core.user_data import load_texts
+from ppt_core.data.user_data import load_texts
+from ppt_core.run.errors import DataError
 
 
 def write(tmp_path, name, text):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ppt_core import profiles, utility
+from ppt_core.run import profiles
+from ppt_core.stages import utility
 
 
 def test_arm_speeds_refuses_an_arm_whose_architecture_differs_from_its_start():

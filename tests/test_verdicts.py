@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ppt_core import artifacts, power, profiles, record_files, report, stats, summary, verdicts
-from ppt_core.timing import SPEED_BATCH
-from ppt_core.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from ppt_core.machine.timing import SPEED_BATCH
+from ppt_core.run import artifacts, profiles, record_files
+from ppt_core.study import report, summary, verdicts
+from ppt_core.study.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from ppt_core.uncertainty import power, stats
 
 N = 60  # held-out records
 TOKENS = 40
@@ -320,7 +322,7 @@ def test_a_dose_arm_is_shown_beside_the_decision_and_never_decides_it():
 
 
 def test_membership_auc_difference_is_paired_and_exact_on_the_data():
-    from ppt_core.roc import roc_auc
+    from ppt_core.uncertainty.roc import roc_auc
 
     records = attack_records({"pruned-nodp": (0.3, 0.0), "full-nodp": (1.5, 0.0)})
     difference = verdicts.membership_auc_difference(records, "pruned-nodp", "full-nodp", n_boot=100)
@@ -407,7 +409,8 @@ def test_summary_table_reads_the_attack_contract_with_exact_shares():
 
 # --- the rows notebooks 02 and 04 save ------------------------------------------------------------------
 def test_sweep_and_utility_rows_pair_the_same_records(tiny):
-    from ppt_core import pruning, utility
+    from ppt_core import pruning
+    from ppt_core.stages import utility
 
     model, tokenizer = tiny
     texts = ["Patient admitted with chest pain.", "Discharged home on day three.", "No known allergies.",
@@ -460,7 +463,8 @@ def test_the_verdicts_and_the_summary_import_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, ppt_core.verdicts, ppt_core.summary, ppt_core.pooling, ppt_core.report, "
-            "ppt_core.record_files, ppt_core.roc, ppt_core.timing; print('torch' in sys.modules)")
+    code = ("import sys, ppt_core.study.verdicts, ppt_core.study.summary, ppt_core.study.pooling, "
+            "ppt_core.study.report, ppt_core.run.record_files, ppt_core.uncertainty.roc, ppt_core.machine.timing; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -4,7 +4,8 @@ against), and a prepared training run with its LoRA weights as one vector."""
 
 import torch
 
-from ppt_core import batching, privacy, train_config, training
+from ppt_core.data import batching
+from ppt_core.dp import privacy, train_config, training
 
 MAX_LENGTH = 24
 TEXTS = [
