@@ -13,9 +13,11 @@ words; each is included in `train` independently with probability 1/2 by a rando
 from __future__ import annotations
 
 import random
+from datetime import date, timedelta
 
 import numpy as np
 from faker import Faker
+from faker.providers.date_time import change_year
 
 from ppt_core.run.errors import DataError
 
@@ -117,6 +119,18 @@ def _audit_rng(params: dict) -> np.random.Generator:
 
 
 # --- the synthetic corpus ------------------------------------------------------------------------
+# The day the notes are written: every date of birth and age counts from it, never from the clock (Faker's own
+# date_of_birth counts from today, so the same seed gave other notes after midnight).
+NOTES_WRITTEN_ON = date(2026, 12, 7)
+
+
+def date_of_birth(fake: Faker, *, minimum_age: int, maximum_age: int, today: date = NOTES_WRITTEN_ON) -> date:
+    """Faker's date_of_birth with `today` fixed: the same draw from the same stream, on any day it runs."""
+    start, end = change_year(today, -(maximum_age + 1)), change_year(today, -minimum_age)
+    dob = fake.date_time_ad(start_datetime=start, end_datetime=end).date()
+    return dob if dob != start else dob + timedelta(days=1)
+
+
 class NoteWriter:
     """Draws patients and writes their notes; one seeded Faker and one seeded RNG for everything."""
 
@@ -138,14 +152,14 @@ class NoteWriter:
                 break
         self.used_names.add(name)
         self.used_mrns.add(mrn)
-        dob = self.fake.date_of_birth(minimum_age=18, maximum_age=95)
+        dob = date_of_birth(self.fake, minimum_age=18, maximum_age=95)
         return {
             "name": name,
             "dob": dob.strftime("%m/%d/%Y"),
             "mrn": mrn,
             "phone": self.fake.numerify("(###) ###-####"),
             "address": self.fake.address().replace("\n", ", "),
-            "age": 2026 - dob.year,
+            "age": NOTES_WRITTEN_ON.year - dob.year,
         }
 
     def note(self, patient: dict) -> str:
