@@ -240,6 +240,11 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def record_digest(described: dict) -> str:
+    """sha256 of a JSON-able record (keys sorted, anything else by its str): equal records, equal digests."""
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def content_digest(path: Path) -> str:
     """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
     digest = hashlib.sha256()

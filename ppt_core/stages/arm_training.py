@@ -22,8 +22,6 @@ reaches.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import zlib
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -103,7 +101,7 @@ def training_inputs(params: dict, arm: str, texts, heldout_texts, audit_records=
         "implementation_audit": None if hook is None else [hook.m, hook.seed, hook.controls_seed],
         "code": artifacts.code_fingerprint(),
     }
-    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+    return artifacts.record_digest(described)
 
 
 def write_result(params: dict, arm: str, result: TrainResult, inputs: str) -> None:

@@ -23,8 +23,6 @@ back instead of attacked, so a learner's new arm is the only one attacked live.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -279,7 +277,7 @@ def attack_inputs(params: dict, name: str, *, score_audit: bool) -> str | None:
     described = {"arm": name, "model": model, "data": artifacts.content_digest(paths.data),
                  "settings": {k: v for k, v in params.items() if k not in ARM_CHOICE}, "score_audit": score_audit,
                  "machine": precision.machine_key(threads=False), "code": artifacts.code_fingerprint()}
-    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+    return artifacts.record_digest(described)
 
 
 def kept_attack(paths: artifacts.RunPaths, name: str, inputs: str | None) -> tuple[dict, dict] | None:
